@@ -1,0 +1,97 @@
+"""Training throughput: tunekit's training step against a seed-style reference loop.
+
+Both train the same CNN (GN, batch 64, L1 on) on real MNIST with the same torch threads, in the
+same process, alternating rounds so that machine noise hits both alike; it prints the median
+images/s of each and their ratio.
+
+- tunekit: `train.fit` on the first N training images (uint8 tensors resident on the device,
+  batch-wise rotation, cheap dropout mask, one-call L1 penalty); the last epoch's images/s.
+- reference: the seed's style: torchvision DataLoader over datasets.MNIST with PIL
+  RandomRotation + ToTensor + Normalize per sample, nn.Dropout, and a Python loop summing |p|.
+
+    python benchmarks/throughput.py [--images 9600] [--rounds 3] [--threads 2]
+
+Needs the MNIST files: data.root, or $TUNEKIT_DATA_DIR (e.g. ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import datasets, transforms
+
+from tunekit import data as datamod
+from tunekit.model import Dropout, Net
+from tunekit.spec import TrialConfig
+from tunekit.train import fit
+
+BATCH, L1 = 64, 1e-4
+
+
+def seed_style(images: int, threads: int, workers: int) -> float:
+    """images/s of the seed's loop over the first `images` training images (after a warm-up)."""
+    torch.set_num_threads(threads)
+    spec = TrialConfig().data
+    root = datamod.prepare(spec.dataset, datamod.data_root(spec))
+    tf = transforms.Compose([transforms.RandomRotation((-7.0, 7.0), fill=(0,)),
+                             transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    ds = torch.utils.data.Subset(datasets.MNIST(str(root), train=True, transform=tf),
+                                 range(images))
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
+    model = Net("GN", 4, 0.069)
+    for i, m in enumerate(model.features):  # the seed's dropout layer
+        if isinstance(m, Dropout):
+            model.features[i] = nn.Dropout(m.p)
+    opt = torch.optim.SGD(model.parameters(), lr=0.04104, momentum=0.9)
+    model.train()
+    seen, start = 0, None
+    for i, (x, y) in enumerate(loader):
+        if i == 5:  # warm-up done
+            seen, start = 0, time.perf_counter()
+        opt.zero_grad()
+        loss = F.nll_loss(model(x), y)
+        l1 = 0
+        for p in model.parameters():
+            l1 = l1 + p.abs().sum()
+        (loss + L1 * l1).backward()
+        opt.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def tunekit_step(images: int, threads: int) -> float:
+    config = TrialConfig.model_validate({
+        "data": {"subset": images}, "model": {"norm": "GN"},
+        "train": {"epochs": 2, "batch_size": BATCH, "l1": L1, "scheduler": {"name": "none"},
+                  "device": "cpu"}})
+    return fit(config, threads=threads).history[-1].images_per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=9600, help="training images per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference")
+    args = ap.parse_args()
+    ref, ours = [], []
+    for r in range(args.rounds):
+        ref.append(seed_style(args.images, args.threads, args.workers))
+        ours.append(tunekit_step(args.images, args.threads))
+        print(f"round {r + 1}: seed-style {ref[-1]:,.0f} img/s   tunekit {ours[-1]:,.0f} img/s",
+              flush=True)
+    a, b = statistics.median(ref), statistics.median(ours)
+    print(f"\nGN, batch {BATCH}, L1 {L1:g}, {args.threads} thread(s), {args.images} images/round, "
+          f"median of {args.rounds} rounds")
+    print(f"seed-style loop : {a:8,.0f} img/s")
+    print(f"tunekit         : {b:8,.0f} img/s")
+    print(f"speed-up        : {b / a:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

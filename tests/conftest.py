@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny IDX datasets written on the fly, and an isolated tunekit cache."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format MNIST ships in (gzip-compressed if path ends .gz)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28×28 images whose class is where a bright 6×6 square sits (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, k in enumerate(labels):
+        r, c = 3 + 8 * (k // 4), 3 + 8 * (k % 4)
+        images[i, r:r + 6, c:c + 6] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist(root: Path, n_train: int = 256, n_test: int = 128, gz: bool = True) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte{ext}", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte{ext}", labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny synthetic MNIST (.gz files, as shipped) that $TUNEKIT_DATA_DIR points at."""
+    root = make_mnist(tmp_path / "data")
+    monkeypatch.setenv("TUNEKIT_DATA_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def real_mnist() -> Path:
+    """The real MNIST named by $TUNEKIT_DATA_DIR (.ci/run points it at ../shared/data)."""
+    root = os.environ.get("TUNEKIT_DATA_DIR")
+    if not root:
+        pytest.skip("set TUNEKIT_DATA_DIR to the folder holding MNIST/raw to run real-data tests")
+    return Path(root)

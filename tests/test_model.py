@@ -1,0 +1,78 @@
+"""The seed CNN: parameter count, shapes and norm layers for every variant; the dropout mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tunekit.model import Dropout, Net, make_norm
+
+
+@pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
+def test_parameter_count_and_output(norm: str) -> None:
+    torch.manual_seed(0)
+    net = Net(norm)
+    # 6 bias-free 3×3 convs (6,984) + 1×1 head with bias (170) + a scale and shift per channel of
+    # the six norms (2 × 72 = 144).
+    assert sum(p.numel() for p in net.parameters()) == 7298
+    out = net(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # log-probabilities
+
+
+@pytest.mark.parametrize("norm,cls,groups", [("BN", nn.BatchNorm2d, None),
+                                             ("GN", nn.GroupNorm, 4), ("LN", nn.GroupNorm, 1)])
+def test_norm_factory(norm: str, cls: type, groups: int | None) -> None:
+    layer = make_norm(norm, 16, groups=4)
+    assert type(layer) is cls and getattr(layer, "num_groups", None) == groups
+    norms = [m for m in Net(norm).modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert len(norms) == 6 and all(type(m) is cls for m in norms)
+
+
+def test_factory_rejects_unknown_norm_instead_of_skipping_it() -> None:
+    with pytest.raises(ValueError, match="'BN', 'GN', 'LN'"):
+        make_norm("XN", 8)
+
+
+def test_architecture_order() -> None:
+    kinds = [type(m).__name__ for m in Net("GN").features]
+    block = ["Conv2d", "ReLU", "GroupNorm", "Dropout"]
+    assert kinds == block * 2 + ["MaxPool2d"] + block * 2 + ["MaxPool2d"] + block * 2 + ["MaxPool2d"]
+    convs = [m for m in Net("GN").features if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 8), (8, 8), (8, 8), (8, 16), (16, 16), (16, 16)]
+    assert all(c.bias is None and c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+
+
+def test_dropout_drops_p_and_keeps_the_mean() -> None:
+    torch.manual_seed(0)
+    drop = Dropout(0.069).train()
+    x = torch.ones(400_000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.069) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005
+    # each of the four 16-bit slices of a random word drops at the same rate
+    by_slice = (y.view(-1, 4) == 0).float().mean(0)
+    assert torch.all((by_slice - 0.069).abs() < 0.004), by_slice
+
+
+def test_dropout_gradient_and_eval_mode() -> None:
+    drop = Dropout(0.5).train()
+    x = torch.randn(1000, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    kept = y != 0
+    assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 2.0))
+    assert torch.all(x.grad[~kept] == 0)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+def test_dropout_is_seeded() -> None:
+    drop = Dropout(0.3).train()
+    torch.manual_seed(3)
+    a = drop(torch.ones(1000))
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(torch.ones(1000)))

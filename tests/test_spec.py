@@ -1,0 +1,153 @@
+"""Specs: round-trip, expansion counts, and a clear rejection of every kind of bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunekit.errors import SpecError
+from tunekit.spec import ExperimentSpec, Distribution, expand, load_spec
+
+from conftest import REPO
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list:
+    with pytest.raises(SpecError) as e:
+        load_spec(write(tmp_path, text))
+    assert e.value.exit_code == 2
+    return e.value.problems
+
+
+@pytest.mark.parametrize("name", ["smoke", "assignment6", "norm_grid"])
+def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
+    spec = load_spec(REPO / "experiments" / f"{name}.yaml")
+    dumped = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    again = load_spec(dumped)
+    assert again == spec
+    assert [t.config for t in expand(again)] == [t.config for t in expand(spec)]
+
+
+def test_shipped_experiment_sizes() -> None:
+    counts = {n: len(expand(load_spec(REPO / "experiments" / f"{n}.yaml")))
+              for n in ("smoke", "assignment6", "norm_grid")}
+    assert counts == {"smoke": 3, "assignment6": 14, "norm_grid": 48}
+
+
+def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, """
+        name: x
+        train: {seed: 7}
+        search:
+          grid: {model.norm: [BN, GN, LN], train.batch_size: [32, 64]}
+          cases: [{train.l1: 0.0}, {train.l1: 0.0001, train.l2: 0.0004}]
+          sample: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}
+          num_samples: 2
+          repeats: 3
+    """))
+    trials = expand(spec)
+    assert len(trials) == 3 * 2 * 2 * 2 * 3
+    assert [t.index for t in trials] == list(range(len(trials)))
+    assert {t.config.train.seed for t in trials} == {7, 8, 9}
+    assert {(t.config.model.norm, t.config.train.batch_size) for t in trials} == {
+        (n, b) for n in ("BN", "GN", "LN") for b in (32, 64)}
+    lrs = {t.config.train.optimizer.lr for t in trials}
+    assert len(lrs) == 2 and all(0.001 <= lr <= 0.1 for lr in lrs)
+    case2 = [t for t in trials if t.config.train.l1 == 0.0001]
+    assert len(case2) == len(trials) / 2 and all(t.config.train.l2 == 0.0004 for t in case2)
+    assert [t.params for t in expand(spec)] == [t.params for t in trials]  # pure: same draws
+
+
+def test_no_search_is_one_trial_of_the_base(tmp_path: Path) -> None:
+    trials = expand(load_spec(write(tmp_path, "name: x\nmodel: {norm: LN}\n")))
+    assert len(trials) == 1 and trials[0].params == {} and trials[0].config.model.norm == "LN"
+
+
+def test_defaults_are_the_seed_recipe() -> None:
+    spec = ExperimentSpec(name="seed")
+    assert (spec.model.norm, spec.model.groups, spec.model.dropout) == ("GN", 4, 0.069)
+    t = spec.train
+    assert (t.epochs, t.optimizer.lr, t.optimizer.momentum) == (25, 0.04104, 0.9)
+    assert (t.scheduler.name, t.scheduler.step_size, t.scheduler.gamma,
+            t.scheduler.start_epoch) == ("step", 2, 0.09, 12)
+    assert spec.data.rotation == 7.0
+
+
+def test_spec_is_frozen() -> None:
+    with pytest.raises(Exception):
+        ExperimentSpec(name="x").train.epochs = 3  # type: ignore[misc]
+
+
+BAD = {
+    "yaml syntax": ("name: x\nmodel: {norm: GN\ntrain: {}\n", "<yaml>", "expected", 3),
+    "unknown key": ("name: x\nmodel: {nrom: GN}\n", "model.nrom", "did you mean 'norm'", 2),
+    "wrong type": ("name: x\ntrain: {epochs: many}\n", "train.epochs", "integer", 2),
+    "out of range": ("name: x\nmodel: {dropout: 1.5}\n", "model.dropout", "less than 1", 2),
+    "bad choice": ("name: x\nmodel: {norm: XN}\n", "model.norm", "'BN', 'GN' or 'LN'", 2),
+    "grid key names no field": ("name: x\nsearch:\n  grid: {train.batchsize: [8]}\n",
+                                "search.grid", "did you mean 'train.batch_size'", 3),
+    "case key names no field": ("name: x\nsearch:\n  cases: [{model.nrom: GN}]\n",
+                                "search.cases", "'model.nrom' names no field", 3),
+    "bad grid value": ("name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n",
+                       "search.grid.model.norm", "'BN', 'GN' or 'LN'", 3),
+    "groups do not divide": ("name: x\nsearch:\n  grid: {model.groups: [2, 3]}\n",
+                             "search.grid.model.groups", "does not divide", 3),
+    "base groups do not divide": ("name: x\nmodel: {norm: GN, groups: 5}\n",
+                                  "model.groups", "valid: [1, 2, 4, 8]", 2),
+    "empty search": ("name: x\nsearch: {}\n", "search", "search is empty", 2),
+    "empty grid axis": ("name: x\nsearch:\n  grid: {model.norm: []}\n", "search.grid",
+                        "has no values", 3),
+    "scheduler field of another name": (
+        "name: x\ntrain:\n  scheduler: {name: onecycle, gamma: 0.5}\n", "train.scheduler",
+        "gamma do(es) not apply to scheduler 'onecycle'", 3),
+    "bad distribution": ("name: x\nsearch:\n  sample: {train.l2: {loguniform: [0.1, 0.01]}}\n",
+                         "search.sample.train.l2", "low must be below high", 3),
+    "sampled value out of range": (
+        "name: x\nsearch:\n  sample: {model.dropout: {uniform: [0.5, 1.5]}}\n",
+        "search.sample.model.dropout", "less than 1", 3),
+    "missing name": ("model: {norm: GN}\n", "name", "Field required", None),
+    "not a mapping": ("- a\n- b\n", "<spec>", "YAML mapping", 1),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_names_the_field_and_line(case: str, tmp_path: Path) -> None:
+    text, field, fragment, line = BAD[case]
+    found = problems(tmp_path, text)
+    match = [p for p in found if p.field == field]
+    assert match, f"no problem for {field!r} in {found}"
+    assert fragment in match[0].message
+    assert match[0].line == line
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, "name: x\nmodel: {norm: XN, dropout: -1}\ntrain: {epochs: 0}\n")
+    assert {p.field for p in found} == {"model.norm", "model.dropout", "train.epochs"}
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\n")
+    assert load_spec(path, {"train.epochs": 3}).train.epochs == 3
+    with pytest.raises(SpecError) as e:
+        load_spec(path, {"train.epoch": 3})
+    assert e.value.problems[0].field == "train.epoch"
+    assert "did you mean 'epochs'" in e.value.problems[0].message
+
+
+def test_distributions_draw_inside_their_bounds() -> None:
+    import random
+    rng = random.Random(0)
+    for d, lo, hi in ((Distribution(uniform=(1.0, 2.0)), 1.0, 2.0),
+                      (Distribution(loguniform=(1e-6, 1e-2)), 1e-6, 1e-2),
+                      (Distribution(randint=(3, 5)), 3, 4)):
+        draws = [d.draw(rng) for _ in range(200)]
+        assert all(lo <= x <= hi for x in draws) and len(set(draws)) > 1
+    assert {Distribution(choice=["BN", "LN"]).draw(rng) for _ in range(50)} == {"BN", "LN"}

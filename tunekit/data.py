@@ -1,0 +1,176 @@
+"""Datasets as uint8 tensors on the training device; batching and augmentation done there too.
+
+Files are read with torchvision's dataset classes. Those read the extracted IDX files of
+`<root>/<Class>/raw/`; when a folder holds only the `.gz` archives (a read-only shared copy, say),
+they are extracted once into tunekit's cache, under a file lock so that trials starting together
+do not race.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torchvision import datasets
+
+from tunekit.errors import DataError
+from tunekit.spec import DataSpec
+
+CLASSES = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
+           "kmnist": datasets.KMNIST}
+STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530),
+         "kmnist": (0.1918, 0.3483)}  # mean and std of the training pixels, in [0, 1]
+
+
+def data_root(spec: DataSpec) -> Path:
+    """The spec's root, else $TUNEKIT_DATA_DIR, else ./data."""
+    return Path(spec.root or os.environ.get("TUNEKIT_DATA_DIR") or "data").expanduser()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNEKIT_CACHE_DIR") or Path.home() / ".cache" / "tunekit")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _file_names(cls: type) -> list[str]:
+    """The extracted IDX file names a torchvision MNIST-style class reads."""
+    return [Path(url).name.removesuffix(".gz") for url, _md5 in cls.resources]
+
+
+def _has(raw: Path, names: list[str], suffix: str = "") -> bool:
+    return all((raw / (n + suffix)).is_file() for n in names)
+
+
+def prepare(dataset: str, root: Path, download: bool = True) -> Path:
+    """A root from which torchvision's class reads `dataset`; extracts or downloads as needed."""
+    cls = CLASSES[dataset]
+    names = _file_names(cls)
+    raw = root / cls.__name__ / "raw"
+    if _has(raw, names):
+        return root
+    if _has(raw, names, ".gz"):
+        key = hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
+        cached = cache_dir() / "extracted" / key
+        target = cached / cls.__name__ / "raw"
+        with _locked(cached / ".lock"):
+            for name in names:
+                if not (target / name).is_file():
+                    tmp = target / f"{name}.tmp{os.getpid()}"
+                    target.mkdir(parents=True, exist_ok=True)
+                    with gzip.open(raw / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.replace(tmp, target / name)  # atomic: readers never see half a file
+        return cached
+    expected = ", ".join(f"{n}[.gz]" for n in names)
+    if download:
+        try:
+            with _locked(root / f".{cls.__name__}.lock"):
+                for train in (True, False):
+                    cls(str(root), train=train, download=True)
+            return root
+        except Exception as e:  # any network or integrity failure: say what was expected where
+            reason = f"download failed ({type(e).__name__}: {e})"
+    else:
+        reason = "data.download is off"
+    raise DataError(f"{dataset} files not found in {raw} and {reason}.\n"
+                    f"Expected: {expected}.\nPoint data.root or $TUNEKIT_DATA_DIR at the folder "
+                    f"that holds {cls.__name__}/raw/.")
+
+
+@lru_cache(maxsize=4)
+def _load(dataset: str, root: Path, download: bool, train: bool) -> tuple[torch.Tensor, ...]:
+    ds = CLASSES[dataset](str(prepare(dataset, root, download)), train=train, download=False)
+    return ds.data.contiguous(), ds.targets.long()
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train and test images (uint8, N×28×28) and labels (int64), all on one device."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: float
+    std: float
+
+    def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 N×H×W → float N×1×H×W, standardised."""
+        return images_u8.unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
+
+
+def load(spec: DataSpec, device: torch.device | str = "cpu") -> Data:
+    root, dl = data_root(spec), spec.download
+    train_x, train_y = _load(spec.dataset, root, dl, True)
+    test_x, test_y = _load(spec.dataset, root, dl, False)
+    if spec.subset is not None:
+        train_x, train_y = train_x[: spec.subset], train_y[: spec.subset]
+    return Data(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
+                *STATS[spec.dataset])
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of N×C×H×W `x` by its own angle about the centre, filling with 0.
+
+    Nearest-neighbour, as torchvision's RandomRotation by default (and the seed): bilinear
+    blurs the strokes and cost ~0.5% test accuracy after one epoch here.
+    """
+    rad = degrees * (math.pi / 180)
+    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+class TrainBatches:
+    """Shuffled, augmented training batches drawn from the resident uint8 tensor.
+
+    One seeded permutation per epoch; every image of a batch gets its own uniform random rotation
+    in [-rotation, rotation] degrees (applied before normalisation, so the fill is black). A last
+    batch of a single image is dropped: BatchNorm cannot train on it.
+    """
+
+    def __init__(self, data: Data, batch_size: int, rotation: float, generator: torch.Generator):
+        self.data, self.batch_size, self.rotation, self.gen = data, batch_size, rotation, generator
+
+    def __len__(self) -> int:
+        n, b = len(self.data.train_labels), self.batch_size
+        return n // b + (n % b > 1)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        d, device = self.data, self.data.train_labels.device
+        order = torch.randperm(len(d.train_labels), generator=self.gen, device=self.gen.device)
+        order = order.to(device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = d.train_images[idx].unsqueeze(1).float().div_(255)
+            if self.rotation:
+                angles = torch.empty(len(idx), device=self.gen.device).uniform_(
+                    -self.rotation, self.rotation, generator=self.gen)
+                x = rotate(x, angles.to(device))
+            yield x.sub_(d.mean).div_(d.std), d.train_labels[idx]
+
+
+def test_batches(data: Data, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(data.test_labels), batch_size):
+        yield data.normalize(data.test_images[i:i + batch_size]), data.test_labels[i:i + batch_size]

@@ -1,0 +1,45 @@
+"""Errors that tunekit reports to the user: each says what is wrong and where, then exits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TunekitError(Exception):
+    """An error the CLI prints without a traceback, exiting with `exit_code`."""
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str  # dotted path of the offending field, or <yaml>/<file>/<spec>
+    message: str
+    line: int | None = None  # 1-based line in the spec file, when known
+    loc: tuple = ()  # where in the YAML the value came from, to find `line`
+
+
+class SpecError(TunekitError):
+    """The spec is invalid: nothing was started. Exit code 2, like a usage error."""
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem], source: Path | None = None):
+        self.problems = problems
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.source}" if self.source else "spec"
+        lines = [f"invalid spec {where}: {len(self.problems)} problem(s)"]
+        for p in self.problems:
+            at = f"line {p.line}, " if p.line else ""
+            lines.append(f"  {at}{p.field}: {p.message}")
+        return "\n".join(lines)
+
+
+class DataError(TunekitError):
+    """The dataset files are missing or unreadable."""
+
+
+class DivergedError(TunekitError):
+    """The training loss became NaN or infinite."""

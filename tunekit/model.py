@@ -1,0 +1,68 @@
+"""The seed CNN (~7.3k parameters) and the one factory its norm layers come from."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Output channels of the six conv blocks; a 2×2 max-pool follows blocks 2, 4 and 6.
+CHANNELS = (8, 8, 8, 16, 16, 16)
+POOL_AFTER = (1, 3, 5)
+
+
+def make_norm(kind: str, channels: int, groups: int = 4) -> nn.Module:
+    """BN = BatchNorm2d, GN = GroupNorm(groups), LN = GroupNorm(1): LayerNorm over (C, H, W)."""
+    if kind == "BN":
+        return nn.BatchNorm2d(channels)
+    if kind == "GN":
+        return nn.GroupNorm(groups, channels)
+    if kind == "LN":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"unknown norm {kind!r}; valid: 'BN', 'GN', 'LN'")
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout, as nn.Dropout, with a cheaper mask on CPU.
+
+    On CPU, torch's Bernoulli sampler draws one 64-bit random number per element and costs a third
+    of a training step here; this draws one per four elements and compares 16-bit slices of it
+    with p (exact to 1/65536). On other devices it is F.dropout.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self._threshold = -(2**15) + round(p * 2**16)  # int16 slices below this are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self._threshold
+        return x * (keep.to(x.dtype) * (1 / (1 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Net(nn.Module):
+    """Six blocks of Conv3×3(no bias) → ReLU → Norm → Dropout, GAP, 1×1 conv head, log_softmax."""
+
+    def __init__(self, norm: str = "GN", groups: int = 4, dropout: float = 0.069):
+        super().__init__()
+        blocks = []
+        c_in = 1
+        for i, c_out in enumerate(CHANNELS):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
+                       make_norm(norm, c_out, groups), Dropout(dropout)]
+            if i in POOL_AFTER:
+                blocks.append(nn.MaxPool2d(2))
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, 10, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.head(self.features(x)).flatten(1), dim=1)

@@ -1,0 +1,396 @@
+"""Experiment specs: pydantic models of a study, loaded from YAML and expanded into trials.
+
+Validation happens here, once: `load_spec` turns a YAML file into a frozen `ExperimentSpec` and
+checks every trial it expands to, so code further in only ever sees typed, valid objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+
+from tunekit.errors import Problem, SpecError
+from tunekit.model import CHANNELS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    dataset: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist"  # a torchvision dataset class
+    root: Path | None = None  # folder holding <Dataset>/raw; None: $TUNEKIT_DATA_DIR, else ./data
+    rotation: float = Field(7.0, ge=0, le=180)  # random rotation of train images, ± degrees
+    subset: PositiveInt | None = None  # train on the first N training images only (smoke runs)
+    download: bool = True  # fetch missing files with torchvision (needs internet)
+
+
+class ModelSpec(_Strict):
+    norm: Literal["BN", "GN", "LN"] = "GN"  # BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
+    groups: PositiveInt = 4  # GroupNorm groups (GN only); must divide every layer's channels
+    dropout: float = Field(0.069, ge=0, lt=1)  # drop probability after each conv block
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_divide_channels(cls, groups: int, info: ValidationInfo) -> int:
+        if info.data.get("norm") == "GN" and any(c % groups for c in CHANNELS):
+            valid = [g for g in range(1, min(CHANNELS) + 1) if all(c % g == 0 for c in CHANNELS)]
+            raise ValueError(f"GroupNorm groups={groups} does not divide every layer's channel "
+                             f"count {sorted(set(CHANNELS))}; valid: {valid}")
+        return groups
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd"] = "sgd"  # torch.optim.SGD
+    lr: PositiveFloat = 0.04104  # learning rate (peak lr for onecycle unless max_lr is set)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum
+
+
+_SCHEDULER_FIELDS = {"step": {"step_size", "gamma", "start_epoch"},
+                     "onecycle": {"max_lr", "pct_start"}, "none": set()}
+
+
+class SchedulerSpec(_Strict):
+    name: Literal["step", "onecycle", "none"] = "step"  # step: the seed's StepLR; none: constant
+    step_size: PositiveInt = 2  # step: epochs between two decays
+    gamma: float = Field(0.09, gt=0, le=1)  # step: lr factor at each decay
+    start_epoch: NonNegativeInt = 12  # step: epochs at constant lr before the decays start
+    max_lr: PositiveFloat | None = None  # onecycle: peak lr; None: the optimizer's lr
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle: fraction of batches spent warming up
+
+    @model_validator(mode="after")
+    def _fields_fit_name(self) -> SchedulerSpec:
+        # Fields of another scheduler are errors, unless left at their defaults (a full dump).
+        stray = {f for f in self.model_fields_set - _SCHEDULER_FIELDS[self.name] - {"name"}
+                 if getattr(self, f) != type(self).model_fields[f].default}
+        if stray:
+            raise ValueError(f"{', '.join(sorted(stray))} do(es) not apply to scheduler "
+                             f"'{self.name}' (it takes: {sorted(_SCHEDULER_FIELDS[self.name])})")
+        return self
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = 25
+    batch_size: PositiveInt = 128  # images per SGD step
+    optimizer: OptimizerSpec = OptimizerSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    l1: float = Field(0.0, ge=0)  # λ₁: loss += l1 · Σ|p| over the penalized parameters
+    l2: float = Field(0.0, ge=0)  # λ₂: SGD weight decay over the penalized parameters
+    penalize: Literal["all", "weights"] = "all"  # all: every parameter, as the seed; weights: convs
+    seed: int = 1  # seeds init, batch order, augmentation and dropout
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    eval_batch_size: PositiveInt = 1000  # images per forward pass when evaluating
+
+
+class TrialConfig(_Strict):
+    """Everything one training run needs; what `train.fit` takes."""
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+
+
+class Distribution(_Strict):
+    """Exactly one of: uniform [low, high], loguniform [low, high], randint [low, high), choice."""
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, randint, choice")
+        bounds = getattr(self, given[0])
+        if given[0] != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: low must be below high, got {list(bounds)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k))
+
+    def edges(self) -> list[Any]:
+        """Values that bound what a draw can be: validating them validates every draw."""
+        if self.choice is not None:
+            return list(self.choice)
+        low, high = getattr(self, self.kind)
+        return [low, high - 1] if self.kind == "randint" else [low, high]
+
+    def draw(self, rng: random.Random) -> Any:
+        if self.choice is not None:
+            return rng.choice(self.choice)
+        low, high = getattr(self, self.kind)
+        if self.kind == "randint":
+            return rng.randrange(low, high)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.uniform(low, high)
+
+
+def _paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted field path under a model, nested models included."""
+    out = []
+    for name, field in cls.model_fields.items():
+        path = prefix + name
+        out.append(path)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += _paths(field.annotation, path + ".")
+    return out
+
+
+TRIAL_PATHS = _paths(TrialConfig)
+
+
+def check_path(path: str) -> str:
+    """The path itself if it names a trial field; else a ValueError with the closest names."""
+    if path not in TRIAL_PATHS:
+        close = difflib.get_close_matches(path, TRIAL_PATHS, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{path!r} names no field{hint} (fields are under data., model., train.)")
+    return path
+
+
+class SearchSpec(_Strict):
+    grid: dict[str, list[Any]] = {}  # field path -> values; every combination is a trial
+    cases: list[dict[str, Any]] = []  # hand-picked settings, each combined with every grid point
+    sample: dict[str, Distribution] = {}  # field path -> distribution, drawn num_samples times
+    num_samples: PositiveInt = 1  # draws of `sample` (each draw runs the whole grid × cases)
+    repeats: PositiveInt = 1  # seeds per configuration: train.seed, train.seed + 1, ...
+
+    @field_validator("grid", "sample")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for path, values in value.items():
+            check_path(path)
+            if isinstance(values, list) and not values:
+                raise ValueError(f"{path!r} has no values")
+        return value
+
+    @field_validator("cases")
+    @classmethod
+    def _known_case_keys(cls, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, case in enumerate(cases):
+            if not case:
+                raise ValueError(f"case {i} is empty")
+            for path in case:
+                check_path(path)
+        return cases
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_empty(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not any(data.get(k) for k in ("grid", "cases", "sample")):
+            raise ValueError("search is empty: give grid, cases or sample "
+                             "(or drop `search` to run the base config once)")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        for path in {p for case in self.cases for p in case} | set(self.sample):
+            if path in self.grid:
+                raise ValueError(f"{path!r} is set by both grid and cases/sample; keep one")
+        if self.num_samples > 1 and not self.sample:
+            raise ValueError("num_samples > 1 repeats identical trials without `sample`; "
+                             "use repeats for more seeds")
+        if "train.seed" in self.grid and self.repeats > 1:
+            raise ValueError("train.seed is in the grid and repeats > 1; use one of them")
+        return self
+
+    def source(self, path: str) -> tuple[Any, ...]:
+        """Where in the spec a trial's value for `path` was set (a YAML location)."""
+        if path in self.grid or path in self.sample:
+            return ("search", "grid" if path in self.grid else "sample", path)
+        case = next((i for i, c in enumerate(self.cases) if path in c), None)
+        return ("search", "cases", case, path) if case is not None else ("search", "repeats")
+
+
+class ResourcesSpec(_Strict):
+    cpus_per_trial: PositiveInt = 1  # CPU cores per trial; torch uses this many threads
+    gpus_per_trial: float = Field(0.0, ge=0)  # GPUs per trial; fractions share one GPU
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = None  # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else local store
+    experiment: str | None = None  # MLflow experiment name; None: the spec's name
+
+
+class ExperimentSpec(TrialConfig):
+    """A whole study: the base trial config, how it varies, and where it runs and is tracked."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names runs/ folders and MLflow
+    search: SearchSpec = Field(default_factory=SearchSpec.model_construct)  # absent: one trial
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    params: dict[str, Any]  # the field paths this trial sets on top of the base config
+    config: TrialConfig
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of nested dict `raw` with dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    out = dict(raw)
+    if rest:
+        inner = out.get(head)
+        out[head] = set_path(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def expand(spec: ExperimentSpec) -> list[Trial]:
+    """The trials of a spec: grid × cases × samples × repeats, each validated like the base.
+
+    Pure: the same spec always gives the same trials (draws are seeded by train.seed).
+    """
+    s = spec.search
+    points = [dict(zip(s.grid, combo)) for combo in itertools.product(*s.grid.values())]
+    points = [{**p, **c} for p in points for c in (s.cases or [{}])]
+    rng = random.Random(spec.train.seed)
+    base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+    trials = []
+    for _ in range(s.num_samples):
+        draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
+        for point in points:
+            for r in range(s.repeats):
+                seed = {"train.seed": spec.train.seed + r} if s.repeats > 1 else {}
+                params = {**point, **draws, **seed}
+                try:
+                    trials.append(Trial(len(trials), params, resolve(base, params, len(trials))))
+                except SpecError as e:
+                    raise SpecError([_blame(p, params, s) for p in e.problems]) from None
+    return trials
+
+
+def _check_sample_edges(spec: ExperimentSpec) -> None:
+    """Every value a distribution can draw is valid if its edges (or choices) are."""
+    base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+    for path, dist in spec.search.sample.items():
+        for value in dist.edges():
+            try:
+                resolve(base, {path: value})
+            except SpecError as e:
+                raise SpecError([_blame(p, {path: value}, spec.search) for p in e.problems]) from None
+
+
+def _blame(problem: Problem, params: Mapping[str, Any], search: SearchSpec) -> Problem:
+    """Point a trial's problem at the search entry that set the offending value."""
+    hits = [p for p in params if p == problem.field or p.startswith(problem.field + ".")]
+    if not hits:
+        return problem
+    loc = search.source(hits[0])
+    return Problem(_loc(loc), f"{problem.field}: {problem.message}", loc=loc)
+
+
+def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> TrialConfig:
+    """Validate `base` with `params` set on it; errors name the trial and the fields it set."""
+    raw = base
+    for path, value in params.items():
+        raw = set_path(raw, path, value)
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as e:
+        setting = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base config"
+        raise SpecError([Problem(_loc(err["loc"]), f"{_msg(err)} (trial {index}: {setting})")
+                         for err in e.errors()]) from None
+
+
+def _msg(err: dict[str, Any]) -> str:
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<spec>"
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at `loc`, or of its deepest parent present in the file."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _problem(err: dict[str, Any], root: yaml.Node | None, cls: type[BaseModel],
+             overridden: Mapping[str, Any]) -> Problem:
+    loc, msg = tuple(err["loc"]), _msg(err)
+    if err["type"] == "extra_forbidden":
+        siblings = _fields_at(cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
+        msg = (f"unknown key{f'; did you mean {close[0]!r}?' if close else ''} "
+               f"(allowed: {', '.join(siblings)})")
+    elif not isinstance(err.get("input"), (dict, list)) and err["type"] != "missing":
+        msg = f"{msg} (got {err['input']!r})"
+    from_set = any(_loc(loc).startswith(k) for k in overridden)
+    return Problem(_loc(loc), msg + (" (from --set)" if from_set else ""),
+                   None if from_set else _line(root, loc))
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return []
+        cls = field.annotation
+    return list(cls.model_fields)
+
+
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
+    """Read, validate and fully expand a YAML spec; SpecError (naming fields) on any problem.
+
+    `overrides` (dotted path -> value, from `--set`) are applied to the YAML before validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError([Problem("<file>", f"cannot read it: {e.strerror}")], source=path) from None
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError([Problem("<yaml>", f"{getattr(e, 'problem', None) or e}",
+                                 mark.line + 1 if mark else None)], source=path) from None
+    if not isinstance(raw, dict):
+        raise SpecError([Problem("<spec>", "a spec is a YAML mapping (name:, model:, train:, ...)",
+                                 1)], source=path)
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        if key.split(".")[0] not in ExperimentSpec.model_fields or key.startswith("search"):
+            raise SpecError([Problem(key, "--set takes a field path such as train.epochs")])
+        raw = set_path(raw, key, value)
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError([_problem(err, root, ExperimentSpec, overrides) for err in e.errors()],
+                        source=path) from None
+    try:
+        expand(spec)
+        _check_sample_edges(spec)
+    except SpecError as e:
+        problems = [replace(p, line=_line(root, p.loc)) if p.loc else p for p in e.problems]
+        raise SpecError(problems, source=path) from None
+    return spec
