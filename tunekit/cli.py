@@ -86,3 +86,45 @@ def train(spec: Path = SPEC,
         with EpochProgress(f"trial {trial}", t.config.train.epochs) as progress:
             result = fit(t.config, progress, threads=threads)
         console.print(fit_summary(result))
+
+
+@app.command()
+def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
+          address: Optional[str] = typer.Option(
+              None, help="Ray cluster: 'auto' (this node's), or ray://HOST:10001. "
+                         "Default: start a local Ray for this sweep."),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Carry on an interrupted sweep of this spec."),
+          dry_run: bool = typer.Option(False, "--dry-run",
+                                       help="Print the trials and resources; start nothing.")
+          ) -> None:
+    """Run every trial of a spec on Ray Tune and print the max val_acc of each.
+
+    Exit code 0 when every trial finished, 1 when any failed, 130 when interrupted (Ctrl-C):
+    run it again with --resume to carry on.
+    """
+    with _handled():
+        s, trials = _load(spec, set_)
+        from tunekit.report import (SweepView, console, failures, resources_line,
+                                    sweep_table, trials_table)
+        if dry_run:
+            console.print(trials_table(s.name, trials))
+            console.print(resources_line(s, len(trials)))
+            return
+        from tunekit import sweep as sweeps
+        with SweepView(s.name, len(trials), s.train.epochs) as view:
+            states = sweeps.run(s, address=address, resume=resume, listeners=[view])
+        console.print(sweep_table(s.name, states))
+        failed = [t for t in states if t.status == "failed"]
+        unfinished = [t for t in states if t.status == "unfinished"]
+        if unfinished or len(states) < len(trials):
+            console.print(f"[yellow]interrupted:[/] {len(unfinished)} trial(s) unfinished; "
+                          f"continue with: tunekit sweep {spec} --resume")
+        if failed:
+            console.print(f"[red]{len(failed)} of {len(states)} trial(s) failed[/] "
+                          f"(tracebacks: error.txt in each trial's folder under "
+                          f"{sweeps.storage_root(s)}/{s.name}):", highlight=False)
+            for line in failures(states):
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+        interrupted = unfinished or len(states) < len(trials)
+        raise typer.Exit(130 if interrupted else 1 if failed else 0)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunekit.spec import Trial
+from tunekit.spec import ExperimentSpec, Trial
 from tunekit.train import EpochMetrics, FitResult
 
-console = Console()
+if TYPE_CHECKING:
+    from tunekit.sweep import TrialState
+
+# Not a terminal (CI, a log file): wide lines rather than tables folded at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 
@@ -74,3 +80,92 @@ def fit_summary(result: FitResult) -> str:
     return (f"max val_acc {result.max_val_acc:.2f}% at epoch {result.best_epoch}/"
             f"{len(result.history)} · trained {total:.0f}s at {speed:,.0f} img/s · "
             f"{len(result.misclassified.indices)} test images wrong at the best epoch")
+
+
+def resources_line(spec: ExperimentSpec, trials: int) -> str:
+    r = spec.resources
+    gpus = "auto (0.25 if the cluster has GPUs, else 0)" if r.gpus_per_trial is None \
+        else fmt(r.gpus_per_trial)
+    cap = spec.sweep.max_concurrent or "as many as the cluster's CPUs/GPUs allow"
+    return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial takes {r.cpus_per_trial} "
+            f"CPU(s) ({r.cpus_per_trial} torch thread(s)) and {gpus} GPU; at once: {cap}")
+
+
+class SweepView:
+    """The live view of a running sweep: counts, each running trial's epoch and val_acc, the best
+    so far; a line is printed as each trial ends. Implements sweep.Listener."""
+
+    def __init__(self, name: str, total: int, epochs: int):
+        self.name, self.total, self.epochs = name, total, epochs
+        self.trials: dict[str, TrialState] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> SweepView:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def trial_started(self, trial: TrialState) -> None:
+        self.trials[trial.trial_id] = trial
+        self.live.update(self._render())
+
+    def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None:
+        self.trials[trial.trial_id] = trial
+        self.live.update(self._render())
+
+    def trial_ended(self, trial: TrialState) -> None:
+        self.trials[trial.trial_id] = trial
+        setting = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+        if trial.status == "failed":
+            self.live.console.print(f"[red]✗ {trial.trial_id}[/] {setting}: {trial.error}",
+                                    highlight=False, soft_wrap=True)
+        else:
+            best = trial.best
+            acc = (f"max val_acc {best['val_acc']:.2f}% (epoch {best['epoch']})" if best
+                   else "finished in an earlier session")
+            self.live.console.print(f"[green]✓ {trial.trial_id}[/] {setting}: {acc}",
+                                    highlight=False, soft_wrap=True)
+        self.live.update(self._render())
+
+    def _render(self) -> Table:
+        by = {s: [t for t in self.trials.values() if t.status == s]
+              for s in ("running", "done", "failed")}
+        best = max((t.best for t in self.trials.values() if t.best), default=None,
+                   key=lambda m: m["val_acc"])
+        title = (f"{self.name}: {len(by['done'])} done · {len(by['running'])} running · "
+                 f"{len(by['failed'])} failed · {self.total} in all"
+                 + (f" · best val_acc {best['val_acc']:.2f}%" if best else ""))
+        table = Table(title=title, title_justify="left", box=None)
+        for col in ("trial", "setting", "epoch", "val_acc"):
+            table.add_column(col)
+        for t in by["running"]:
+            last = t.history[-1] if t.history else None
+            table.add_row(t.trial_id, ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items()),
+                          f"{last['epoch'] if last else 0}/{self.epochs}",
+                          f"{last['val_acc']:.2f}%" if last else "")
+        return table
+
+
+def sweep_table(name: str, trials: Sequence[TrialState]) -> Table:
+    """Every trial of a sweep, best max val_acc first; failed trials last, with their reason."""
+    cols = [k for k in dict.fromkeys(k for t in trials for k in t.params)
+            if len({repr(t.params.get(k)) for t in trials}) > 1]
+    table = Table(title=f"{name}: max val_acc per trial", title_justify="left")
+    for c in ("trial", *cols, "max val_acc", "best epoch", "epochs", "status"):
+        table.add_column(c, justify="right" if c in ("max val_acc", "best epoch", "epochs")
+                         else "left")
+    ranked = sorted(trials, key=lambda t: (t.status == "failed",
+                                           -(t.best["val_acc"] if t.best else -1)))
+    for t in ranked:
+        best = t.best
+        status = t.status
+        table.add_row(t.trial_id, *(fmt(t.params.get(c, "")) for c in cols),
+                      f"{best['val_acc']:.2f}" if best else "-",
+                      str(best["epoch"]) if best else "-", str(len(t.history)), status)
+    return table
+
+
+def failures(trials: Sequence[TrialState]) -> list[str]:
+    return [f"{t.trial_id}: {t.error}" for t in trials if t.status == "failed"]

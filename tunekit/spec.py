@@ -216,7 +216,20 @@ class SearchSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     cpus_per_trial: PositiveInt = 1  # CPU cores per trial; torch uses this many threads
-    gpus_per_trial: float = Field(0.0, ge=0)  # GPUs per trial; fractions share one GPU
+    gpus_per_trial: float | None = Field(None, ge=0, le=8)  # None: 0.25 (4 per GPU) if the
+    #                                       cluster has GPUs, else 0; fractions share one GPU
+
+
+class AshaSpec(_Strict):
+    grace_period: PositiveInt = 5  # epochs every trial runs before it may be stopped
+    reduction_factor: float = Field(3.0, gt=1)  # about 1 in this many trials goes on at each rung
+
+
+class SweepSpec(_Strict):
+    storage: str | None = None  # results folder or URI (s3://bucket/prefix); None: ./runs
+    max_concurrent: PositiveInt | None = None  # trials at once; None: as many as resources allow
+    max_failures: NonNegativeInt = 0  # retries of a failed trial, from its last checkpoint
+    asha: AshaSpec | None = None  # stop weak trials early on val_acc; None: run every epoch
 
 
 class TrackingSpec(_Strict):
@@ -229,6 +242,7 @@ class ExperimentSpec(TrialConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names runs/ folders and MLflow
     search: SearchSpec = Field(default_factory=SearchSpec.model_construct)  # absent: one trial
     resources: ResourcesSpec = ResourcesSpec()
+    sweep: SweepSpec = SweepSpec()
     tracking: TrackingSpec = TrackingSpec()
 
 

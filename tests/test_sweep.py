@@ -1,0 +1,195 @@
+"""Sweeps on a real Ray: local, on a two-node cluster, with failures, and resumed after SIGKILL.
+
+Every sweep runs `python -m tunekit sweep` in a subprocess, as a user would, and is checked
+against what Ray itself stored under runs/<name>/ (one progress.csv per trial).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+from tunekit.cli import app
+
+from conftest import REPO, make_mnist
+
+pytestmark = pytest.mark.ray
+
+
+def tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data), **(env or {})})
+
+
+def progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """Ray's per-trial result rows, by trial folder name."""
+    return {p.parent.name: list(csv.DictReader(p.open()))
+            for p in sorted(run_dir.glob("*/progress.csv"))}
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
+    out = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), "--set", "train.epochs=2",
+                  cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = progress(tmp_path / "runs" / "smoke")
+    assert len(rows) == 3
+    assert all([r["epoch"] for r in trial] == ["1", "2"] for trial in rows.values())
+    table = out.stdout[out.stdout.index("max val_acc per trial"):]
+    for norm in ("BN", "GN", "LN"):
+        line = next(line for line in table.splitlines() if f" {norm} " in line)
+        assert "done" in line and " 2 " in line
+    assert "Trial status" not in out.stdout and "INFO" not in out.stdout + out.stderr  # quiet Ray
+    # the sweep's results are not overwritten by accident
+    again = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path,
+                    data=tiny_data)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_failed_trials_end_with_their_reason_and_the_rest_succeed(tmp_path: Path,
+                                                                  tiny_data: Path) -> None:
+    spec = spec_file(tmp_path, f"""
+        name: faults
+        train: {{epochs: 2, batch_size: 32, scheduler: {{name: none}}}}
+        search:
+          cases:
+            - {{model.norm: GN}}
+            - {{model.norm: LN, data.root: {tmp_path / 'missing'}, data.download: false}}
+            - {{model.norm: BN, train.optimizer.lr: 1.0e+30}}
+            - {{model.norm: BN}}
+    """)
+    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "2 of 4 trial(s) failed" in out.stdout
+    assert f"DataError: mnist files not found in {tmp_path / 'missing' / 'MNIST' / 'raw'}" \
+        in out.stdout
+    assert "DivergedError: training loss became nan in epoch 1" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+    rows = progress(tmp_path / "runs" / "faults")
+    finished = [t for t in rows.values() if [r["epoch"] for r in t] == ["1", "2"]]
+    assert len(finished) == 2
+
+
+def test_dry_run_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_ray(*a, **k):
+        raise AssertionError("ray.init called by --dry-run")
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(REPO / "experiments" / "norm_grid.yaml"),
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "48 trial(s)" in result.output and "1 CPU(s)" in result.output
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_bad_spec_starts_no_sweep(tmp_path: Path, tiny_data: Path) -> None:
+    spec = spec_file(tmp_path, "name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n")
+    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 2 and "search.grid.model.norm" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
+    data = make_mnist(tmp_path / "data", n_train=2500, n_test=500)
+    spec = spec_file(tmp_path, """
+        name: killed
+        train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
+        search:
+          grid: {model.norm: [BN, GN, LN], train.seed: [1, 2]}
+    """)
+    run_dir = tmp_path / "runs" / "killed"
+    driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=tmp_path,
+                              env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            rows = progress(run_dir)
+            done = [name for name, r in rows.items() if len(r) == 3]
+            if done and sum(len(r) for r in rows.values()) < 6 * 3 - 3:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished in time")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        driver.kill()
+    before = {name: (run_dir / name / "progress.csv").read_text() for name in progress(run_dir)}
+    finished_before = [name for name in done]
+    time.sleep(3)  # let the dead driver's Ray workers go
+
+    out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = progress(run_dir)
+    assert len(after) == 6
+    assert all(sorted(int(r["epoch"]) for r in t) == [1, 2, 3] for t in after.values()), after
+    for name in finished_before:
+        assert (run_dir / name / "progress.csv").read_text() == before[name]
+    assert out.stdout.count(" done ") >= 6
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, tiny_data: Path) -> None:
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "TUNEKIT_DATA_DIR": str(tiny_data)}
+    port = "6399"
+    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+
+    def ray_cmd(*args: str) -> None:
+        subprocess.run([str(ray_bin), *args], env=env, check=True, capture_output=True,
+                       timeout=120)
+    try:
+        ray_cmd("start", "--head", f"--port={port}", "--include-dashboard=false", *common)
+        ray_cmd("start", f"--address=127.0.0.1:{port}", *common)
+        spec = spec_file(tmp_path, """
+            name: twonode
+            train: {epochs: 2, batch_size: 32}
+            search:
+              grid: {model.norm: [BN, GN, LN, BN], train.seed: [1]}
+        """)
+        out = tunekit("sweep", str(spec), "--address", f"127.0.0.1:{port}", cwd=tmp_path,
+                      data=tiny_data, env={"RAY_AUTH_MODE": "token"})
+        assert out.returncode == 0, out.stdout + out.stderr
+        rows = progress(tmp_path / "runs" / "twonode")
+        assert len(rows) == 4
+        nodes = {r["node_id"] for t in rows.values() for r in t}
+        assert len(nodes) == 2, nodes
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
+
+
+def test_cluster_yaml_passes_rays_own_validation() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    # what `ray up` does before it talks to the cloud: fill in defaults, check the JSON schema
+    validate_config(prepare_config(config))
+    broken = {**config, "head_node_typo": "head"}
+    with pytest.raises(Exception, match="head_node_typo"):  # the check does reject bad configs
+        validate_config(prepare_config(broken))
+    assert config["max_workers"] >= 1 and config["available_node_types"]
+    workers = [n for n in config["available_node_types"].values()
+               if n.get("min_workers", 0) == 0 and n.get("resources", {}).get("GPU")]
+    assert workers, "an autoscaling GPU worker group starting at 0"
+    setup = " ".join(config["setup_commands"] + config.get("head_setup_commands", []))
+    assert "pip install" in setup and "mlflow server" in " ".join(
+        config.get("head_start_ray_commands", []) + config.get("head_setup_commands", []))

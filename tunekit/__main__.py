@@ -1,0 +1,3 @@
+from tunekit.cli import app
+
+app(prog_name="tunekit")
