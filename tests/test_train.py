@@ -100,9 +100,12 @@ def test_fit_reports_every_epoch_and_learns(tiny_data: Path) -> None:
     for m in result.history:
         assert m.train_loss > 0 and m.seconds > 0 and m.images_per_s > 0 and m.lr == 0.04104
     wrong = result.misclassified
-    assert len(wrong.indices) == round(128 * (100 - result.max_val_acc) / 100)
+    assert wrong.total == round(128 * (100 - result.max_val_acc) / 100)
+    assert len(wrong.indices) == min(wrong.total, 100)
     assert wrong.images.shape == (len(wrong.indices), 28, 28)
-    assert not torch.equal(wrong.preds, wrong.labels) or len(wrong.indices) == 0
+    assert bool((wrong.preds != wrong.labels).all())
+    test = data.load(TrialConfig().data).test_images
+    assert torch.equal(wrong.images, test[wrong.indices])
     assert set(result.best_state) == set(Net("GN").state_dict())
 
 

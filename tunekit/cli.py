@@ -88,43 +88,143 @@ def train(spec: Path = SPEC,
         console.print(fit_summary(result))
 
 
+TRACKING = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's "
+                        "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+
+
 @app.command()
 def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
           address: Optional[str] = typer.Option(
-              None, help="Ray cluster: 'auto' (this node's), or ray://HOST:10001. "
+              None, help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
                          "Default: start a local Ray for this sweep."),
           resume: bool = typer.Option(False, "--resume",
                                       help="Carry on an interrupted sweep of this spec."),
           dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="Print the trials and resources; start nothing.")
-          ) -> None:
-    """Run every trial of a spec on Ray Tune and print the max val_acc of each.
+                                       help="Print the trials and resources; start nothing."),
+          tracking_uri: Optional[str] = TRACKING) -> None:
+    """Run every trial of a spec on Ray Tune, record it in MLflow, print max val_acc per trial.
 
     Exit code 0 when every trial finished, 1 when any failed, 130 when interrupted (Ctrl-C):
     run it again with --resume to carry on.
     """
     with _handled():
         s, trials = _load(spec, set_)
-        from tunekit.report import (SweepView, console, failures, resources_line,
-                                    sweep_table, trials_table)
+        from tunekit import report
         if dry_run:
-            console.print(trials_table(s.name, trials))
-            console.print(resources_line(s, len(trials)))
+            report.console.print(report.trials_table(s.name, trials))
+            report.console.print(report.resources_line(s, len(trials)))
             return
-        from tunekit import sweep as sweeps
-        with SweepView(s.name, len(trials), s.train.epochs) as view:
-            states = sweeps.run(s, address=address, resume=resume, listeners=[view])
-        console.print(sweep_table(s.name, states))
+        from tunekit import sweep as sweeps, track
+        uri = track.tracking_uri(s, tracking_uri)
+        client = track.connect(uri)  # an unreachable server stops us before any trial starts
+        path = sweeps.prepare(s, address=address, resume=resume)
+        tracker = track.Tracker(client, s, spec, path)
+        with report.SweepView(s.name, len(trials), s.train.epochs) as view:
+            states = sweeps.run(s, address=address, resume=resume, listeners=[view, tracker])
+        tracker.finish(states)
+        records = track.trial_runs(client, tracker.parent)
+        _plot(client, tracker.parent, records, None)
+        rows = report.result_rows(records)
+        report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
+        report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
+                             f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
         failed = [t for t in states if t.status == "failed"]
-        unfinished = [t for t in states if t.status == "unfinished"]
-        if unfinished or len(states) < len(trials):
-            console.print(f"[yellow]interrupted:[/] {len(unfinished)} trial(s) unfinished; "
-                          f"continue with: tunekit sweep {spec} --resume")
+        interrupted = [t for t in states if t.status == "unfinished"] or len(states) < len(trials)
+        if interrupted:
+            report.console.print(f"[yellow]interrupted:[/] continue with: tunekit sweep {spec} "
+                                 "--resume")
         if failed:
-            console.print(f"[red]{len(failed)} of {len(states)} trial(s) failed[/] "
-                          f"(tracebacks: error.txt in each trial's folder under "
-                          f"{sweeps.storage_root(s)}/{s.name}):", highlight=False)
-            for line in failures(states):
-                console.print(f"  {line}", highlight=False, soft_wrap=True)
-        interrupted = unfinished or len(states) < len(trials)
+            report.console.print(f"[red]{len(failed)} of {len(states)} trial(s) failed[/] "
+                                 f"(tracebacks: error.txt in each trial's folder under {path}):",
+                                 highlight=False)
+            for line in report.failures(states):
+                report.console.print(f"  {line}", highlight=False, soft_wrap=True)
         raise typer.Exit(130 if interrupted else 1 if failed else 0)
+
+
+def _experiment(name_or_spec: str) -> str:
+    """An MLflow experiment name from a spec file (its tracking.experiment or name) or as is."""
+    if Path(name_or_spec).is_file():
+        from tunekit.spec import load_spec
+        from tunekit.track import experiment_name
+        return experiment_name(load_spec(name_or_spec))
+    return name_or_spec
+
+
+def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
+    from tunekit import track
+    from tunekit.spec import ExperimentSpec, load_spec
+    spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else ExperimentSpec(name="x")
+    client = track.connect(track.tracking_uri(spec, tracking_uri))
+    return client, track.find_sweep(client, _experiment(name_or_spec))
+
+
+NAME = typer.Argument(..., help="A spec file, or the name of its MLflow experiment.",
+                      show_default=False)
+
+
+@app.command("report")
+def report_(name_or_spec: str = NAME,
+            format: str = typer.Option("table", "--format", "-f",
+                                       help="table, markdown, csv or json."),
+            tracking_uri: Optional[str] = TRACKING) -> None:
+    """Rebuild the max-val-accuracy table of the latest sweep from MLflow.
+
+    Trials that differ only in their seed are grouped: mean ± std over n.
+    """
+    with _handled():
+        if format not in ("table", "markdown", "csv", "json"):
+            raise SpecError([Problem("--format", f"{format!r}: valid: table, markdown, csv, json")])
+        from tunekit import report, track
+        client, sweep_run = _tracking(name_or_spec, tracking_uri)
+        rows = report.result_rows(track.trial_runs(client, sweep_run))
+        out = report.results_table(f"{_experiment(name_or_spec)}: max val_acc", rows, format)
+        if isinstance(out, str):
+            typer.echo(out, nl=False)
+        else:
+            report.console.print(out)
+
+
+@app.command()
+def plot(name_or_spec: str = NAME,
+         runs: Optional[List[str]] = typer.Option(None, "--runs", help="MLflow run ids (or "
+                                                  "prefixes) to draw; default: every trial."),
+         out: Path = typer.Option(Path("plots"), "--out", help="Folder for the PNG files."),
+         tracking_uri: Optional[str] = TRACKING) -> None:
+    """Draw the four comparison graphs and a misclassified-digits grid per trial, from MLflow.
+
+    The PNG files go to --out and to the sweep's MLflow run.
+    """
+    with _handled():
+        from tunekit import report, track
+        client, sweep_run = _tracking(name_or_spec, tracking_uri)
+        records = track.trial_runs(client, sweep_run)
+        chosen = [r for r in records if not runs or any(r.run_id.startswith(p) for p in runs)]
+        if runs and len(chosen) < len(runs):
+            raise SpecError([Problem("--runs", f"no trial run of this sweep matches some of "
+                                     f"{runs}; runs: {' '.join(r.run_id for r in records)}")])
+        for path in _plot(client, sweep_run, chosen, out):
+            report.console.print(f"wrote {path}", highlight=False)
+
+
+def _plot(client, sweep_run: str, chosen: list, out: Optional[Path]) -> List[Path]:
+    """Draw the comparison graphs and grids of trial runs, save them, log them to the sweep."""
+    import tempfile
+    from tunekit import report, track
+    folder = out or Path(tempfile.mkdtemp(prefix="tunekit-plots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = report.legend_labels([r.params for r in chosen])
+    curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
+    paths = [folder / "curves.json"]  # the data behind the graphs
+    paths[0].write_text(json.dumps(dict(curves), indent=1))
+    for name, fig in report.curve_figures(curves).items():
+        paths.append(folder / f"{name}.png")
+        fig.savefig(paths[-1])
+    for label, r in zip(labels, chosen):
+        wrong = track.misclassified(client, r.run_id)
+        if wrong is not None:
+            paths.append(folder / f"misclassified_{r.run_id[:12]}.png")
+            report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
+                                        title=label).savefig(paths[-1])
+    track.log_plots(client, sweep_run, paths)
+    return paths

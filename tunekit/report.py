@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import statistics
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
+
+from matplotlib.figure import Figure
 
 from rich.console import Console
 from rich.live import Live
@@ -79,7 +86,7 @@ def fit_summary(result: FitResult) -> str:
     speed = sum(m.images_per_s * m.seconds for m in result.history) / total
     return (f"max val_acc {result.max_val_acc:.2f}% at epoch {result.best_epoch}/"
             f"{len(result.history)} · trained {total:.0f}s at {speed:,.0f} img/s · "
-            f"{len(result.misclassified.indices)} test images wrong at the best epoch")
+            f"{result.misclassified.total} test images wrong at the best epoch")
 
 
 def resources_line(spec: ExperimentSpec, trials: int) -> str:
@@ -169,3 +176,159 @@ def sweep_table(name: str, trials: Sequence[TrialState]) -> Table:
 
 def failures(trials: Sequence[TrialState]) -> list[str]:
     return [f"{t.trial_id}: {t.error}" for t in trials if t.status == "failed"]
+
+
+# -- results rebuilt from MLflow ----------------------------------------------------------------
+
+SEED_COLUMNS = {"model.norm": "Norm", "train.l1": "L1", "train.l2": "L2",
+                "train.batch_size": "Batch"}
+IGNORED = {"train.seed", "data.root"}  # never a reason to tell two configurations apart
+
+
+@dataclass
+class ResultRow:
+    """One configuration: its trials (several when repeated with other seeds)."""
+    setting: dict[str, str]  # column -> value: the seed's four, then other params that vary
+    accs: list[float]
+    best_epochs: list[int]
+    statuses: list[str]
+    run_ids: list[str]
+    errors: list[str]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.accs) if self.accs else None
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0
+
+    @property
+    def status(self) -> str:
+        counts = {s: self.statuses.count(s) for s in dict.fromkeys(self.statuses)}
+        if len(counts) == 1:
+            return self.statuses[0]
+        return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.setting, "max_val_acc": self.mean, "std": self.std, "n": len(self.run_ids),
+                "accs": self.accs, "best_epochs": self.best_epochs, "status": self.status,
+                "run_ids": self.run_ids, "errors": self.errors}
+
+
+def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
+    """Group runs (track.RunRecord) by everything but the seed; best mean max val_acc first."""
+    varying = [k for k in dict.fromkeys(k for r in runs for k in r.params)
+               if k not in IGNORED and len({r.params.get(k) for r in runs}) > 1]
+    columns = list(SEED_COLUMNS) + [k for k in varying if k not in SEED_COLUMNS]
+    groups: dict[tuple, ResultRow] = {}
+    for r in runs:
+        key = tuple(r.params.get(k, "") for k in columns)
+        row = groups.setdefault(key, ResultRow(
+            {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns}, [], [], [], [], []))
+        if r.max_val_acc is not None:
+            row.accs.append(r.max_val_acc)
+            row.best_epochs.append(r.best_epoch)
+        row.statuses.append(r.status)
+        row.run_ids.append(r.run_id)
+        if r.error:
+            row.errors.append(r.error)
+    return sorted(groups.values(), key=lambda g: (g.mean is None, -(g.mean or 0)))
+
+
+def _acc(row: ResultRow) -> str:
+    if row.mean is None:
+        return "-"
+    return f"{row.mean:.2f}" if len(row.accs) == 1 else f"{row.mean:.2f} ± {row.std:.2f}"
+
+
+def _cells(row: ResultRow) -> list[str]:
+    epochs = ", ".join(map(str, row.best_epochs)) or "-"
+    status = row.status + (f": {row.errors[0]}" if row.errors else "")
+    return [*row.setting.values(), _acc(row), str(len(row.run_ids)), epochs, status,
+            " ".join(r[:12] for r in row.run_ids)]
+
+
+def results_table(title: str, rows: Sequence[ResultRow], fmt: str = "table") -> Table | str:
+    """The seed's table (Norm | L1 | L2 | Batch | Max Val Acc ...) as rich, markdown, csv or json."""
+    head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), "Max Val Acc", "n",
+            "best epoch", "status", "MLflow run id"]
+    if fmt == "json":
+        return json.dumps([r.as_dict() for r in rows], indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*head[:-1], "std", "run ids"])
+        for r in rows:
+            cells = _cells(r)
+            writer.writerow([*cells[:len(head) - 1], f"{r.std:.4f}", " ".join(r.run_ids)])
+        return out.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |"
+                  for r in rows]
+        return "\n".join(lines) + "\n"
+    table = Table(title=title, title_justify="left")
+    for h in head:
+        table.add_column(h, justify="right" if h in ("Max Val Acc", "n") else "left")
+    for r in rows:
+        table.add_row(*_cells(r))
+    return table
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+GRAPHS = {"train_loss": "Training loss", "val_loss": "Test loss",
+          "train_acc": "Training accuracy (%)", "val_acc": "Test accuracy (%)"}
+
+
+def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
+    """One label per run, made of the parameters that vary between the runs."""
+    keys = [k for k in dict.fromkeys(k for p in params for k in p)
+            if k != "data.root" and len({p.get(k) for p in params}) > 1]
+    short = {k: SEED_COLUMNS.get(k, k.split(".")[-1]) for k in keys}
+    return [", ".join(f"{short[k]}={p.get(k)}" for k in keys) or "trial" for p in params]
+
+
+def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dict[str, Figure]:
+    """The seed's four comparison graphs: one figure per metric, one line per (label, history)."""
+    figures = {}
+    for key, title in GRAPHS.items():
+        fig = Figure(figsize=(8, 5), layout="constrained")
+        ax = fig.add_subplot()
+        for label, history in curves:
+            ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".",
+                    label=label)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        if curves:
+            ax.legend(fontsize="small")
+        figures[key] = fig
+    return figures
+
+
+def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure:
+    """The four graphs as panels of one figure (a single trial's artifact)."""
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    for i, (key, title) in enumerate(GRAPHS.items()):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for label, history in curves:
+            ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".",
+                    label=label)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def misclassified_figure(images: Any, labels: Any, preds: Any, title: str = "",
+                         count: int = 25) -> Figure:
+    """A 5×5 grid of misclassified digits, each titled 'predicted / actual'."""
+    images = images.numpy() if hasattr(images, "numpy") else images
+    fig = Figure(figsize=(7, 7.6), layout="constrained")
+    fig.suptitle(title)
+    for i in range(min(count, len(images))):
+        ax = fig.add_subplot(5, 5, i + 1)
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"pred {int(preds[i])} / true {int(labels[i])}", fontsize=8)
+        ax.axis("off")
+    return fig

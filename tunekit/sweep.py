@@ -47,6 +47,8 @@ class TrialState:
     error: str | None = None
     node_ids: set[str] = field(default_factory=set)
     path: str | None = None  # the trial's folder in the sweep's storage
+    best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
+    #                                           weights and misclassified images (train.fit)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -159,6 +161,13 @@ class _Relay(tune.Callback):
             listener.trial_ended(t)
 
 
+def _best_of(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, weights_only=True)["best"]
+
+
 def _reason(trial: Any) -> str:
     """The exception a failed trial raised, from the error file Ray keeps for it."""
     path = getattr(trial, "error_file", None) or ""
@@ -208,25 +217,32 @@ def storage_root(spec: ExperimentSpec) -> str:
     return spec.sweep.storage or str(Path("runs").resolve())
 
 
-def run(spec: ExperimentSpec, *, address: str | None = None, resume: bool = False,
-        listeners: list[Listener] | None = None) -> list[TrialState]:
-    """Run (or resume) the sweep of `spec`; returns the final state of every trial."""
+def sweep_path(spec: ExperimentSpec) -> str:
+    """Where Ray keeps this spec's sweep: <storage>/<name>."""
+    return f"{storage_root(spec).rstrip('/')}/{spec.name}"
 
-    storage = storage_root(spec)
-    path = f"{storage.rstrip('/')}/{spec.name}"
-    local = "://" not in storage
-    if local and Path(path).exists() and not resume:
+
+def prepare(spec: ExperimentSpec, *, address: str | None = None, resume: bool = False) -> str:
+    """Check that the sweep can start (or resume) and connect to Ray; returns the sweep's path."""
+    path = sweep_path(spec)
+    if "://" not in path and Path(path).exists() and not resume:
         raise SweepError(f"{path} holds an earlier sweep of {spec.name!r}: add --resume to carry "
                          "it on, or set another name or sweep.storage")
     start_ray(address)
     if resume and not tune.Tuner.can_restore(path):
         raise SweepError(f"nothing to resume at {path}: run the sweep without --resume first")
+    return path
 
+
+def run(spec: ExperimentSpec, *, address: str | None = None, resume: bool = False,
+        listeners: list[Listener] | None = None) -> list[TrialState]:
+    """Run (or resume) the sweep of `spec`; returns the final state of every trial."""
+    path = prepare(spec, address=address, resume=resume)
+    if "://" not in path:  # save Ray's experiment state every 2 s (default 10 s): less to redo
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     global _active
     trials: dict[str, TrialState] = {}
     _active = (spec, list(listeners or []), trials)
-    if local:  # save Ray's experiment state every 2 s (default 10 s): less to redo after a crash
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
     trainable = tune.with_resources(
         tune.with_parameters(_train, spec=spec, base=base_config(spec, on_cluster_node)),
@@ -247,7 +263,7 @@ def run(spec: ExperimentSpec, *, address: str | None = None, resume: bool = Fals
                 reuse_actors=True,  # a worker keeps torch imported and the dataset loaded
                 search_alg=BasicVariantGenerator(random_state=spec.train.seed)),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage, verbose=0, callbacks=[_Relay()],
+                name=spec.name, storage_path=storage_root(spec), verbose=0, callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     try:
@@ -264,7 +280,8 @@ def _final_state(spec: ExperimentSpec, result: Any) -> TrialState:
     history = list({r["epoch"]: {k: r[k] for k in METRICS} for r in rows}.values())
     state = TrialState(result.metrics.get("trial_id") or Path(result.path).name,
                        trial_params(spec, result.config or {}), history=history,
-                       node_ids={r["node_id"] for r in rows}, path=result.path)
+                       node_ids={r["node_id"] for r in rows}, path=result.path,
+                       best_state=_best_of(result.checkpoint))
     if result.error is not None:
         state.status, state.error = "failed", _last_line(str(result.error))
     elif len(history) == spec.train.epochs:

@@ -36,13 +36,17 @@ class EpochMetrics:
         return asdict(self)
 
 
+MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
+
+
 @dataclass(frozen=True)
 class Misclassified:
-    """Test images the best epoch's model got wrong (on CPU)."""
-    indices: torch.Tensor  # positions in the test set
+    """The first (by test-set position) test images the best epoch's model got wrong, on CPU."""
+    indices: torch.Tensor  # positions in the test set, at most MAX_WRONG
     images: torch.Tensor  # uint8, N×28×28
     labels: torch.Tensor
     preds: torch.Tensor
+    total: int  # how many test images it got wrong in all
 
 
 @dataclass(frozen=True)
@@ -181,16 +185,17 @@ def fit(config: TrialConfig, report: Report | None = None, *, threads: int | Non
                                lr, seconds, n / seconds)
         history.append(metrics)
         if val_acc > best["acc"]:
+            keep = wrong[:MAX_WRONG]
             best = {"epoch": epoch, "acc": val_acc,
                     "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "wrong": wrong.cpu(), "wrong_pred": wrong_pred.cpu()}
+                    "wrong": {"indices": keep.cpu(), "images": d.test_images[keep].cpu(),
+                              "labels": d.test_labels[keep].cpu(),
+                              "preds": wrong_pred[:MAX_WRONG].cpu(), "total": len(wrong)}}
         if report:
             report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
                              "torch_rng": torch.get_rng_state(),
                              "history": [m.as_dict() for m in history], "best": best})
 
-    wrong = best["wrong"]
     return FitResult(history, best["epoch"], best["acc"], best["model"],
-                     Misclassified(wrong, d.test_images[wrong.to(device)].cpu(),
-                                   d.test_labels[wrong.to(device)].cpu(), best["wrong_pred"]))
+                     Misclassified(**best["wrong"]))

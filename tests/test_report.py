@@ -1,0 +1,142 @@
+"""`tunekit report` and `tunekit plot`, rebuilt from MLflow after a real sweep with repeats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import pytest
+from mlflow.tracking import MlflowClient
+
+from typer.testing import CliRunner
+
+from tunekit import report
+from tunekit.cli import app
+
+from conftest import make_mnist
+
+pytestmark = pytest.mark.ray
+
+SPEC = """\
+name: repeats
+train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
+search:
+  grid: {model.norm: [BN, GN]}
+  repeats: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A finished sweep (2 norms × 2 seeds) and its env; cwd holds mlflow.db and runs/."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "TUNEKIT_DATA_DIR": str(make_mnist(cwd / "data")),
+           "TUNEKIT_CACHE_DIR": str(cwd / "cache")}
+    (cwd / "spec.yaml").write_text(SPEC)
+    out = subprocess.run([sys.executable, "-m", "tunekit", "sweep", "spec.yaml"], cwd=cwd,
+                         env=env, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return cwd, env
+
+
+def tk(swept: tuple[Path, dict], *args: str) -> SimpleNamespace:
+    """Run a tunekit command in this process (report and plot start no Ray)."""
+    cwd = swept[0]
+    args = tuple(str(cwd / a) if a in ("spec.yaml", "figs", "one") else a for a in args)
+    result = CliRunner().invoke(app, [*args, "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout,
+                           stderr=result.stderr)
+
+
+def trial_runs(cwd: Path) -> list:
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("repeats")
+    return [r for r in client.search_runs([exp.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
+    out = tk(swept, "report", "spec.yaml", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    runs = trial_runs(swept[0])
+    assert len(runs) == 4 and len(rows) == 2
+    for row in rows:
+        mine = [r for r in runs if r.data.params["model.norm"] == row["Norm"]]
+        accs = sorted(r.data.metrics["max_val_acc"] for r in mine)
+        assert row["n"] == 2 and sorted(row["accs"]) == pytest.approx(accs)
+        assert row["max_val_acc"] == pytest.approx(sum(accs) / 2)
+        assert row["std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+        assert sorted(row["run_ids"]) == sorted(r.info.run_id for r in mine)
+        assert row["status"] == "done"
+    assert rows[0]["max_val_acc"] >= rows[1]["max_val_acc"]  # best first
+
+
+def test_report_formats_agree(swept) -> None:
+    rows = json.loads(tk(swept, "report", "repeats", "-f", "json").stdout)
+    markdown = tk(swept, "report", "spec.yaml", "-f", "markdown").stdout.splitlines()
+    assert markdown[0] == ("| Norm | L1 | L2 | Batch | Max Val Acc | n | best epoch | status "
+                           "| MLflow run id |")
+    assert len(markdown) == 2 + len(rows)
+    table = tk(swept, "report", "spec.yaml").stdout
+    for line, row in zip(markdown[2:], rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row["Norm"] and cells[5] == "2"
+        assert cells[4] == f"{row['max_val_acc']:.2f} ± {row['std']:.2f}"
+        table_line = next(t for t in table.splitlines() if f" {row['Norm']} " in t)
+        assert cells[4] in table_line and row["run_ids"][0][:12] in table_line
+    parsed = list(csv.DictReader(io.StringIO(tk(swept, "report", "spec.yaml", "-f", "csv").stdout)))
+    assert [(r["Norm"], r["Max Val Acc"]) for r in parsed] == [
+        (r["Norm"], f"{r['max_val_acc']:.2f} ± {r['std']:.2f}") for r in rows]
+
+
+def test_report_of_an_unknown_experiment(swept) -> None:
+    out = tk(swept, "report", "no-such-study")
+    assert out.returncode == 2 and "no sweep of 'no-such-study'" in out.stderr
+
+
+def test_plot_draws_the_stored_curves(swept) -> None:
+    cwd = swept[0]
+    out = tk(swept, "plot", "spec.yaml", "--out", "figs")
+    assert out.returncode == 0, out.stderr
+    figs = cwd / "figs"
+    for name in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        image = matplotlib.image.imread(figs / f"{name}.png")
+        assert image.ndim == 3 and image.shape[0] > 100
+    runs = trial_runs(cwd)
+    assert len(list(figs.glob("misclassified_*.png"))) == len(runs)
+    curves = json.loads((figs / "curves.json").read_text())
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    for r in runs:
+        label = f"Norm={r.data.params['model.norm']}, seed={r.data.params['train.seed']}"
+        stored = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id,
+                                                                                "val_acc"))
+        assert [(m["epoch"], m["val_acc"]) for m in curves[label]] == stored
+    # the figure's lines are that data
+    figures = report.curve_figures(list(curves.items()))
+    lines = figures["val_acc"].axes[0].lines
+    assert [line.get_label() for line in lines] == list(curves)
+    assert [list(line.get_ydata()) for line in lines] == [
+        [m["val_acc"] for m in h] for h in curves.values()]
+
+
+def test_plot_selected_runs_and_logs_to_the_sweep(swept) -> None:
+    cwd = swept[0]
+    chosen = trial_runs(cwd)[0].info.run_id
+    out = tk(swept, "plot", "spec.yaml", "--runs", chosen[:10], "--out", "one")
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in (cwd / "one").glob("misclassified_*.png")] == [
+        f"misclassified_{chosen[:12]}.png"]
+    bad = tk(swept, "plot", "spec.yaml", "--runs", "zzzz")
+    assert bad.returncode == 2 and "--runs" in bad.stderr
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    parent = trial_runs(cwd)[0].data.tags["mlflow.parentRunId"]
+    logged = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert f"plots/misclassified_{chosen[:12]}.png" in logged

@@ -1,0 +1,165 @@
+"""MLflow tracking, end to end: the embedded store, a real `mlflow server`, an unreachable one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tunekit.model import Net
+
+from conftest import REPO
+
+pytestmark = pytest.mark.ray
+SMOKE = str(REPO / "experiments" / "smoke.yaml")
+
+
+def tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data)})
+
+
+def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """What each trial reported to Ray, by Ray trial id."""
+    out = {}
+    for p in run_dir.glob("*/progress.csv"):
+        rows = list(csv.DictReader(p.open()))
+        out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:
+    out = tunekit("sweep", SMOKE, "--set", "train.epochs=2", cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tunekit.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3 and len(runs) == 4
+
+    reported = ray_rows(tmp_path / "runs" / "smoke")
+    assert {r.data.tags["tunekit.trial_id"] for r in children} == set(reported)
+    for run in children:
+        rows = reported[run.data.tags["tunekit.trial_id"]]
+        p = run.data.params
+        assert p["model.norm"] in ("BN", "GN", "LN") and p["train.epochs"] == "2"
+        assert p["train.batch_size"] == "64" and p["train.optimizer.lr"] == "0.04104"
+        assert p["model.norm"] in run.info.run_name
+        for key in ("val_acc", "train_loss", "val_loss", "train_acc", "lr", "images_per_s"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(
+                run.info.run_id, key))
+            assert history == [(int(r["epoch"]), pytest.approx(float(r[key]))) for r in rows]
+        best = max(rows, key=lambda r: float(r["val_acc"]))
+        assert run.data.metrics["max_val_acc"] == pytest.approx(float(best["val_acc"]))
+        assert run.data.metrics["best_epoch"] == int(best["epoch"])
+        assert run.data.tags["tunekit.status"] == "done" and run.info.status == "FINISHED"
+        assert run.data.tags["tunekit.sweep_id"] == parents[0].info.run_id
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert names == {"best_model.pt", "config.yaml", "curves.png", "misclassified.png",
+                         "misclassified.pt"}
+        d = client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id))
+        net = Net(p["model.norm"])
+        net.load_state_dict(torch.load(Path(d) / "best_model.pt", weights_only=True))
+        config = yaml.safe_load((Path(d) / "config.yaml").read_text())
+        assert config["model"]["norm"] == p["model.norm"] and config["train"]["epochs"] == 2
+        assert (Path(d) / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    parent = parents[0].info.run_id
+    assert {a.path for a in client.list_artifacts(parent, "spec")} == {"spec/smoke.yaml",
+                                                                       "spec/resolved.yaml"}
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert {"plots/val_acc.png", "plots/train_loss.png", "plots/curves.json"} <= plots
+    # the end-of-sweep table is the seed's, rebuilt from MLflow
+    assert "Norm" in out.stdout and "Max Val Acc" in out.stdout and "MLflow run id" in out.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A real MLflow tracking server on 127.0.0.1 with a SQLite store and artifact serving."""
+    port = free_port()
+    root = tmp_path / "server"
+    root.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None, (root / "server.log").read_text()
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def rest(url: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}",
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_smoke_sweep_against_a_real_mlflow_server(tmp_path: Path, tiny_data: Path,
+                                                  mlflow_server: str) -> None:
+    out = tunekit("sweep", SMOKE, "--tracking-uri", mlflow_server, cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
+    exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=smoke")["experiment"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                               "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parent = next(r["info"]["run_id"] for r, t in zip(runs, tags)
+                  if t.get("tunekit.role") == "sweep")
+    children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent]
+    assert len(runs) == 4 and len(children) == 3
+    reported = ray_rows(tmp_path / "runs" / "smoke")
+    for run in children:
+        run_id = run["info"]["run_id"]
+        trial = {t["key"]: t["value"] for t in run["data"]["tags"]}["tunekit.trial_id"]
+        history = rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_acc")
+        assert [(m["step"], m["value"]) for m in history["metrics"]] == [
+            (int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in reported[trial]]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["model.norm"] in ("BN", "GN", "LN")
+        files = rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]
+        assert {"best_model.pt", "misclassified.png", "curves.png"} <= {f["path"] for f in files}
+    assert (Path(tmp_path / "server" / "artifacts")).exists()  # served, not written by the client
+
+
+def test_unreachable_tracking_server_fails_fast_and_starts_nothing(tmp_path: Path,
+                                                                   tiny_data: Path) -> None:
+    start = time.monotonic()
+    out = tunekit("sweep", SMOKE, "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                  cwd=tmp_path, data=tiny_data, timeout=60)
+    assert out.returncode == 2
+    assert "cannot reach the MLflow tracking server at http://127.0.0.1:" in out.stderr
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "runs").exists()  # no trial, not even Ray's folder

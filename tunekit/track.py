@@ -1,0 +1,254 @@
+"""MLflow tracking: one experiment per spec, a parent run per sweep, a child run per trial.
+
+The only module that imports mlflow. Every write happens in the driver, from what the trials
+report and checkpoint, so workers never need to reach the tracking server. A resumed sweep finds
+its parent run and its trials' runs again by their tags: no duplicate runs, no lost epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tunekit.errors import TunekitError
+from tunekit.spec import ExperimentSpec, resolve
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
+TAG = "tunekit."  # prefix of tunekit's own run tags
+END_STATUS = {"done": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
+              "unfinished": "KILLED"}
+
+
+class TrackingError(TunekitError):
+    """The tracking server cannot be reached or refused a write; no trial was started."""
+    exit_code = 2
+
+
+def tracking_uri(spec: ExperimentSpec, override: str | None = None) -> str:
+    """--tracking-uri, else the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite
+    store in the working directory (./mlflow.db, artifacts in ./mlruns)."""
+    uri = override or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def experiment_name(spec: ExperimentSpec) -> str:
+    return spec.tracking.experiment or spec.name
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, checked to answer within seconds (MLflow's own retries take minutes)."""
+    for name in ("mlflow", "alembic"):  # no INFO lines about database migrations
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: "
+                                f"{getattr(e, 'reason', e)}. Start it, or point "
+                                "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere.")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # any store error: say which store, keep MLflow's words
+        raise TrackingError(f"the MLflow store at {uri} does not answer: {e}") from None
+    return client
+
+
+def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """Every field of a (nested) pydantic config as 'model.norm' -> 'GN'."""
+    out: dict[str, str] = {}
+    for key, value in config.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            out.update(flat_params(getattr(config, key), f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, dict)) \
+                else str(value)
+    return out
+
+
+class Tracker:
+    """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end."""
+
+    def __init__(self, client: MlflowClient, spec: ExperimentSpec, spec_file: Path,
+                 sweep_path: str):
+        self.client, self.spec = client, spec
+        self.base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+        name = experiment_name(spec)
+        exp = client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(name)
+        found = client.search_runs([self.experiment_id], max_results=1, filter_string=(
+            f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'"))
+        if found:  # a resumed sweep: attach to its run
+            self.parent = found[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+        else:
+            self.parent = client.create_run(
+                self.experiment_id, run_name=f"{spec.name} sweep",
+                tags={f"{TAG}role": "sweep", f"{TAG}sweep_path": sweep_path}).info.run_id
+            self.client.log_artifact(self.parent, str(spec_file), "spec")
+            self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
+                                                       sort_keys=False), "spec/resolved.yaml")
+        self.sweep_id = self.parent
+        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
+        for run in client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+                f"tags.`mlflow.parentRunId` = '{self.parent}'")):
+            self.runs[run.data.tags[f"{TAG}trial_id"]] = run.info.run_id
+            history = client.get_metric_history(run.info.run_id, "val_acc")
+            self.logged[run.info.run_id] = max((m.step for m in history), default=0)
+
+    # -- sweep.Listener ------------------------------------------------------------------------
+    def trial_started(self, trial: Any) -> None:
+        run = self._run(trial)
+        self.client.set_tag(run, f"{TAG}status", "running")
+
+    def epoch_done(self, trial: Any, metrics: dict[str, Any]) -> None:
+        self._log_epochs(self._run(trial), [metrics])
+
+    def trial_ended(self, trial: Any) -> None:
+        pass  # the final state, with the checkpointed weights, is recorded by `finish`
+
+    # -- the end of the sweep --------------------------------------------------------------------
+    def finish(self, trials: Sequence[Any]) -> None:
+        """Make every trial's run complete (epochs, summary, tags, artifacts) and close the runs."""
+        for trial in trials:
+            run = self._run(trial)
+            self._log_epochs(run, trial.history)
+            tags = [RunTag(f"{TAG}status", trial.status),
+                    RunTag(f"{TAG}nodes", ",".join(sorted(trial.node_ids)))]
+            if trial.error:
+                tags.append(RunTag(f"{TAG}error", trial.error[:5000]))
+            best = trial.best
+            summary = [] if best is None else [
+                Metric("max_val_acc", best["val_acc"], _now(), 0),
+                Metric("best_epoch", best["epoch"], _now(), 0)]
+            self.client.log_batch(run, metrics=summary, tags=tags)
+            if trial.best_state is not None:
+                self._log_trial_artifacts(run, trial)
+            self.client.set_terminated(run, END_STATUS.get(trial.status, "FINISHED"))
+        ok = all(t.status in ("done", "stopped") for t in trials)
+        self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
+
+    def _run(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs:
+            config = resolve(self.base, trial.params)
+            label = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "base config"
+            run = self.client.create_run(self.experiment_id, run_name=label, tags={
+                "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.sweep_id,
+                f"{TAG}trial_id": trial.trial_id, f"{TAG}status": "pending"}).info.run_id
+            self.client.log_batch(run, params=[Param(k, v) for k, v in flat_params(config).items()])
+            self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+                           "config.yaml")
+            self.runs[trial.trial_id], self.logged[run] = run, 0
+        return self.runs[trial.trial_id]
+
+    def _log_epochs(self, run: str, history: Sequence[dict[str, Any]]) -> None:
+        new = [m for m in history if m["epoch"] > self.logged.get(run, 0)]
+        if not new:
+            return
+        now = _now()
+        self.client.log_batch(run, metrics=[
+            Metric(k if k != "seconds" else "epoch_seconds", float(m[k]), now, int(m["epoch"]))
+            for m in new for k in METRICS])
+        self.logged[run] = max(m["epoch"] for m in new)
+
+    def _log_trial_artifacts(self, run: str, trial: Any) -> None:
+        from tunekit import report
+        best = trial.best_state
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(best["model"], Path(d) / "best_model.pt")
+            torch.save(best["wrong"], Path(d) / "misclassified.pt")
+            report.curves_figure([(trial.trial_id, trial.history)]).savefig(Path(d) / "curves.png")
+            wrong = best["wrong"]
+            report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
+                                        title=f"best epoch {best['epoch']}: {wrong['total']} "
+                                              "wrong").savefig(Path(d) / "misclassified.png")
+            self.client.log_artifacts(run, d)
+
+    def _log_text(self, run: str, text: str, path: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            file = Path(d) / Path(path).name
+            file.write_text(text)
+            self.client.log_artifact(run, str(file), str(Path(path).parent) if "/" in path else None)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A trial's run as stored in MLflow."""
+    run_id: str
+    trial_id: str
+    params: dict[str, str]
+    max_val_acc: float | None
+    best_epoch: int | None
+    status: str
+    error: str | None
+
+
+def find_sweep(client: MlflowClient, experiment: str) -> str:
+    """The run id of the latest sweep recorded under `experiment`."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{TAG}role` = 'sweep'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"no sweep of {experiment!r} in the MLflow store at "
+                            f"{client.tracking_uri}")
+    return runs[0].info.run_id
+
+
+def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
+    """Every trial run of a sweep, as MLflow has them."""
+    exp = client.get_run(sweep_run).info.experiment_id
+    out = []
+    for run in client.search_runs([exp], max_results=10_000,
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run}'"):
+        m, tags = run.data.metrics, run.data.tags
+        out.append(RunRecord(run.info.run_id, tags.get(f"{TAG}trial_id", ""), run.data.params,
+                             m.get("max_val_acc"), int(m["best_epoch"]) if "best_epoch" in m
+                             else None, tags.get(f"{TAG}status", run.info.status.lower()),
+                             tags.get(f"{TAG}error")))
+    return sorted(out, key=lambda r: r.trial_id)
+
+
+def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
+    """A run's per-epoch metrics as [{'epoch': 1, 'val_acc': ..., ...}, ...]."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for key in METRICS:
+        name = "epoch_seconds" if key == "seconds" else key
+        for m in client.get_metric_history(run_id, name):
+            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The misclassified test images a trial run stored, or None."""
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(run_id, "misclassified.pt", d)
+            return torch.load(path, weights_only=True)
+    except (MlflowException, OSError):  # none stored: the trial failed before its first epoch
+        return None
+
+
+def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path]) -> None:
+    for path in paths:
+        client.log_artifact(sweep_run, str(path), "plots")
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
