@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +66,17 @@ def real_mnist() -> Path:
     if not root:
         pytest.skip("set TUNEKIT_DATA_DIR to the folder holding MNIST/raw to run real-data tests")
     return Path(root)
+
+
+def run_tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m tunekit ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data), **(env or {})})
+
+
+def progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """What each trial of a sweep reported to Ray (its progress.csv rows), by trial folder."""
+    return {p.parent.name: list(csv.DictReader(p.open()))
+            for p in sorted(run_dir.glob("*/progress.csv"))}

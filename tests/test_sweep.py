@@ -6,7 +6,6 @@ against what Ray itself stored under runs/<name>/ (one progress.csv per trial).
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -22,22 +21,9 @@ from typer.testing import CliRunner
 
 from tunekit.cli import app
 
-from conftest import REPO, make_mnist
+from conftest import REPO, make_mnist, progress, run_tunekit as tunekit
 
 pytestmark = pytest.mark.ray
-
-
-def tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout,
-                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data), **(env or {})})
-
-
-def progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Ray's per-trial result rows, by trial folder name."""
-    return {p.parent.name: list(csv.DictReader(p.open()))
-            for p in sorted(run_dir.glob("*/progress.csv"))}
 
 
 def spec_file(tmp_path: Path, text: str) -> Path:

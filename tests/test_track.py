@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,25 +17,15 @@ from mlflow.tracking import MlflowClient
 
 from tunekit.model import Net
 
-from conftest import REPO
+from conftest import REPO, progress, run_tunekit as tunekit
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
 
-def tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout,
-                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data)})
-
-
 def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """What each trial reported to Ray, by Ray trial id."""
-    out = {}
-    for p in run_dir.glob("*/progress.csv"):
-        rows = list(csv.DictReader(p.open()))
-        out[rows[0]["trial_id"]] = rows
-    return out
+    return {rows[0]["trial_id"]: rows for rows in progress(run_dir).values()}
 
 
 def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:

@@ -118,7 +118,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         uri = track.tracking_uri(s, tracking_uri)
         client = track.connect(uri)  # an unreachable server stops us before any trial starts
         path = sweeps.prepare(s, address=address, resume=resume)
-        tracker = track.Tracker(client, s, spec, path)
+        tracker = track.Tracker(client, s, spec, path, resume=resume)
         with report.SweepView(s.name, len(trials), s.train.epochs) as view:
             states = sweeps.run(s, address=address, resume=resume, listeners=[view, tracker])
         tracker.finish(states)

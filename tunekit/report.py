@@ -28,12 +28,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 
-def varying(trials: Sequence[Trial]) -> list[str]:
-    """The field paths whose value differs between trials, in the order they first appear."""
-    keys: dict[str, None] = {}
-    for t in trials:
-        keys.update(dict.fromkeys(t.params))
-    return [k for k in keys if len({repr(t.params.get(k)) for t in trials}) > 1]
+def varying(params: Sequence[dict[str, Any]], ignore: set[str] = frozenset()) -> list[str]:
+    """The keys whose value differs between the dicts, in the order they first appear."""
+    keys = dict.fromkeys(k for p in params for k in p if k not in ignore)
+    return [k for k in keys if len({repr(p.get(k)) for p in params}) > 1]
 
 
 def fmt(value: Any) -> str:
@@ -41,7 +39,7 @@ def fmt(value: Any) -> str:
 
 
 def trials_table(name: str, trials: Sequence[Trial]) -> Table:
-    cols = varying(trials)
+    cols = varying([t.params for t in trials])
     table = Table(title=f"{name}: {len(trials)} trial(s)", title_justify="left")
     table.add_column("trial", justify="right")
     for c in cols:
@@ -155,25 +153,6 @@ class SweepView:
         return table
 
 
-def sweep_table(name: str, trials: Sequence[TrialState]) -> Table:
-    """Every trial of a sweep, best max val_acc first; failed trials last, with their reason."""
-    cols = [k for k in dict.fromkeys(k for t in trials for k in t.params)
-            if len({repr(t.params.get(k)) for t in trials}) > 1]
-    table = Table(title=f"{name}: max val_acc per trial", title_justify="left")
-    for c in ("trial", *cols, "max val_acc", "best epoch", "epochs", "status"):
-        table.add_column(c, justify="right" if c in ("max val_acc", "best epoch", "epochs")
-                         else "left")
-    ranked = sorted(trials, key=lambda t: (t.status == "failed",
-                                           -(t.best["val_acc"] if t.best else -1)))
-    for t in ranked:
-        best = t.best
-        status = t.status
-        table.add_row(t.trial_id, *(fmt(t.params.get(c, "")) for c in cols),
-                      f"{best['val_acc']:.2f}" if best else "-",
-                      str(best["epoch"]) if best else "-", str(len(t.history)), status)
-    return table
-
-
 def failures(trials: Sequence[TrialState]) -> list[str]:
     return [f"{t.trial_id}: {t.error}" for t in trials if t.status == "failed"]
 
@@ -218,9 +197,8 @@ class ResultRow:
 
 def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
     """Group runs (track.RunRecord) by everything but the seed; best mean max val_acc first."""
-    varying = [k for k in dict.fromkeys(k for r in runs for k in r.params)
-               if k not in IGNORED and len({r.params.get(k) for r in runs}) > 1]
-    columns = list(SEED_COLUMNS) + [k for k in varying if k not in SEED_COLUMNS]
+    others = varying([r.params for r in runs], IGNORED | set(SEED_COLUMNS))
+    columns = list(SEED_COLUMNS) + others
     groups: dict[tuple, ResultRow] = {}
     for r in runs:
         key = tuple(r.params.get(k, "") for k in columns)
@@ -284,39 +262,35 @@ GRAPHS = {"train_loss": "Training loss", "val_loss": "Test loss",
 
 def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
     """One label per run, made of the parameters that vary between the runs."""
-    keys = [k for k in dict.fromkeys(k for p in params for k in p)
-            if k != "data.root" and len({p.get(k) for p in params}) > 1]
+    keys = varying(params, {"data.root"})
     short = {k: SEED_COLUMNS.get(k, k.split(".")[-1]) for k in keys}
     return [", ".join(f"{short[k]}={p.get(k)}" for k in keys) or "trial" for p in params]
+
+
+def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
+    for label, history in curves:
+        ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".", label=label)
+    ax.set(title=GRAPHS[key], xlabel="epoch")
+    ax.grid(alpha=0.3)
 
 
 def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dict[str, Figure]:
     """The seed's four comparison graphs: one figure per metric, one line per (label, history)."""
     figures = {}
-    for key, title in GRAPHS.items():
-        fig = Figure(figsize=(8, 5), layout="constrained")
-        ax = fig.add_subplot()
-        for label, history in curves:
-            ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".",
-                    label=label)
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
+    for key in GRAPHS:
+        figures[key] = Figure(figsize=(8, 5), layout="constrained")
+        ax = figures[key].add_subplot()
+        _draw(ax, key, curves)
         if curves:
             ax.legend(fontsize="small")
-        figures[key] = fig
     return figures
 
 
 def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure:
     """The four graphs as panels of one figure (a single trial's artifact)."""
     fig = Figure(figsize=(11, 8), layout="constrained")
-    for i, (key, title) in enumerate(GRAPHS.items()):
-        ax = fig.add_subplot(2, 2, i + 1)
-        for label, history in curves:
-            ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".",
-                    label=label)
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
+    for i, key in enumerate(GRAPHS):
+        _draw(fig.add_subplot(2, 2, i + 1), key, curves)
     return fig
 
 

@@ -245,6 +245,10 @@ class ExperimentSpec(TrialConfig):
     sweep: SweepSpec = SweepSpec()
     tracking: TrackingSpec = TrackingSpec()
 
+    def base(self) -> dict[str, Any]:
+        """The trial fields as the user wrote them (defaults left out): what trials build on."""
+        return self.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -274,7 +278,7 @@ def expand(spec: ExperimentSpec) -> list[Trial]:
     points = [dict(zip(s.grid, combo)) for combo in itertools.product(*s.grid.values())]
     points = [{**p, **c} for p in points for c in (s.cases or [{}])]
     rng = random.Random(spec.train.seed)
-    base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+    base = spec.base()
     trials = []
     for _ in range(s.num_samples):
         draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
@@ -291,7 +295,7 @@ def expand(spec: ExperimentSpec) -> list[Trial]:
 
 def _check_sample_edges(spec: ExperimentSpec) -> None:
     """Every value a distribution can draw is valid if its edges (or choices) are."""
-    base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+    base = spec.base()
     for path, dist in spec.search.sample.items():
         for value in dist.edges():
             try:

@@ -93,7 +93,7 @@ def base_config(spec: ExperimentSpec, absolute_root: bool) -> dict[str, Any]:
     """The user's base trial config, with the data root made absolute when the driver shares the
     workers' file layout (trials run in other working directories)."""
     from tunekit.data import data_root
-    base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+    base = spec.base()
     if absolute_root:
         base.setdefault("data", {})["root"] = str(data_root(spec.data).resolve())
     return base

@@ -85,14 +85,15 @@ class Tracker:
     """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end."""
 
     def __init__(self, client: MlflowClient, spec: ExperimentSpec, spec_file: Path,
-                 sweep_path: str):
+                 sweep_path: str, resume: bool = False):
         self.client, self.spec = client, spec
-        self.base = spec.model_dump(include={"data", "model", "train"}, exclude_unset=True)
+        self.base = spec.base()
         name = experiment_name(spec)
         exp = client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else client.create_experiment(name)
-        found = client.search_runs([self.experiment_id], max_results=1, filter_string=(
-            f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'"))
+        found = resume and client.search_runs(
+            [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'")
         if found:  # a resumed sweep: attach to its run
             self.parent = found[0].info.run_id
             self.client.update_run(self.parent, status="RUNNING")
