@@ -24,11 +24,10 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from tunekit.errors import TunekitError
 from tunekit.spec import Distribution, ExperimentSpec, resolve
-from tunekit.train import fit
+from tunekit.data import data_root
+from tunekit.train import METRICS, fit
 
 STATE_FILE = "state.pt"
-METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-           "images_per_s")
 AUTO_GPU_SHARE = 0.25  # with GPUs and no gpus_per_trial: four trials share each GPU
 
 
@@ -42,7 +41,7 @@ class TrialState:
     """What the driver knows of one trial, as Ray reports it."""
     trial_id: str
     params: dict[str, Any]
-    status: str = "pending"  # pending | running | done | failed
+    status: str = "pending"  # pending | running | done | failed | stopped (ASHA) | unfinished
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
     error: str | None = None
     node_ids: set[str] = field(default_factory=set)
@@ -92,7 +91,6 @@ def trial_params(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any]
 def base_config(spec: ExperimentSpec, absolute_root: bool) -> dict[str, Any]:
     """The user's base trial config, with the data root made absolute when the driver shares the
     workers' file layout (trials run in other working directories)."""
-    from tunekit.data import data_root
     base = spec.base()
     if absolute_root:
         base.setdefault("data", {})["root"] = str(data_root(spec.data).resolve())
@@ -101,7 +99,6 @@ def base_config(spec: ExperimentSpec, absolute_root: bool) -> dict[str, Any]:
 
 def _train(config: dict[str, Any], spec: ExperimentSpec, base: dict[str, Any]) -> None:
     """The Ray trainable: one trial, resumed from the trial's last checkpoint if it has one."""
-
     trial = resolve(base, trial_params(spec, config))
     node = ray.get_runtime_context().get_node_id()
     resume = None

@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from tunekit.errors import TunekitError
 from tunekit.spec import ExperimentSpec, resolve
+from tunekit.train import METRICS
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
 TAG = "tunekit."  # prefix of tunekit's own run tags
 END_STATUS = {"done": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
               "unfinished": "KILLED"}
@@ -165,7 +165,7 @@ class Tracker:
         now = _now()
         self.client.log_batch(run, metrics=[
             Metric(k if k != "seconds" else "epoch_seconds", float(m[k]), now, int(m["epoch"]))
-            for m in new for k in METRICS])
+            for m in new for k in METRICS if k != "epoch"])
         self.logged[run] = max(m["epoch"] for m in new)
 
     def _log_trial_artifacts(self, run: str, trial: Any) -> None:
@@ -229,7 +229,7 @@ def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
 def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
     """A run's per-epoch metrics as [{'epoch': 1, 'val_acc': ..., ...}, ...]."""
     by_epoch: dict[int, dict[str, Any]] = {}
-    for key in METRICS:
+    for key in METRICS[1:]:
         name = "epoch_seconds" if key == "seconds" else key
         for m in client.get_metric_history(run_id, name):
             by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable
 
 import torch
@@ -35,6 +35,8 @@ class EpochMetrics:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+
+METRICS = tuple(f.name for f in fields(EpochMetrics))  # what each epoch reports, epoch first
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
 
