@@ -190,3 +190,18 @@ def test_cluster_yaml_passes_rays_own_validation() -> None:
     setup = " ".join(config["setup_commands"] + config.get("head_setup_commands", []))
     assert "pip install" in setup and "mlflow server" in " ".join(
         config.get("head_start_ray_commands", []) + config.get("head_setup_commands", []))
+
+
+def test_asha_stops_weak_trials_early(tmp_path: Path, tiny_data: Path) -> None:
+    spec = spec_file(tmp_path, """
+        name: asha
+        train: {epochs: 4, batch_size: 32, scheduler: {name: none}}
+        search:
+          grid: {train.optimizer.lr: [0.05, 0.04, 1.0e-6, 2.0e-6]}
+        sweep: {asha: {grace_period: 1, reduction_factor: 2}}
+    """)
+    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr  # stopped early is not failed
+    epochs = sorted(len(t) for t in progress(tmp_path / "runs" / "asha").values())
+    assert len(epochs) == 4 and epochs[0] < 4 and epochs[-1] == 4, epochs
+    assert "stopped" in out.stdout
