@@ -140,3 +140,23 @@ def test_plot_selected_runs_and_logs_to_the_sweep(swept) -> None:
     parent = trial_runs(cwd)[0].data.tags["mlflow.parentRunId"]
     logged = {a.path for a in client.list_artifacts(parent, "plots")}
     assert f"plots/misclassified_{chosen[:12]}.png" in logged
+
+
+def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
+    from rich.console import Console
+    from tunekit.sweep import TrialState
+    view = report.SweepView("study", total=3, epochs=5)
+    a = TrialState("t_0", {"model.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
+    b = TrialState("t_1", {"model.norm": "GN"}, "running", [])
+    view.trial_started(a)
+    view.trial_started(b)
+    out = Console(file=io.StringIO(), width=120)
+    out.print(view._render())
+    text = out.file.getvalue()
+    assert "study: 0 done · 2 running · 0 failed · 3 in all · best val_acc 97.50%" in text
+    assert "model.norm=BN  2/5    97.50%" in text and "model.norm=GN  0/5" in text
+    a.status = "failed"
+    view.trial_ended(a)
+    out.file = io.StringIO()
+    out.print(view._render())
+    assert "0 done · 1 running · 1 failed" in out.file.getvalue()

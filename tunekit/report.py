@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from matplotlib.figure import Figure
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tunekit.spec import ExperimentSpec, Trial
 from tunekit.train import EpochMetrics, FitResult
@@ -134,7 +135,7 @@ class SweepView:
                                     highlight=False, soft_wrap=True)
         self.live.update(self._render())
 
-    def _render(self) -> Table:
+    def _render(self) -> Group:
         by = {s: [t for t in self.trials.values() if t.status == s]
               for s in ("running", "done", "failed")}
         best = max((t.best for t in self.trials.values() if t.best), default=None,
@@ -142,7 +143,7 @@ class SweepView:
         title = (f"{self.name}: {len(by['done'])} done · {len(by['running'])} running · "
                  f"{len(by['failed'])} failed · {self.total} in all"
                  + (f" · best val_acc {best['val_acc']:.2f}%" if best else ""))
-        table = Table(title=title, title_justify="left", box=None)
+        table = Table(box=None)
         for col in ("trial", "setting", "epoch", "val_acc"):
             table.add_column(col)
         for t in by["running"]:
@@ -150,7 +151,7 @@ class SweepView:
             table.add_row(t.trial_id, ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items()),
                           f"{last['epoch'] if last else 0}/{self.epochs}",
                           f"{last['val_acc']:.2f}%" if last else "")
-        return table
+        return Group(Text(title), table)
 
 
 def failures(trials: Sequence[TrialState]) -> list[str]:
