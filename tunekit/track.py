@@ -86,7 +86,7 @@ class Tracker:
 
     def __init__(self, client: MlflowClient, spec: ExperimentSpec, spec_file: Path,
                  sweep_path: str, resume: bool = False):
-        self.client, self.spec = client, spec
+        self.client = client
         self.base = spec.base()
         name = experiment_name(spec)
         exp = client.get_experiment_by_name(name)
@@ -104,7 +104,6 @@ class Tracker:
             self.client.log_artifact(self.parent, str(spec_file), "spec")
             self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                        sort_keys=False), "spec/resolved.yaml")
-        self.sweep_id = self.parent
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
         for run in client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
@@ -150,7 +149,7 @@ class Tracker:
             config = resolve(self.base, trial.params)
             label = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "base config"
             run = self.client.create_run(self.experiment_id, run_name=label, tags={
-                "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.sweep_id,
+                "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
                 f"{TAG}trial_id": trial.trial_id, f"{TAG}status": "pending"}).info.run_id
             self.client.log_batch(run, params=[Param(k, v) for k, v in flat_params(config).items()])
             self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
