@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -123,7 +124,8 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             states = sweeps.run(s, address=address, resume=resume, listeners=[view, tracker])
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
-        _plot(client, tracker.parent, records, None)
+        with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
+            _plot(client, tracker.parent, records, Path(d), grids=False)
         rows = report.result_rows(records)
         report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
         report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
@@ -142,21 +144,14 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         raise typer.Exit(130 if interrupted else 1 if failed else 0)
 
 
-def _experiment(name_or_spec: str) -> str:
-    """An MLflow experiment name from a spec file (its tracking.experiment or name) or as is."""
-    if Path(name_or_spec).is_file():
-        from tunekit.spec import load_spec
-        from tunekit.track import experiment_name
-        return experiment_name(load_spec(name_or_spec))
-    return name_or_spec
-
-
 def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
+    """(client, latest sweep run, experiment name) for a spec file or an experiment name."""
     from tunekit import track
-    from tunekit.spec import ExperimentSpec, load_spec
-    spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else ExperimentSpec(name="x")
+    from tunekit.spec import load_spec
+    spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else None
+    name = track.experiment_name(spec) if spec else name_or_spec
     client = track.connect(track.tracking_uri(spec, tracking_uri))
-    return client, track.find_sweep(client, _experiment(name_or_spec))
+    return client, track.find_sweep(client, name), name
 
 
 NAME = typer.Argument(..., help="A spec file, or the name of its MLflow experiment.",
@@ -176,9 +171,9 @@ def report_(name_or_spec: str = NAME,
         if format not in ("table", "markdown", "csv", "json"):
             raise SpecError([Problem("--format", f"{format!r}: valid: table, markdown, csv, json")])
         from tunekit import report, track
-        client, sweep_run = _tracking(name_or_spec, tracking_uri)
+        client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
         rows = report.result_rows(track.trial_runs(client, sweep_run))
-        out = report.results_table(f"{_experiment(name_or_spec)}: max val_acc", rows, format)
+        out = report.results_table(f"{name}: max val_acc", rows, format)
         if isinstance(out, str):
             typer.echo(out, nl=False)
         else:
@@ -197,7 +192,7 @@ def plot(name_or_spec: str = NAME,
     """
     with _handled():
         from tunekit import report, track
-        client, sweep_run = _tracking(name_or_spec, tracking_uri)
+        client, sweep_run, _ = _tracking(name_or_spec, tracking_uri)
         records = track.trial_runs(client, sweep_run)
         chosen = [r for r in records if not runs or any(r.run_id.startswith(p) for p in runs)]
         if runs and len(chosen) < len(runs):
@@ -207,11 +202,10 @@ def plot(name_or_spec: str = NAME,
             report.console.print(f"wrote {path}", highlight=False)
 
 
-def _plot(client, sweep_run: str, chosen: list, out: Optional[Path]) -> List[Path]:
-    """Draw the comparison graphs and grids of trial runs, save them, log them to the sweep."""
-    import tempfile
+def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True) -> List[Path]:
+    """Draw the comparison graphs (and, with `grids`, each trial's misclassified digits) of trial
+    runs into `folder`, and log them to the sweep's run."""
     from tunekit import report, track
-    folder = out or Path(tempfile.mkdtemp(prefix="tunekit-plots-"))
     folder.mkdir(parents=True, exist_ok=True)
     labels = report.legend_labels([r.params for r in chosen])
     curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
@@ -220,7 +214,7 @@ def _plot(client, sweep_run: str, chosen: list, out: Optional[Path]) -> List[Pat
     for name, fig in report.curve_figures(curves).items():
         paths.append(folder / f"{name}.png")
         fig.savefig(paths[-1])
-    for label, r in zip(labels, chosen):
+    for label, r in zip(labels, chosen if grids else []):
         wrong = track.misclassified(client, r.run_id)
         if wrong is not None:
             paths.append(folder / f"misclassified_{r.run_id[:12]}.png")

@@ -38,10 +38,10 @@ class TrackingError(TunekitError):
     exit_code = 2
 
 
-def tracking_uri(spec: ExperimentSpec, override: str | None = None) -> str:
+def tracking_uri(spec: ExperimentSpec | None, override: str | None = None) -> str:
     """--tracking-uri, else the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite
     store in the working directory (./mlflow.db, artifacts in ./mlruns)."""
-    uri = override or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = override or (spec and spec.tracking.uri) or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
