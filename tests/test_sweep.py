@@ -145,9 +145,12 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
         assert r.data.tags["tunekit.status"] == "done" and r.info.status == "FINISHED"
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, tiny_data: Path) -> None:
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
+    # Trials long enough (~10 s) that the second node's worker is up before the first node
+    # could finish them all by itself: Tune reuses a finished trial's worker for the next one.
+    data = make_mnist(tmp_path / "data", n_train=4000, n_test=200)
     ray_bin = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "TUNEKIT_DATA_DIR": str(tiny_data)}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "TUNEKIT_DATA_DIR": str(data)}
     port = "6399"
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
 
@@ -159,12 +162,12 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, tiny_data: P
         ray_cmd("start", f"--address=127.0.0.1:{port}", *common)
         spec = spec_file(tmp_path, """
             name: twonode
-            train: {epochs: 2, batch_size: 32}
+            train: {epochs: 4, batch_size: 32}
             search:
               grid: {model.norm: [BN, GN, LN, BN], train.seed: [1]}
         """)
         out = tunekit("sweep", str(spec), "--address", f"127.0.0.1:{port}", cwd=tmp_path,
-                      data=tiny_data, env={"RAY_AUTH_MODE": "token"})
+                      data=data, env={"RAY_AUTH_MODE": "token"})
         assert out.returncode == 0, out.stdout + out.stderr
         rows = progress(tmp_path / "runs" / "twonode")
         assert len(rows) == 4
