@@ -80,3 +80,50 @@ def progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """What each trial of a sweep reported to Ray (its progress.csv rows), by trial folder."""
     return {p.parent.name: list(csv.DictReader(p.open()))
             for p in sorted(run_dir.glob("*/progress.csv"))}
+
+
+class RayNodes:
+    """Ray nodes this test starts (`ray start --block`, each in its own process group) and stops
+    itself, by process group: never `ray stop`, which would stop every Ray on the machine."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]):
+        self.tmp, self.env, self.procs = tmp, env, []
+        self.ray = str(Path(sys.executable).parent / "ray")
+
+    def start(self, *args: str, wait_for: int) -> None:
+        """Start a node; return once the cluster at self.address has `wait_for` nodes."""
+        log = open(self.tmp / f"node{len(self.procs)}.log", "w")
+        self.procs.append(subprocess.Popen(
+            [self.ray, "start", "--block", "--disable-usage-stats", *args], env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        import time
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in self.procs), (self.tmp / log.name).read_text()
+            status = subprocess.run([self.ray, "status", f"--address={self.address}"],
+                                    env=self.env, capture_output=True, text=True, timeout=60)
+            if status.returncode == 0 and status.stdout.count(" node_") >= wait_for:
+                return
+            time.sleep(1)
+        raise AssertionError(f"Ray node did not come up: {status.stdout}{status.stderr}")
+
+    address = ""
+
+    def stop(self) -> None:
+        import signal
+        import time
+        for proc in reversed(self.procs):
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
+                time.sleep(1)  # let the group's other processes (raylet, workers) go too
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+            except ProcessLookupError:
+                pass

@@ -49,7 +49,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def tk(swept: tuple[Path, dict], *args: str) -> SimpleNamespace:
     """Run a tunekit command in this process (report and plot start no Ray)."""
     cwd = swept[0]
-    args = tuple(str(cwd / a) if a in ("spec.yaml", "figs", "one") else a for a in args)
+    args = tuple(str(cwd / a) if a in ("spec.yaml", "figs", "one", "two") else a for a in args)
     result = CliRunner().invoke(app, [*args, "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout,
                            stderr=result.stderr)
@@ -82,19 +82,21 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
 def test_report_formats_agree(swept) -> None:
     rows = json.loads(tk(swept, "report", "repeats", "-f", "json").stdout)
     markdown = tk(swept, "report", "spec.yaml", "-f", "markdown").stdout.splitlines()
-    assert markdown[0] == ("| Norm | L1 | L2 | Batch | Max Val Acc | n | best epoch | status "
-                           "| MLflow run id |")
+    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc | n | best epoch "
+                           "| status | MLflow run id |")
     assert len(markdown) == 2 + len(rows)
     table = tk(swept, "report", "spec.yaml").stdout
     for line, row in zip(markdown[2:], rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == row["Norm"] and cells[5] == "2"
-        assert cells[4] == f"{row['max_val_acc']:.2f} ± {row['std']:.2f}"
+        assert cells[0] == row["Norm"] and cells[6] == "2"
+        assert cells[4] == ", ".join(map(str, row["trials"]))
+        assert cells[5] == f"{row['max_val_acc']:.2f} ± {row['std']:.2f}"
         table_line = next(t for t in table.splitlines() if f" {row['Norm']} " in t)
-        assert cells[4] in table_line and row["run_ids"][0][:12] in table_line
+        assert cells[5] in table_line and row["run_ids"][0][:12] in table_line
     parsed = list(csv.DictReader(io.StringIO(tk(swept, "report", "spec.yaml", "-f", "csv").stdout)))
     assert [(r["Norm"], r["Max Val Acc"]) for r in parsed] == [
         (r["Norm"], f"{r['max_val_acc']:.2f} ± {r['std']:.2f}") for r in rows]
+    assert [float(r["max_val_acc"]) for r in parsed] == [r["max_val_acc"] for r in rows]  # full
 
 
 def test_report_of_an_unknown_experiment(swept) -> None:
@@ -112,49 +114,57 @@ def test_plot_draws_the_stored_curves(swept) -> None:
         assert image.ndim == 3 and image.shape[0] > 100
     runs = trial_runs(cwd)
     assert len(list(figs.glob("misclassified_*.png"))) == len(runs)
-    curves = json.loads((figs / "curves.json").read_text())
+    curves = {c["trial"]: c for c in json.loads((figs / "curves.json").read_text())}
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     for r in runs:
-        label = f"Norm={r.data.params['model.norm']}, seed={r.data.params['train.seed']}"
+        curve = curves[int(r.data.tags["tunekit.trial"])]
+        assert curve["label"] == (f"Norm={r.data.params['model.norm']}, "
+                                  f"seed={r.data.params['train.seed']}")
         stored = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id,
                                                                                 "val_acc"))
-        assert [(m["epoch"], m["val_acc"]) for m in curves[label]] == stored
+        assert [(m["epoch"], m["val_acc"]) for m in curve["history"]] == stored
+        assert (figs / f"misclassified_trial_{r.data.tags['tunekit.trial']}.png").is_file()
     # the figure's lines are that data
-    figures = report.curve_figures(list(curves.items()))
+    figures = report.curve_figures([(c["label"], c["history"]) for c in curves.values()])
     lines = figures["val_acc"].axes[0].lines
-    assert [line.get_label() for line in lines] == list(curves)
+    assert [line.get_label() for line in lines] == [c["label"] for c in curves.values()]
     assert [list(line.get_ydata()) for line in lines] == [
-        [m["val_acc"] for m in h] for h in curves.values()]
+        [m["val_acc"] for m in c["history"]] for c in curves.values()]
 
 
 def test_plot_selected_runs_and_logs_to_the_sweep(swept) -> None:
     cwd = swept[0]
-    chosen = trial_runs(cwd)[0].info.run_id
+    first = trial_runs(cwd)[0]
+    chosen, number = first.info.run_id, first.data.tags["tunekit.trial"]
     out = tk(swept, "plot", "spec.yaml", "--runs", chosen[:10], "--out", "one")
     assert out.returncode == 0, out.stderr
     assert [p.name for p in (cwd / "one").glob("misclassified_*.png")] == [
-        f"misclassified_{chosen[:12]}.png"]
+        f"misclassified_trial_{number}.png"]
+    by_number = tk(swept, "plot", "spec.yaml", "--runs", f"{number},3", "--out", "two")
+    assert by_number.returncode == 0, by_number.stderr
+    assert len(list((cwd / "two").glob("misclassified_*.png"))) == 2 - (number == "3")
     bad = tk(swept, "plot", "spec.yaml", "--runs", "zzzz")
-    assert bad.returncode == 2 and "--runs" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --runs: no trial of this sweep")
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     parent = trial_runs(cwd)[0].data.tags["mlflow.parentRunId"]
     logged = {a.path for a in client.list_artifacts(parent, "plots")}
-    assert f"plots/misclassified_{chosen[:12]}.png" in logged
+    assert f"plots/misclassified_trial_{number}.png" in logged
 
 
 def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     from rich.console import Console
     from tunekit.sweep import TrialState
     view = report.SweepView("study", total=3, epochs=5)
-    a = TrialState("t_0", {"model.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
-    b = TrialState("t_1", {"model.norm": "GN"}, "running", [])
+    a = TrialState(0, {"model.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
+    b = TrialState(1, {"model.norm": "GN"}, "running", [])
     view.trial_started(a)
     view.trial_started(b)
     out = Console(file=io.StringIO(), width=120)
     out.print(view._render())
     text = out.file.getvalue()
-    assert "study: 0 done · 2 running · 0 failed · 3 in all · best val_acc 97.50%" in text
-    assert "model.norm=BN  2/5    97.50%" in text and "model.norm=GN  0/5" in text
+    assert "study: 0 done · 2 running · 0 failed · 3 in all · 0.0 min · best val_acc 97.50% " \
+           "(trial 0)" in text
+    assert " 0      model.norm=BN  2/5    97.50%" in text and " 1      model.norm=GN  0/5" in text
     a.status = "failed"
     view.trial_ended(a)
     out.file = io.StringIO()

@@ -1,4 +1,4 @@
-"""Specs: round-trip, expansion counts, and a clear rejection of every kind of bad input."""
+"""Specs and their plans: round-trip, expansion counts, and a clear rejection of bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tunekit.errors import SpecError
-from tunekit.spec import ExperimentSpec, Distribution, expand, load_spec
+from tunekit.plan import differences, expand, fmt, load_plan
+from tunekit.spec import ExperimentSpec, Distribution, load_spec
 
 from conftest import REPO
 
@@ -22,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def problems(tmp_path: Path, text: str) -> list:
     with pytest.raises(SpecError) as e:
-        load_spec(write(tmp_path, text))
+        load_plan(write(tmp_path, text))
     assert e.value.exit_code == 2
     return e.value.problems
 
@@ -31,19 +32,19 @@ def problems(tmp_path: Path, text: str) -> list:
 def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
     spec = load_spec(REPO / "experiments" / f"{name}.yaml")
     dumped = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    again = load_spec(dumped)
+    again = load_plan(dumped).spec
     assert again == spec
     assert [t.config for t in expand(again)] == [t.config for t in expand(spec)]
 
 
 def test_shipped_experiment_sizes() -> None:
-    counts = {n: len(expand(load_spec(REPO / "experiments" / f"{n}.yaml")))
+    counts = {n: len(load_plan(REPO / "experiments" / f"{n}.yaml").trials)
               for n in ("smoke", "assignment6", "norm_grid")}
     assert counts == {"smoke": 3, "assignment6": 14, "norm_grid": 48}
 
 
 def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, """
+    spec = load_plan(write(tmp_path, """
         name: x
         train: {seed: 7}
         search:
@@ -52,7 +53,7 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
           sample: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}
           num_samples: 2
           repeats: 3
-    """))
+    """)).spec
     trials = expand(spec)
     assert len(trials) == 3 * 2 * 2 * 2 * 3
     assert [t.index for t in trials] == list(range(len(trials)))
@@ -67,7 +68,7 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
 
 
 def test_no_search_is_one_trial_of_the_base(tmp_path: Path) -> None:
-    trials = expand(load_spec(write(tmp_path, "name: x\nmodel: {norm: LN}\n")))
+    trials = load_plan(write(tmp_path, "name: x\nmodel: {norm: LN}\n")).trials
     assert len(trials) == 1 and trials[0].params == {} and trials[0].config.model.norm == "LN"
 
 
@@ -114,6 +115,26 @@ BAD = {
         "name: x\nsearch:\n  sample: {model.dropout: {uniform: [0.5, 1.5]}}\n",
         "search.sample.model.dropout", "less than 1", 3),
     "missing name": ("model: {norm: GN}\n", "name", "Field required", None),
+    "duplicate block": ("name: x\ntrain: {epochs: 3}\nmodel: {norm: GN}\ntrain: {seed: 2}\n",
+                        "train", "given twice, on lines 2 and 4", 4),
+    "duplicate nested key": ("name: x\ntrain:\n  epochs: 3\n  epochs: 4\n", "train.epochs",
+                             "given twice, on lines 3 and 4", 4),
+    "infinite float": ("name: x\ntrain:\n  optimizer: {lr: .inf}\n", "train.optimizer.lr",
+                       "finite number", 3),
+    "nan float": ("name: x\nmodel: {dropout: .nan}\n", "model.dropout", "finite number", 2),
+    "infinite grid value": ("name: x\nsearch:\n  grid: {train.l2: [0.0, .inf]}\n",
+                            "search.grid.train.l2", "finite number", 3),
+    "plan too large": ("name: x\nsweep: {max_trials: 10}\nsearch:\n"
+                       "  grid: {train.seed: [1, 2, 3, 4], train.batch_size: [8, 16, 32]}\n",
+                       "search", "the plan has 12 trials, more than sweep.max_trials = 10", 4),
+    "tpe without budget": ("name: x\nsearch:\n  method: tpe\n"
+                           "  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
+                           "search", "method tpe searches `sample`", 3),
+    "tpe with a grid": ("name: x\nsearch:\n  method: tpe\n  budget: 4\n  grid: {model.norm: "
+                        "[BN]}\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
+                        "search", "it takes no grid", 3),
+    "budget without tpe": ("name: x\nsearch:\n  budget: 4\n  grid: {model.norm: [BN]}\n",
+                           "search", "budget is for method tpe", 3),
     "not a mapping": ("- a\n- b\n", "<spec>", "YAML mapping", 1),
 }
 
@@ -135,9 +156,9 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "name: x\n")
-    assert load_spec(path, {"train.epochs": 3}).train.epochs == 3
+    assert load_plan(path, {"train.epochs": 3}).spec.train.epochs == 3
     with pytest.raises(SpecError) as e:
-        load_spec(path, {"train.epoch": 3})
+        load_plan(path, {"train.epoch": 3})
     assert e.value.problems[0].field == "train.epoch"
     assert "did you mean 'epochs'" in e.value.problems[0].message
 
@@ -151,3 +172,68 @@ def test_distributions_draw_inside_their_bounds() -> None:
         draws = [d.draw(rng) for _ in range(200)]
         assert all(lo <= x <= hi for x in draws) and len(set(draws)) > 1
     assert {Distribution(choice=["BN", "LN"]).draw(rng) for _ in range(50)} == {"BN", "LN"}
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"name: x\nmodel: {norm: \xff\xfe}\n", "is not UTF-8 text (byte 0xff at offset 22)"),
+    (b"", "is empty"),
+    (b"  \n# only a comment\n", "is empty"),
+    (None, "is a folder"),
+    ("missing", "cannot be read: No such file or directory"),
+])
+def test_unreadable_files_are_one_clear_line(tmp_path: Path, content, fragment: str) -> None:
+    path = tmp_path / "spec.yaml"
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_bytes(content)
+    with pytest.raises(SpecError) as e:
+        load_plan(path)
+    assert fragment in str(e.value)
+    assert str(e.value).startswith(f"cannot read spec {path}: it ")
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+def test_a_huge_plan_is_refused_fast_and_can_be_allowed(tmp_path: Path) -> None:
+    import time
+    text = ("name: x\nsearch:\n  grid:\n    train.seed: [" + ", ".join(map(str, range(400)))
+            + "]\n    train.batch_size: [8, 16, 32, 64, 128]\n    model.norm: [BN, GN, LN]\n"
+            "    train.l1: [0.0, 0.1]\n    train.l2: [0.0, 0.1]\n    model.dropout: [0.0, 0.1]\n")
+    start = time.perf_counter()
+    found = problems(tmp_path, text)
+    assert time.perf_counter() - start < 5  # refused from its size, not after expanding it
+    assert "the plan has 48,000 trials" in found[0].message
+    plan = load_plan(write(tmp_path, text.replace("400", "4").replace(
+        ", ".join(map(str, range(400))), "1, 2")), {"sweep.max_trials": 100_000})
+    assert plan.size == len(plan.trials) == 2 * 5 * 3 * 2 * 2 * 2
+
+
+def test_numbers_people_read_have_about_four_significant_digits() -> None:
+    assert fmt(3.7725799377838215e-06) == "3.773e-06"
+    assert fmt(0.09537845024235195) == "0.09538"
+    assert fmt("0.09537845024235195") == "0.09538"  # as MLflow keeps params
+    assert [fmt(v) for v in (0.04104, 0.006604, 128, "128", "GN", 0.0001, True)] == [
+        "0.04104", "0.006604", "128", "128", "GN", "0.0001", "True"]
+
+
+def test_plan_identity_differences_name_trial_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.norm: [BN, GN]}\n")
+    a, b = load_plan(path), load_plan(path, {"train.epochs": 2})
+    assert differences(a.identity(), a.identity()) == []
+    changed = differences(a.identity(), b.identity())
+    assert "trials.0.config.train.epochs: 3 -> 2" in changed and len(changed) == 2
+    path.write_text("name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.norm: [BN, GN, LN]}\n")
+    assert "trials.count: 2 -> 3" in differences(a.identity(), load_plan(path).identity())
+
+
+def test_plan_json_keeps_full_precision(tmp_path: Path) -> None:
+    plan = load_plan(write(tmp_path, """
+        name: x
+        search:
+          sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}
+          num_samples: 3
+    """))
+    records = plan.as_json()["trials"]
+    assert [r["trial"] for r in records] == [0, 1, 2]
+    assert [r["params"]["train.l2"] for r in records] == [t.config.train.l2 for t in plan.trials]
+    assert [r["config"]["train"]["l2"] for r in records] == [t.config.train.l2 for t in plan.trials]

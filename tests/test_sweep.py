@@ -6,10 +6,12 @@ against what Ray itself stored under runs/<name>/ (one progress.csv per trial).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from typer.testing import CliRunner
 
 from tunekit.cli import app
 
-from conftest import REPO, make_mnist, progress, run_tunekit as tunekit
+from conftest import REPO, RayNodes, make_mnist, progress, run_tunekit as tunekit
 
 pytestmark = pytest.mark.ray
 
@@ -138,44 +140,60 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     runs = client.search_runs([exp.experiment_id])
     trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 7 and len(trials) == 6
-    assert len({r.data.tags["tunekit.trial_id"] for r in trials}) == 6
+    assert len({r.data.tags["tunekit.trial"] for r in trials}) == 6
     for r in trials:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2, 3], (r.info.run_name, steps)
         assert r.data.tags["tunekit.status"] == "done" and r.info.status == "FINISHED"
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
+def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
+        tmp_path: Path) -> None:
     # Trials long enough (~10 s) that the second node's worker is up before the first node
     # could finish them all by itself: Tune reuses a finished trial's worker for the next one.
     data = make_mnist(tmp_path / "data", n_train=4000, n_test=200)
-    ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "TUNEKIT_DATA_DIR": str(data)}
-    port = "6399"
-    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-
-    def ray_cmd(*args: str) -> None:
-        subprocess.run([str(ray_bin), *args], env=env, check=True, capture_output=True,
-                       timeout=120)
+    # A user's local sweep, running before this test's cluster starts and after it stops.
+    (tmp_path / "mine").mkdir()
+    mine = spec_file(tmp_path / "mine", """
+        name: mine
+        train: {epochs: 6, batch_size: 32}
+        data: {subset: 2000}
+        search:
+          grid: {model.norm: [GN]}
+    """)
+    user = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(mine)],
+                            cwd=tmp_path / "mine", text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ,
+                                                           "TUNEKIT_DATA_DIR": str(data)})
+    nodes = RayNodes(tmp_path, env)
+    nodes.address = "127.0.0.1:6399"
+    common = ["--num-cpus=1", "--object-store-memory=100000000"]
     try:
-        ray_cmd("start", "--head", f"--port={port}", "--include-dashboard=false", *common)
-        ray_cmd("start", f"--address=127.0.0.1:{port}", *common)
+        nodes.start("--head", "--port=6399", "--include-dashboard=false",
+                    f"--temp-dir={tempfile.mkdtemp(prefix='tk', dir='/tmp')}",  # sockets: short
+                    *common, wait_for=1)
+        nodes.start(f"--address={nodes.address}", *common, wait_for=2)
         spec = spec_file(tmp_path, """
             name: twonode
             train: {epochs: 4, batch_size: 32}
             search:
               grid: {model.norm: [BN, GN, LN, BN], train.seed: [1]}
         """)
-        out = tunekit("sweep", str(spec), "--address", f"127.0.0.1:{port}", cwd=tmp_path,
+        out = tunekit("sweep", str(spec), "--address", nodes.address, cwd=tmp_path,
                       data=data, env={"RAY_AUTH_MODE": "token"})
         assert out.returncode == 0, out.stdout + out.stderr
         rows = progress(tmp_path / "runs" / "twonode")
         assert len(rows) == 4
-        nodes = {r["node_id"] for t in rows.values() for r in t}
-        assert len(nodes) == 2, nodes
+        nodes_used = {r["node_id"] for t in rows.values() for r in t}
+        assert len(nodes_used) == 2, nodes_used
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)
+        nodes.stop()
+    stdout, _ = user.communicate(timeout=300)
+    assert user.returncode == 0, stdout
+    mine_rows = progress(tmp_path / "mine" / "runs" / "mine")
+    assert [len(r) for r in mine_rows.values()] == [6]
+    assert not {r["node_id"] for r in mine_rows["trial_0000"]} & nodes_used  # its own Ray
 
 
 def test_cluster_yaml_passes_rays_own_validation() -> None:
@@ -208,3 +226,91 @@ def test_asha_stops_weak_trials_early(tmp_path: Path, tiny_data: Path) -> None:
     epochs = sorted(len(t) for t in progress(tmp_path / "runs" / "asha").values())
     assert len(epochs) == 4 and epochs[0] < 4 and epochs[-1] == 4, epochs
     assert "stopped" in out.stdout
+
+
+TPE_SPEC = """
+name: tpe
+data: {subset: 600}
+train: {epochs: 1, batch_size: 32, scheduler: {name: none}}
+search:
+  method: tpe
+  budget: 8
+  sample:
+    train.optimizer.lr: {loguniform: [0.001, 0.2]}
+    model.groups: {randint: [1, 9]}   # 3, 5, 6 and 7 do not divide 8 and 16: invalid proposals
+sweep: {max_concurrent: 1}
+"""
+
+
+@pytest.mark.slow
+def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path) -> None:
+    data = make_mnist(tmp_path / "data", n_train=600, n_test=200)
+    spec = spec_file(tmp_path, TPE_SPEC)
+    shown = tunekit("validate", str(spec), cwd=tmp_path, data=data)
+    assert shown.returncode == 0 and "TPE search, budget 8 trial(s)" in shown.stdout
+    assert "loguniform 0.001 0.2" in shown.stdout
+
+    run_dir = tmp_path / "runs" / "tpe"
+    driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=tmp_path,
+                              env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while len([t for t in progress(run_dir).values() if t]) < 3:
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        driver.kill()
+    before = {name: (run_dir / name / "progress.csv").read_text()
+              for name, rows in progress(run_dir).items() if rows}
+    time.sleep(3)
+    out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
+    assert out.returncode == 0, out.stdout + out.stderr  # invalid proposals are not failures
+
+    # 8 trials in all, numbered 0..7; those done before the kill were not run again
+    params = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("trial_*/params.json")}
+    assert sorted(params) == [f"trial_{i:04d}" for i in range(8)]
+    assert all(params[name]["trial"] == int(name[-4:]) for name in params)
+    for name, text in before.items():
+        assert (run_dir / name / "progress.csv").read_text() == text
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("tpe").experiment_id])
+            if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(8))
+    invalid = 0
+    for r in runs:
+        proposed = params[f"trial_{int(r.data.tags['tunekit.trial']):04d}"]
+        assert float(r.data.params["train.optimizer.lr"]) == proposed["train.optimizer.lr"]
+        assert int(r.data.params["model.groups"]) == proposed["model.groups"]
+        if 8 % proposed["model.groups"]:  # reported, never trained
+            invalid += 1
+            assert r.data.tags["tunekit.status"] == "invalid"
+            assert "does not divide" in r.data.tags["tunekit.error"]
+            assert not client.get_metric_history(r.info.run_id, "val_acc")
+        else:
+            assert r.data.tags["tunekit.status"] == "done"
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
+    assert invalid >= 1 and "invalid" in out.stdout
+
+    # TPE learnt from the results: its study holds every trial's outcome as it was reported
+    import pickle
+    import optuna
+    state = pickle.loads(next(run_dir.glob("searcher-state-*.pkl")).read_bytes())
+    study, sampler = state["_ot_study"], state["_sampler"]
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
+    told = {t.params["model.groups"]: t for t in study.trials}
+    assert len(study.trials) == 8 and state["proposed"] == 8
+    for r in runs:
+        groups = int(r.data.params["model.groups"])
+        matching = [t for t in study.trials if t.params["model.groups"] == groups and
+                    t.params["train.optimizer.lr"] == float(r.data.params["train.optimizer.lr"])]
+        assert len(matching) == 1 and told
+        t = matching[0]
+        if 8 % groups:
+            assert t.state == optuna.trial.TrialState.FAIL
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(r.data.metrics["max_val_acc"])

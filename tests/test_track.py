@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +26,9 @@ SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
 
 def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """What each trial reported to Ray, by Ray trial id."""
-    return {rows[0]["trial_id"]: rows for rows in progress(run_dir).values()}
+    """What each trial reported to Ray, by plan number (its folder is trial_0003)."""
+    return {str(int(name.removeprefix("trial_"))): rows
+            for name, rows in progress(run_dir).items()}
 
 
 def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:
@@ -39,10 +42,15 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
     assert len(parents) == 1 and len(children) == 3 and len(runs) == 4
 
     reported = ray_rows(tmp_path / "runs" / "smoke")
-    assert {r.data.tags["tunekit.trial_id"] for r in children} == set(reported)
+    assert {r.data.tags["tunekit.trial"] for r in children} == set(reported) == {"0", "1", "2"}
     for run in children:
-        rows = reported[run.data.tags["tunekit.trial_id"]]
+        rows = reported[run.data.tags["tunekit.trial"]]
+        assert run.data.tags["tunekit.ray_trial_id"] == rows[0]["trial_id"]
         p = run.data.params
+        # the plan's trial N: smoke's grid is BN, GN, LN in that order
+        assert p["model.norm"] == "BN GN LN".split()[int(run.data.tags["tunekit.trial"])]
+        assert run.info.run_name == f"trial {run.data.tags['tunekit.trial']}: " \
+                                    f"model.norm={p['model.norm']}"
         assert p["model.norm"] in ("BN", "GN", "LN") and p["train.epochs"] == "2"
         assert p["train.batch_size"] == "64" and p["train.optimizer.lr"] == "0.04104"
         assert p["model.norm"] in run.info.run_name
@@ -67,6 +75,9 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
     parent = parents[0].info.run_id
     assert {a.path for a in client.list_artifacts(parent, "spec")} == {"spec/smoke.yaml",
                                                                        "spec/resolved.yaml"}
+    plan = json.loads(Path(client.download_artifacts(parent, "plan.json", str(tmp_path))).read_text())
+    assert [(t["trial"], t["params"]) for t in plan["trials"]] == [
+        (i, {"model.norm": n}) for i, n in enumerate(("BN", "GN", "LN"))]
     plots = {a.path for a in client.list_artifacts(parent, "plots")}
     assert {"plots/val_acc.png", "plots/train_loss.png", "plots/curves.json"} <= plots
     # the end-of-sweep table is the seed's, rebuilt from MLflow
@@ -131,7 +142,7 @@ def test_smoke_sweep_against_a_real_mlflow_server(tmp_path: Path, tiny_data: Pat
     reported = ray_rows(tmp_path / "runs" / "smoke")
     for run in children:
         run_id = run["info"]["run_id"]
-        trial = {t["key"]: t["value"] for t in run["data"]["tags"]}["tunekit.trial_id"]
+        trial = {t["key"]: t["value"] for t in run["data"]["tags"]}["tunekit.trial"]
         history = rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_acc")
         assert [(m["step"], m["value"]) for m in history["metrics"]] == [
             (int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in reported[trial]]
@@ -151,3 +162,34 @@ def test_unreachable_tracking_server_fails_fast_and_starts_nothing(tmp_path: Pat
     assert "cannot reach the MLflow tracking server at http://127.0.0.1:" in out.stderr
     assert time.monotonic() - start < 30
     assert not (tmp_path / "runs").exists()  # no trial, not even Ray's folder
+
+
+def test_ui_serves_the_store_tunekit_used_and_stops(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from tunekit.track import EXPERIMENT_KIND, connect
+    client = connect(store)
+    exp_id = client.create_experiment("study", tags=EXPERIMENT_KIND)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "tunekit", "ui", "study", "--port", str(port),
+                           "--tracking-uri", store], cwd=tmp_path, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        line = ui.stdout.readline()  # printed once the UI answers
+        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}" in line, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        ui.wait(30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: Path) -> None:
+    for command in (["report", "smoke"], ["plot", "smoke"], ["ui", "smoke"]):
+        start = time.monotonic()
+        out = tunekit(*command, cwd=tmp_path, data=tmp_path, timeout=60)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in out.stderr
+        assert "Traceback" not in out.stderr and time.monotonic() - start < 10
+        assert list(tmp_path.iterdir()) == []  # no mlflow.db, no plots/ folder

@@ -1,3 +1,3 @@
-from tunekit.cli import app
+from tunekit.cli import main
 
-app(prog_name="tunekit")
+main()

@@ -1,10 +1,14 @@
-"""The `tunekit` command: each command parses its arguments and calls the modules that do the work."""
+"""The `tunekit` command: each command parses its arguments and calls the modules that do the work.
+
+Heavy libraries (torch, Ray, MLflow, matplotlib) are imported inside the commands that need them,
+so `--help` and `validate` answer at once.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -12,14 +16,18 @@ from typing import Any, Iterator, List, Optional
 import typer
 import yaml
 
-from tunekit.errors import Problem, SpecError, TunekitError
+from tunekit.errors import SpecError, TunekitError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of small vision models: YAML spec in, table out.")
 
 SPEC = typer.Argument(..., help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
                       show_default=False)
 SET = typer.Option(None, "--set", help="Override a field: --set train.epochs=1 (repeatable).")
+TRACKING = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's "
+                        "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+NAME = typer.Argument(..., help="A spec file, or the name of its MLflow experiment.",
+                      show_default=False)
 
 
 @contextmanager
@@ -37,26 +45,38 @@ def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise SpecError([Problem("--set", f"expected key=value, got {item!r}")])
+        if not eq or not key.strip():
+            raise UsageError("--set", f"expected FIELD=VALUE (e.g. train.epochs=3), got {item!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
-def _load(spec: Path, sets: Optional[List[str]]):
-    from tunekit.spec import expand, load_spec
-    s = load_spec(spec, _overrides(sets))
-    return s, expand(s)
+def _plan(spec: Path, sets: Optional[List[str]]):
+    from tunekit.plan import load_plan
+    return load_plan(spec, _overrides(sets))
+
+
+def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise UsageError(option, f"{value!r} is not one of: {', '.join(valid)}")
+    return value
 
 
 @app.command()
-def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET) -> None:
-    """Check a spec and print the trials it expands to (the parameters that vary)."""
+def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
+             format: str = typer.Option("table", "--format", "-f",
+                                        help="table, or json: every trial at full precision.")
+             ) -> None:
+    """Check a spec and print its plan: the numbered trials and the values each one sets."""
     with _handled():
-        s, trials = _load(spec, set_)
-        from tunekit.report import console, trials_table
-        console.print(trials_table(s.name, trials))
-        console.print(f"{len(trials)} trial(s), valid.")
+        _choice("--format", format, ("table", "json"))
+        plan = _plan(spec, set_)
+        if format == "json":
+            typer.echo(json.dumps(plan.as_json(), indent=1))
+            return
+        from tunekit.report import console, plan_table
+        console.print(plan_table(plan))
+        console.print(f"{plan.size} trial(s), valid.")
 
 
 @app.command()
@@ -68,29 +88,46 @@ def schema() -> None:
 
 @app.command()
 def train(spec: Path = SPEC,
-          trial: int = typer.Option(0, "--trial", help="Which trial of the expansion to run."),
+          trial: int = typer.Option(0, "--trial", help="Which trial of the plan to run (its "
+                                    "number in validate and the sweep)."),
           set_: Optional[List[str]] = SET,
-          threads: int = typer.Option(len(os.sched_getaffinity(0)),
-                                      help="torch threads (default: every CPU this process may use).")
+          threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the "
+                                                "spec's resources.cpus_per_trial, as in a sweep).")
           ) -> None:
-    """Run one trial of a spec here, in this process, with a progress bar per epoch."""
+    """Run one trial of a spec here, in this process, exactly as the sweep runs it."""
     with _handled():
-        s, trials = _load(spec, set_)
-        if not 0 <= trial < len(trials):
-            raise SpecError([Problem("--trial", f"{spec} has {len(trials)} trial(s): "
-                                                f"0..{len(trials) - 1}, got {trial}")])
+        plan = _plan(spec, set_)
+        if plan.adaptive:
+            raise UsageError("--trial", "a TPE plan's trials exist only once TPE proposes them; "
+                                        "set their values with --set on a spec without search")
+        if not 0 <= trial < len(plan.trials):
+            raise UsageError("--trial", f"{spec} plans {len(plan.trials)} trial(s), numbered "
+                                        f"0..{len(plan.trials) - 1}; got {trial}")
+        t = plan.trials[trial]
+        clash = sorted(k for k in _overrides(set_) if any(
+            p == k or p.startswith(k + ".") or k.startswith(p + ".") for p in t.params))
+        if clash:
+            raise UsageError("--set", f"trial {trial} sets {', '.join(clash)} itself (search "
+                                      f"wins over --set); pick the trial that has the value you "
+                                      f"want (tunekit validate {spec})")
         from tunekit.report import EpochProgress, console, fit_summary
         from tunekit.train import fit
-        t = trials[trial]
-        setting = ", ".join(f"{k}={v}" for k, v in t.params.items()) or "base config"
-        console.print(f"[bold]{s.name}[/] trial {trial}: {setting}")
+        threads = threads or plan.spec.resources.cpus_per_trial
+        console.print(f"[bold]{plan.spec.name}[/] trial {trial}: {t.label} · {threads} thread(s)")
         with EpochProgress(f"trial {trial}", t.config.train.epochs) as progress:
             result = fit(t.config, progress, threads=threads)
         console.print(fit_summary(result))
 
 
-TRACKING = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's "
-                        "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event instead of raising at a random point; the sweep stops safely."""
+    event = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @app.command()
@@ -99,63 +136,81 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
               None, help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
                          "Default: start a local Ray for this sweep."),
           resume: bool = typer.Option(False, "--resume",
-                                      help="Carry on an interrupted sweep of this spec."),
+                                      help="Carry on an interrupted sweep of the same plan."),
+          restart: bool = typer.Option(False, "--restart",
+                                       help="Start over: set the earlier sweep's results aside "
+                                            "(its MLflow runs are kept)."),
           dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="Print the trials and resources; start nothing."),
+                                       help="Print the plan and resources; start nothing."),
           tracking_uri: Optional[str] = TRACKING) -> None:
-    """Run every trial of a spec on Ray Tune, record it in MLflow, print max val_acc per trial.
+    """Run every trial of a spec's plan on Ray Tune, record it in MLflow, print the results.
 
     Exit code 0 when every trial finished, 1 when any failed, 130 when interrupted (Ctrl-C):
     run it again with --resume to carry on.
     """
-    with _handled():
-        s, trials = _load(spec, set_)
+    with _handled(), _interruptible() as interrupted:
+        if resume and restart:
+            raise UsageError("--restart", "use --resume (carry on) or --restart (start over)")
+        plan = _plan(spec, set_)
         from tunekit import report
         if dry_run:
-            report.console.print(report.trials_table(s.name, trials))
-            report.console.print(report.resources_line(s, len(trials)))
+            report.console.print(report.plan_table(plan))
+            report.console.print(report.resources_line(plan.spec, plan.size))
             return
+        s = plan.spec
         from tunekit import sweep as sweeps, track
         uri = track.tracking_uri(s, tracking_uri)
         client = track.connect(uri)  # an unreachable server stops us before any trial starts
-        path = sweeps.prepare(s, address=address, resume=resume)
-        tracker = track.Tracker(client, s, spec, path, resume=resume)
-        with report.SweepView(s.name, len(trials), s.train.epochs) as view:
-            states = sweeps.run(s, address=address, resume=resume, listeners=[view, tracker])
+        path = sweeps.prepare(plan, resume=resume, restart=restart)
+        if restart:
+            report.console.print(f"starting {s.name} over: the earlier sweep's results were set "
+                                 f"aside, its MLflow runs are kept", highlight=False)
+        tracker = track.Tracker(client, plan, spec, path, resume=resume)
+        with report.SweepView(s.name, plan.size, s.train.epochs) as view:
+            states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
+                                interrupted=interrupted)
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
-        with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
-            _plot(client, tracker.parent, records, Path(d), grids=False)
+        with tempfile_dir() as d:  # the comparison graphs, for the sweep's run
+            _plot(client, tracker.parent, records, d, grids=False)
         rows = report.result_rows(records)
         report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
         report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
                              f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
-        failed = [t for t in states if t.status == "failed"]
-        interrupted = [t for t in states if t.status == "unfinished"] or len(states) < len(trials)
-        if interrupted:
+        failed = [t for t in states if t.status in ("failed", "invalid")]
+        unfinished = interrupted.is_set() or len(states) < plan.size or any(
+            t.status == "unfinished" for t in states)
+        if unfinished:
             report.console.print(f"[yellow]interrupted:[/] continue with: tunekit sweep {spec} "
-                                 "--resume")
+                                 "--resume", highlight=False)
         if failed:
-            report.console.print(f"[red]{len(failed)} of {len(states)} trial(s) failed[/] "
+            report.console.print(f"[red]{len(failed)} of {plan.size} trial(s) failed[/] "
                                  f"(tracebacks: error.txt in each trial's folder under {path}):",
                                  highlight=False)
             for line in report.failures(states):
                 report.console.print(f"  {line}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130 if interrupted else 1 if failed else 0)
+        real_failures = [t for t in failed if t.status == "failed"]
+        raise typer.Exit(130 if unfinished else 1 if real_failures else 0)
+
+
+@contextmanager
+def tempfile_dir() -> Iterator[Path]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
 
 
 def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
-    """(client, latest sweep run, experiment name) for a spec file or an experiment name."""
+    """(client, latest sweep run, experiment name) for a spec file or an experiment name.
+
+    Read-only: a store that does not exist is an error naming where tunekit looked.
+    """
     from tunekit import track
     from tunekit.spec import load_spec
     spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else None
     name = track.experiment_name(spec) if spec else name_or_spec
-    client = track.connect(track.tracking_uri(spec, tracking_uri))
+    client = track.connect(track.tracking_uri(spec, tracking_uri), create=False)
     return client, track.find_sweep(client, name), name
-
-
-NAME = typer.Argument(..., help="A spec file, or the name of its MLflow experiment.",
-                      show_default=False)
 
 
 @app.command("report")
@@ -168,8 +223,7 @@ def report_(name_or_spec: str = NAME,
     Trials that differ only in their seed are grouped: mean ± std over n.
     """
     with _handled():
-        if format not in ("table", "markdown", "csv", "json"):
-            raise SpecError([Problem("--format", f"{format!r}: valid: table, markdown, csv, json")])
+        _choice("--format", format, ("table", "markdown", "csv", "json"))
         from tunekit import report, track
         client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
         rows = report.result_rows(track.trial_runs(client, sweep_run))
@@ -182,8 +236,9 @@ def report_(name_or_spec: str = NAME,
 
 @app.command()
 def plot(name_or_spec: str = NAME,
-         runs: Optional[List[str]] = typer.Option(None, "--runs", help="MLflow run ids (or "
-                                                  "prefixes) to draw; default: every trial."),
+         runs: Optional[List[str]] = typer.Option(None, "--runs", help="Trial numbers or MLflow "
+                                                  "run ids (prefixes too), comma-separated; "
+                                                  "default: every trial."),
          out: Path = typer.Option(Path("plots"), "--out", help="Folder for the PNG files."),
          tracking_uri: Optional[str] = TRACKING) -> None:
     """Draw the four comparison graphs and a misclassified-digits grid per trial, from MLflow.
@@ -191,15 +246,22 @@ def plot(name_or_spec: str = NAME,
     The PNG files go to --out and to the sweep's MLflow run.
     """
     with _handled():
-        from tunekit import report, track
+        if out.exists() and not out.is_dir():
+            raise UsageError("--out", f"{out} is a file; give a folder for the plots")
+        from tunekit import track
         client, sweep_run, _ = _tracking(name_or_spec, tracking_uri)
         records = track.trial_runs(client, sweep_run)
-        chosen = [r for r in records if not runs or any(r.run_id.startswith(p) for p in runs)]
-        if runs and len(chosen) < len(runs):
-            raise SpecError([Problem("--runs", f"no trial run of this sweep matches some of "
-                                     f"{runs}; runs: {' '.join(r.run_id for r in records)}")])
+        wanted = [w.strip() for item in runs or [] for w in item.split(",") if w.strip()]
+        chosen = [r for r in records if not wanted or any(
+            w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for w in wanted)]
+        missing = [w for w in wanted if not any(w == str(r.trial) or (
+            not w.isdigit() and r.run_id.startswith(w)) for r in records)]
+        if missing:
+            raise UsageError("--runs", f"no trial of this sweep is {', '.join(missing)}; trials: "
+                                       f"{' '.join(str(r.trial) for r in records)}")
+        from tunekit.report import console
         for path in _plot(client, sweep_run, chosen, out):
-            report.console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False)
 
 
 def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True) -> List[Path]:
@@ -210,15 +272,44 @@ def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True
     labels = report.legend_labels([r.params for r in chosen])
     curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
     paths = [folder / "curves.json"]  # the data behind the graphs
-    paths[0].write_text(json.dumps(dict(curves), indent=1))
+    paths[0].write_text(json.dumps(
+        [{"trial": r.trial, "label": label, "history": h}
+         for r, (label, h) in zip(chosen, curves)], indent=1))
     for name, fig in report.curve_figures(curves).items():
         paths.append(folder / f"{name}.png")
         fig.savefig(paths[-1])
     for label, r in zip(labels, chosen if grids else []):
         wrong = track.misclassified(client, r.run_id)
         if wrong is not None:
-            paths.append(folder / f"misclassified_{r.run_id[:12]}.png")
+            paths.append(folder / f"misclassified_trial_{r.trial}.png")
             report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
-                                        title=label).savefig(paths[-1])
+                                        title=f"trial {r.trial}: {label}").savefig(paths[-1])
     track.log_plots(client, sweep_run, paths)
     return paths
+
+
+@app.command()
+def ui(name_or_spec: Optional[str] = typer.Argument(
+           None, help="A spec file or experiment name: print the URL of its experiment.",
+           show_default=False),
+       port: int = typer.Option(5000, help="Port to serve on."),
+       host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this "
+                                "machine only)."),
+       tracking_uri: Optional[str] = TRACKING) -> None:
+    """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""
+    with _handled():
+        from tunekit import track
+        from tunekit.spec import load_spec
+        spec = load_spec(name_or_spec) if name_or_spec and Path(name_or_spec).is_file() else None
+        uri = track.tracking_uri(spec, tracking_uri)
+        name = track.experiment_name(spec) if spec else name_or_spec
+        track.serve_ui(uri, host, port, name)
+
+
+def main() -> None:
+    """The `tunekit` command. A Ctrl-C before a command has set up its own handling (while
+    Python imports, say) ends it quietly with exit code 130, like one during a sweep."""
+    try:
+        app(prog_name="tunekit")
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -30,11 +30,21 @@ class SpecError(TunekitError):
 
     def __str__(self) -> str:
         where = f"{self.source}" if self.source else "spec"
+        if len(self.problems) == 1 and self.problems[0].field == "<file>":
+            return f"cannot read spec {where}: it {self.problems[0].message}"
         lines = [f"invalid spec {where}: {len(self.problems)} problem(s)"]
         for p in self.problems:
             at = f"line {p.line}, " if p.line else ""
             lines.append(f"  {at}{p.field}: {p.message}")
         return "\n".join(lines)
+
+
+class UsageError(TunekitError):
+    """A command-line argument is wrong (not the spec): nothing was started. Exit code 2."""
+    exit_code = 2
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
 
 
 class DataError(TunekitError):

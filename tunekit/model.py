@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Output channels of the six conv blocks; a 2×2 max-pool follows blocks 2, 4 and 6.
-CHANNELS = (8, 8, 8, 16, 16, 16)
-POOL_AFTER = (1, 3, 5)
+from tunekit.spec import CHANNELS  # output channels of the six conv blocks
+
+POOL_AFTER = (1, 3, 5)  # a 2×2 max-pool follows blocks 2, 4 and 6
 
 
 def make_norm(kind: str, channels: int, groups: int = 4) -> nn.Module:

@@ -7,10 +7,9 @@ import io
 import json
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
-
-from matplotlib.figure import Figure
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,15 +17,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tunekit.spec import ExperimentSpec, Trial
-from tunekit.train import EpochMetrics, FitResult
+from tunekit.plan import fmt
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from tunekit.plan import Plan
+    from tunekit.spec import ExperimentSpec
     from tunekit.sweep import TrialState
+    from tunekit.train import EpochMetrics, FitResult
 
 # Not a terminal (CI, a log file): wide lines rather than tables folded at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
+
+SHOWN_TRIALS = 40  # a plan larger than this is summarised by validate and --dry-run
 
 
 def varying(params: Sequence[dict[str, Any]], ignore: set[str] = frozenset()) -> list[str]:
@@ -35,21 +40,40 @@ def varying(params: Sequence[dict[str, Any]], ignore: set[str] = frozenset()) ->
     return [k for k in keys if len({repr(p.get(k)) for p in params}) > 1]
 
 
-def fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def trials_table(name: str, trials: Sequence[Trial]) -> Table:
+def plan_table(plan: Plan) -> Group:
+    """The plan as validate and --dry-run show it: every trial, or a summary of a large plan."""
+    s = plan.spec
+    if plan.adaptive:
+        space = Table(title=f"{s.name}: TPE search, budget {plan.size} trial(s), maximising "
+                            "val_acc", title_justify="left")
+        for col in ("field", "distribution"):
+            space.add_column(col)
+        for path, d in s.search.sample.items():
+            space.add_row(path, f"{d.kind} {' '.join(fmt(v) for v in getattr(d, d.kind))}")
+        return Group(space, Text(f"trials are numbered 0..{plan.size - 1} as TPE proposes them; "
+                                 f"{s.sweep.max_concurrent or 2} at once"))
+    trials = plan.trials
     cols = varying([t.params for t in trials])
-    table = Table(title=f"{name}: {len(trials)} trial(s)", title_justify="left")
+    shown = trials if len(trials) <= SHOWN_TRIALS else [*trials[:10], *trials[-5:]]
+    table = Table(title=f"{s.name}: {len(trials)} trial(s)", title_justify="left")
     table.add_column("trial", justify="right")
     for c in cols:
         table.add_column(c)
     table.add_column("epochs", justify="right")
-    for t in trials:
+    for i, t in enumerate(shown):
+        if i == 10 and len(shown) < len(trials):
+            table.add_row("…", *(["…"] * len(cols)), "")
         table.add_row(str(t.index), *(fmt(t.params.get(c, "")) for c in cols),
                       str(t.config.train.epochs))
-    return table
+    parts: list[Any] = [table]
+    if len(shown) < len(trials):
+        axes = [f"{k}: {len(v)} value(s)" for k, v in s.search.grid.items()]
+        axes += [f"cases: {len(s.search.cases)}"] * bool(s.search.cases)
+        axes += [f"samples: {s.search.num_samples}"] * (s.search.num_samples > 1)
+        axes += [f"repeats: {s.search.repeats}"] * (s.search.repeats > 1)
+        parts.append(Text(f"{len(trials) - len(shown)} trial(s) not shown; the plan is "
+                          f"{' × '.join(axes)}. `--format json` lists every trial."))
+    return Group(*parts)
 
 
 def print_error(message: str) -> None:
@@ -98,64 +122,96 @@ def resources_line(spec: ExperimentSpec, trials: int) -> str:
 
 
 class SweepView:
-    """The live view of a running sweep: counts, each running trial's epoch and val_acc, the best
-    so far; a line is printed as each trial ends. Implements sweep.Listener."""
+    """A running sweep as a person follows it. Implements sweep.Listener.
 
-    def __init__(self, name: str, total: int, epochs: int):
-        self.name, self.total, self.epochs = name, total, epochs
-        self.trials: dict[str, TrialState] = {}
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True)
+    On a terminal: a live view of the counts, each running trial's epoch and val_acc and the best
+    so far, with a line as each trial ends. Elsewhere (a log file, nohup, CI, a Ray job): a plain
+    line per finished epoch and per finished trial, and a summary line every `every` seconds.
+    """
+
+    def __init__(self, name: str, total: int, epochs: int, every: float = 60.0):
+        self.name, self.total, self.epochs, self.every = name, total, epochs, every
+        self.trials: dict[int, TrialState] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
+            if console.is_terminal else None
+        self.started = self.last_summary = time.monotonic()
 
     def __enter__(self) -> SweepView:
-        self.live.start()
+        if self.live:
+            self.live.start()
+        else:
+            self._say(f"{self.name}: {self.total} trial(s) of {self.epochs} epoch(s)")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.stop()
+        if self.live:
+            self.live.stop()
+        else:
+            self._say(self._summary())
+
+    def _say(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        (self.live.console if self.live else console).print(
+            line if self.live else f"{stamp} {line}", highlight=False, soft_wrap=True)
+
+    def _update(self, trial: TrialState) -> None:
+        self.trials[trial.index] = trial
+        if self.live:
+            self.live.update(self._render())
+        elif time.monotonic() - self.last_summary >= self.every:
+            self.last_summary = time.monotonic()
+            self._say(self._summary())
 
     def trial_started(self, trial: TrialState) -> None:
-        self.trials[trial.trial_id] = trial
-        self.live.update(self._render())
+        self._update(trial)
 
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None:
-        self.trials[trial.trial_id] = trial
-        self.live.update(self._render())
+        if not self.live:
+            self._say(f"trial {trial.index} ({trial.label}) epoch {metrics['epoch']}/{self.epochs}"
+                      f": val_acc {metrics['val_acc']:.2f}%, train loss "
+                      f"{metrics['train_loss']:.4f}, {metrics['seconds']:.1f}s")
+        self._update(trial)
 
     def trial_ended(self, trial: TrialState) -> None:
-        self.trials[trial.trial_id] = trial
-        setting = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
-        if trial.status == "failed":
-            self.live.console.print(f"[red]✗ {trial.trial_id}[/] {setting}: {trial.error}",
-                                    highlight=False, soft_wrap=True)
+        if trial.status in ("failed", "invalid"):
+            mark = "[red]✗[/]" if self.live else f"{trial.status}:"
+            self._say(f"{mark} trial {trial.index} ({trial.label}): {trial.error}")
         else:
             best = trial.best
             acc = (f"max val_acc {best['val_acc']:.2f}% (epoch {best['epoch']})" if best
                    else "finished in an earlier session")
-            self.live.console.print(f"[green]✓ {trial.trial_id}[/] {setting}: {acc}",
-                                    highlight=False, soft_wrap=True)
-        self.live.update(self._render())
+            self._say(f"{'[green]✓[/]' if self.live else 'done:'} trial {trial.index} "
+                      f"({trial.label}): {acc}")
+        self._update(trial)
+
+    def _counts(self) -> dict[str, list[TrialState]]:
+        return {s: [t for t in self.trials.values() if t.status == s]
+                for s in ("running", "done", "failed", "invalid")}
+
+    def _summary(self) -> str:
+        by = self._counts()
+        best = max((t for t in self.trials.values() if t.best), default=None,
+                   key=lambda t: t.best["val_acc"])
+        minutes = (time.monotonic() - self.started) / 60
+        return (f"{self.name}: {len(by['done'])} done · {len(by['running'])} running · "
+                f"{len(by['failed']) + len(by['invalid'])} failed · {self.total} in all · "
+                f"{minutes:.1f} min" + (f" · best val_acc {best.best['val_acc']:.2f}% "
+                                         f"(trial {best.index})" if best else ""))
 
     def _render(self) -> Group:
-        by = {s: [t for t in self.trials.values() if t.status == s]
-              for s in ("running", "done", "failed")}
-        best = max((t.best for t in self.trials.values() if t.best), default=None,
-                   key=lambda m: m["val_acc"])
-        title = (f"{self.name}: {len(by['done'])} done · {len(by['running'])} running · "
-                 f"{len(by['failed'])} failed · {self.total} in all"
-                 + (f" · best val_acc {best['val_acc']:.2f}%" if best else ""))
         table = Table(box=None)
         for col in ("trial", "setting", "epoch", "val_acc"):
             table.add_column(col)
-        for t in by["running"]:
+        for t in self._counts()["running"]:
             last = t.history[-1] if t.history else None
-            table.add_row(t.trial_id, ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items()),
-                          f"{last['epoch'] if last else 0}/{self.epochs}",
+            table.add_row(str(t.index), t.label, f"{last['epoch'] if last else 0}/{self.epochs}",
                           f"{last['val_acc']:.2f}%" if last else "")
-        return Group(Text(title), table)
+        return Group(Text(self._summary()), table)
 
 
 def failures(trials: Sequence[TrialState]) -> list[str]:
-    return [f"{t.trial_id}: {t.error}" for t in trials if t.status == "failed"]
+    return [f"trial {t.index} ({t.label}): {t.error}" for t in trials
+            if t.status in ("failed", "invalid")]
 
 
 # -- results rebuilt from MLflow ----------------------------------------------------------------
@@ -174,6 +230,7 @@ class ResultRow:
     statuses: list[str]
     run_ids: list[str]
     errors: list[str]
+    trials: list[int]  # plan numbers of its trials
 
     @property
     def mean(self) -> float | None:
@@ -191,7 +248,8 @@ class ResultRow:
         return ", ".join(f"{n} {s}" for s, n in counts.items())
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.setting, "max_val_acc": self.mean, "std": self.std, "n": len(self.run_ids),
+        return {**self.setting, "trials": self.trials, "max_val_acc": self.mean, "std": self.std,
+                "n": len(self.run_ids),
                 "accs": self.accs, "best_epochs": self.best_epochs, "status": self.status,
                 "run_ids": self.run_ids, "errors": self.errors}
 
@@ -204,12 +262,13 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
     for r in runs:
         key = tuple(r.params.get(k, "") for k in columns)
         row = groups.setdefault(key, ResultRow(
-            {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns}, [], [], [], [], []))
+            {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns}, [], [], [], [], [], []))
         if r.max_val_acc is not None:
             row.accs.append(r.max_val_acc)
             row.best_epochs.append(r.best_epoch)
         row.statuses.append(r.status)
         row.run_ids.append(r.run_id)
+        row.trials.append(r.trial)
         if r.error:
             row.errors.append(r.error)
     return sorted(groups.values(), key=lambda g: (g.mean is None, -(g.mean or 0)))
@@ -224,25 +283,30 @@ def _acc(row: ResultRow) -> str:
 def _cells(row: ResultRow) -> list[str]:
     epochs = ", ".join(map(str, row.best_epochs)) or "-"
     status = row.status + (f": {row.errors[0]}" if row.errors else "")
-    return [*row.setting.values(), _acc(row), str(len(row.run_ids)), epochs, status,
-            " ".join(r[:12] for r in row.run_ids)]
+    return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)), _acc(row),
+            str(len(row.run_ids)), epochs, status, " ".join(r[:12] for r in row.run_ids)]
 
 
-def results_table(title: str, rows: Sequence[ResultRow], fmt: str = "table") -> Table | str:
-    """The seed's table (Norm | L1 | L2 | Batch | Max Val Acc ...) as rich, markdown, csv or json."""
-    head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), "Max Val Acc", "n",
+def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") -> Table | str:
+    """The seed's table (Norm | L1 | L2 | Batch | Max Val Acc ...) as rich, markdown, csv or json.
+
+    Table and markdown show numbers as people read them (fmt); csv and json keep full precision.
+    """
+    head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), "trial", "Max Val Acc", "n",
             "best epoch", "status", "MLflow run id"]
-    if fmt == "json":
+    if format == "json":
         return json.dumps([r.as_dict() for r in rows], indent=2)
-    if fmt == "csv":
+    if format == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow([*head[:-1], "std", "run ids"])
+        writer.writerow([*head[:-1], "max_val_acc", "std", "run ids"])
         for r in rows:
             cells = _cells(r)
-            writer.writerow([*cells[:len(head) - 1], f"{r.std:.4f}", " ".join(r.run_ids)])
+            writer.writerow([*r.setting.values(), *cells[len(r.setting):len(head) - 1],
+                             repr(r.mean) if r.mean is not None else "", repr(r.std),
+                             " ".join(r.run_ids)])
         return out.getvalue()
-    if fmt == "markdown":
+    if format == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |"
                   for r in rows]
@@ -265,7 +329,7 @@ def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
     """One label per run, made of the parameters that vary between the runs."""
     keys = varying(params, {"data.root"})
     short = {k: SEED_COLUMNS.get(k, k.split(".")[-1]) for k in keys}
-    return [", ".join(f"{short[k]}={p.get(k)}" for k in keys) or "trial" for p in params]
+    return [", ".join(f"{short[k]}={fmt(p.get(k))}" for k in keys) or "trial" for p in params]
 
 
 def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
@@ -277,6 +341,7 @@ def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]
 
 def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dict[str, Figure]:
     """The seed's four comparison graphs: one figure per metric, one line per (label, history)."""
+    from matplotlib.figure import Figure
     figures = {}
     for key in GRAPHS:
         figures[key] = Figure(figsize=(8, 5), layout="constrained")
@@ -289,6 +354,7 @@ def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dic
 
 def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure:
     """The four graphs as panels of one figure (a single trial's artifact)."""
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(11, 8), layout="constrained")
     for i, key in enumerate(GRAPHS):
         _draw(fig.add_subplot(2, 2, i + 1), key, curves)
@@ -298,6 +364,7 @@ def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Fig
 def misclassified_figure(images: Any, labels: Any, preds: Any, title: str = "",
                          count: int = 25) -> Figure:
     """A 5×5 grid of misclassified digits, each titled 'predicted / actual'."""
+    from matplotlib.figure import Figure
     images = images.numpy() if hasattr(images, "numpy") else images
     fig = Figure(figsize=(7, 7.6), layout="constrained")
     fig.suptitle(title)

@@ -7,10 +7,8 @@ checks every trial it expands to, so code further in only ever sees typed, valid
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 import random
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -19,11 +17,14 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from tunekit.errors import Problem, SpecError
-from tunekit.model import CHANNELS
+
+# Output channels of the six conv blocks (model.py builds them; kept here so that reading a spec
+# does not import torch).
+CHANNELS = (8, 8, 8, 16, 16, 16)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):
@@ -161,6 +162,9 @@ def check_path(path: str) -> str:
 
 
 class SearchSpec(_Strict):
+    method: Literal["grid", "tpe"] = "grid"  # grid: every trial of grid × cases × samples ×
+    #   repeats, fixed up front; tpe: Bayesian search (Optuna's TPE) over `sample`, `budget` trials
+    budget: PositiveInt | None = None  # tpe: how many trials it proposes in all
     grid: dict[str, list[Any]] = {}  # field path -> values; every combination is a trial
     cases: list[dict[str, Any]] = []  # hand-picked settings, each combined with every grid point
     sample: dict[str, Distribution] = {}  # field path -> distribution, drawn num_samples times
@@ -204,6 +208,16 @@ class SearchSpec(_Strict):
                              "use repeats for more seeds")
         if "train.seed" in self.grid and self.repeats > 1:
             raise ValueError("train.seed is in the grid and repeats > 1; use one of them")
+        if self.method == "tpe":
+            fixed = [k for k in ("grid", "cases") if getattr(self, k)] + [
+                k for k in ("num_samples", "repeats") if getattr(self, k) > 1]
+            if not self.sample or self.budget is None or fixed:
+                raise ValueError("method tpe searches `sample` (uniform, loguniform, randint, "
+                                 "choice) for `budget` trials" + (
+                                     f"; it takes no {', '.join(fixed)}" if fixed else
+                                     "; give both"))
+        elif self.budget is not None:
+            raise ValueError("budget is for method tpe; grid runs every trial it expands to")
         return self
 
     def source(self, path: str) -> tuple[Any, ...]:
@@ -229,6 +243,7 @@ class SweepSpec(_Strict):
     storage: str | None = None  # results folder or URI (s3://bucket/prefix); None: ./runs
     max_concurrent: PositiveInt | None = None  # trials at once; None: as many as resources allow
     max_failures: NonNegativeInt = 0  # retries of a failed trial, from its last checkpoint
+    max_trials: PositiveInt = 5000  # a plan of more trials is refused (a typo'd grid, say)
     asha: AshaSpec | None = None  # stop weak trials early on val_acc; None: run every epoch
 
 
@@ -250,13 +265,6 @@ class ExperimentSpec(TrialConfig):
         return self.model_dump(include={"data", "model", "train"}, exclude_unset=True)
 
 
-@dataclass(frozen=True)
-class Trial:
-    index: int
-    params: dict[str, Any]  # the field paths this trial sets on top of the base config
-    config: TrialConfig
-
-
 def set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of nested dict `raw` with dotted `path` set to `value`."""
     head, _, rest = path.partition(".")
@@ -267,50 +275,6 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     else:
         out[head] = value
     return out
-
-
-def expand(spec: ExperimentSpec) -> list[Trial]:
-    """The trials of a spec: grid × cases × samples × repeats, each validated like the base.
-
-    Pure: the same spec always gives the same trials (draws are seeded by train.seed).
-    """
-    s = spec.search
-    points = [dict(zip(s.grid, combo)) for combo in itertools.product(*s.grid.values())]
-    points = [{**p, **c} for p in points for c in (s.cases or [{}])]
-    rng = random.Random(spec.train.seed)
-    base = spec.base()
-    trials = []
-    for _ in range(s.num_samples):
-        draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
-        for point in points:
-            for r in range(s.repeats):
-                seed = {"train.seed": spec.train.seed + r} if s.repeats > 1 else {}
-                params = {**point, **draws, **seed}
-                try:
-                    trials.append(Trial(len(trials), params, resolve(base, params, len(trials))))
-                except SpecError as e:
-                    raise SpecError([_blame(p, params, s) for p in e.problems]) from None
-    return trials
-
-
-def _check_sample_edges(spec: ExperimentSpec) -> None:
-    """Every value a distribution can draw is valid if its edges (or choices) are."""
-    base = spec.base()
-    for path, dist in spec.search.sample.items():
-        for value in dist.edges():
-            try:
-                resolve(base, {path: value})
-            except SpecError as e:
-                raise SpecError([_blame(p, {path: value}, spec.search) for p in e.problems]) from None
-
-
-def _blame(problem: Problem, params: Mapping[str, Any], search: SearchSpec) -> Problem:
-    """Point a trial's problem at the search entry that set the offending value."""
-    hits = [p for p in params if p == problem.field or p.startswith(problem.field + ".")]
-    if not hits:
-        return problem
-    loc = search.source(hits[0])
-    return Problem(_loc(loc), f"{problem.field}: {problem.message}", loc=loc)
 
 
 def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> TrialConfig:
@@ -375,16 +339,52 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
-    """Read, validate and fully expand a YAML spec; SpecError (naming fields) on any problem.
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:
+    """Keys given twice in one YAML mapping (PyYAML keeps the last silently)."""
+    found: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                found.append(Problem(path + name, f"given twice, on lines {seen[name].start_mark.line + 1}"
+                                     f" and {key.start_mark.line + 1}; keep one",
+                                     key.start_mark.line + 1))
+            seen[name] = key
+            found += _duplicate_keys(value, f"{path}{name}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{path}{i}.")
+    return found
+
+
+def _read_text(path: Path) -> str:
+    """The spec file's text; one clear problem if it is missing, a folder, not UTF-8 or empty."""
+    def fail(message: str) -> SpecError:
+        return SpecError([Problem("<file>", message)], source=path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise fail("is a folder; give a spec file such as experiments/smoke.yaml") from None
+    except OSError as e:
+        raise fail(f"cannot be read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    if not text.strip():
+        raise fail("is empty; a spec needs at least `name:`")
+    return text
+
+
+def read_spec(path: str | Path, overrides: Mapping[str, Any] | None = None
+              ) -> tuple[ExperimentSpec, yaml.Node]:
+    """The validated spec of a YAML file and its YAML tree (to find the line of a problem).
 
     `overrides` (dotted path -> value, from `--set`) are applied to the YAML before validation.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError([Problem("<file>", f"cannot read it: {e.strerror}")], source=path) from None
+    text = _read_text(path)
     try:
         root = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -392,23 +392,28 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> E
         mark = getattr(e, "problem_mark", None)
         raise SpecError([Problem("<yaml>", f"{getattr(e, 'problem', None) or e}",
                                  mark.line + 1 if mark else None)], source=path) from None
+    if raw is None:  # comments only
+        raise SpecError([Problem("<file>", "is empty; a spec needs at least `name:`")],
+                        source=path)
+    if duplicates := _duplicate_keys(root):
+        raise SpecError(duplicates, source=path)
     if not isinstance(raw, dict):
         raise SpecError([Problem("<spec>", "a spec is a YAML mapping (name:, model:, train:, ...)",
                                  1)], source=path)
     overrides = overrides or {}
     for key, value in overrides.items():
         if key.split(".")[0] not in ExperimentSpec.model_fields or key.startswith("search"):
-            raise SpecError([Problem(key, "--set takes a field path such as train.epochs")])
+            raise SpecError([Problem(key, "--set takes a field path such as train.epochs "
+                                          "(search is not overridable)")])
         raw = set_path(raw, key, value)
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as e:
         raise SpecError([_problem(err, root, ExperimentSpec, overrides) for err in e.errors()],
                         source=path) from None
-    try:
-        expand(spec)
-        _check_sample_edges(spec)
-    except SpecError as e:
-        problems = [replace(p, line=_line(root, p.loc)) if p.loc else p for p in e.problems]
-        raise SpecError(problems, source=path) from None
-    return spec
+    return spec, root
+
+
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
+    """The validated spec of a YAML file (its trials: `plan.load_plan`)."""
+    return read_spec(path, overrides)[0]

@@ -1,34 +1,46 @@
-"""Sweeps: a spec's search run as one Ray Tune experiment. The only module that touches Ray.
+"""Sweeps: a plan of trials run as one Ray Tune experiment. The only module that touches Ray.
 
-The search space is the spec's, in Ray Tune's own terms: one `grid_search` per grid key, one over
-the case numbers, a Ray distribution per sampled key, a `grid_search` over seeds for repeats, and
-`num_samples`. Each trial calls `train.fit` with a report callback that hands Ray the epoch's
-metrics and a checkpoint, so an interrupted sweep resumes from the last finished epoch.
+Ray Tune is handed the plan itself: a grid plan as one `grid_search` over its trial numbers, a TPE
+plan as Optuna's sampler over the spec's distributions, each proposal numbered in turn. A trial's
+number, parameters and labels therefore always come from the plan, never from what Ray reports.
+Each trial calls `train.fit` with a report callback that hands Ray the epoch's metrics and a
+checkpoint, so an interrupted sweep resumes from the last finished epoch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
-from tunekit.errors import TunekitError
-from tunekit.spec import Distribution, ExperimentSpec, resolve
 from tunekit.data import data_root
-from tunekit.train import METRICS, fit
+from tunekit.errors import SpecError, TunekitError
+from tunekit.plan import Plan, differences, fmt
+from tunekit.spec import Distribution
+from tunekit.metrics import METRICS
+from tunekit.train import fit
 
 STATE_FILE = "state.pt"
+PLAN_FILE = "tunekit_plan.json"  # the plan a sweep runs, beside Ray's experiment state
 AUTO_GPU_SHARE = 0.25  # with GPUs and no gpus_per_trial: four trials share each GPU
+OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the epoch's test accuracy
 
 
 class SweepError(TunekitError):
@@ -36,15 +48,21 @@ class SweepError(TunekitError):
     exit_code = 2
 
 
+class InvalidProposalError(TunekitError):
+    """A TPE proposal that breaks a spec rule: reported, never trained."""
+
+
 @dataclass
 class TrialState:
-    """What the driver knows of one trial, as Ray reports it."""
-    trial_id: str
+    """What the driver knows of one trial of the plan."""
+    index: int  # its number in the plan
     params: dict[str, Any]
-    status: str = "pending"  # pending | running | done | failed | stopped (ASHA) | unfinished
+    status: str = "pending"  # pending | running | done | failed | invalid | stopped (ASHA)
+    #                          | unfinished
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
     error: str | None = None
     node_ids: set[str] = field(default_factory=set)
+    ray_id: str | None = None
     path: str | None = None  # the trial's folder in the sweep's storage
     best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
     #                                           weights and misclassified images (train.fit)
@@ -52,6 +70,10 @@ class TrialState:
     @property
     def best(self) -> dict[str, Any] | None:
         return max(self.history, key=lambda m: m["val_acc"], default=None)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items()) or "base config"
 
 
 class Listener(Protocol):
@@ -61,15 +83,11 @@ class Listener(Protocol):
     def trial_ended(self, trial: TrialState) -> None: ...
 
 
-def param_space(spec: ExperimentSpec) -> dict[str, Any]:
-    s = spec.search
-    space: dict[str, Any] = {path: tune.grid_search(values) for path, values in s.grid.items()}
-    if s.cases:
-        space["case"] = tune.grid_search(list(range(len(s.cases))))
-    space.update({path: _domain(d) for path, d in s.sample.items()})
-    if s.repeats > 1:
-        space["train.seed"] = tune.grid_search([spec.train.seed + r for r in range(s.repeats)])
-    return space
+def param_space(plan: Plan) -> dict[str, Any]:
+    """Grid: the trial numbers; TPE: the spec's distributions (the searcher adds the number)."""
+    if not plan.adaptive:
+        return {"trial": tune.grid_search(list(range(len(plan.trials))))}
+    return {path: _domain(d) for path, d in plan.spec.search.sample.items()}
 
 
 def _domain(d: Distribution) -> Any:
@@ -80,26 +98,52 @@ def _domain(d: Distribution) -> Any:
             "randint": tune.randint}[d.kind](low, high)
 
 
-def trial_params(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any]:
-    """The field paths a Ray trial config sets, with its case number replaced by the case."""
-    params = {k: v for k, v in config.items() if k != "case"}
-    if "case" in config:
-        params = {**spec.search.cases[config["case"]], **params}
-    return params
+class NumberedTPE(OptunaSearch):
+    """Optuna's TPE whose proposals carry their plan number (0, 1, 2, ... in proposal order);
+    the number is saved with the searcher, so a resumed sweep numbers on from where it was."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.proposed = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config, self.proposed = {**config, "trial": self.proposed}, self.proposed + 1
+        return config
 
 
-def base_config(spec: ExperimentSpec, absolute_root: bool) -> dict[str, Any]:
-    """The user's base trial config, with the data root made absolute when the driver shares the
-    workers' file layout (trials run in other working directories)."""
-    base = spec.base()
-    if absolute_root:
-        base.setdefault("data", {})["root"] = str(data_root(spec.data).resolve())
-    return base
+def _searcher(plan: Plan) -> Any:
+    s = plan.spec
+    if not plan.adaptive:
+        return BasicVariantGenerator(random_state=s.train.seed)
+    import optuna
+    startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
+    tpe = NumberedTPE(metric=OBJECTIVE[0], mode=OBJECTIVE[1], sampler=optuna.samplers.TPESampler(
+        seed=s.train.seed, n_startup_trials=startup))
+    return ConcurrencyLimiter(tpe, max_concurrent=s.sweep.max_concurrent or 2)
 
 
-def _train(config: dict[str, Any], spec: ExperimentSpec, base: dict[str, Any]) -> None:
-    """The Ray trainable: one trial, resumed from the trial's last checkpoint if it has one."""
-    trial = resolve(base, trial_params(spec, config))
+def trial_dirname(trial: Any) -> str:
+    """trial_0003: a trial's folder (and Ray's name for it) is its plan number."""
+    return f"trial_{trial.config['trial']:04d}"
+
+
+def _index_of(path: str | None) -> int | None:
+    match = re.search(r"trial_(\d+)$", (path or "").rstrip("/"))
+    return int(match.group(1)) if match else None
+
+
+def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
+    """The Ray trainable: plan trial config['trial'], resumed from its last checkpoint if any."""
+    params = {k: v for k, v in config.items() if k != "trial"}
+    try:
+        trial = plan.trial(config["trial"], params)
+    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
+        raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
+    cfg = trial.config
+    if root and cfg.data.root is None:  # trials run in other working directories
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
     node = ray.get_runtime_context().get_node_id()
     resume = None
     if (checkpoint := tune.get_checkpoint()) is not None:
@@ -112,12 +156,21 @@ def _train(config: dict[str, Any], spec: ExperimentSpec, base: dict[str, Any]) -
             tune.report({**metrics.as_dict(), "node_id": node},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(trial, report, threads=spec.resources.cpus_per_trial, resume=resume)
+    fit(cfg, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
 
 
-# The sweep the driver is running now: Ray pickles callbacks with the experiment, so the relay
-# keeps nothing itself and a resumed run's relay finds the new listeners here.
-_active: tuple[ExperimentSpec, list[Listener], dict[str, TrialState]] | None = None
+@dataclass
+class _Active:
+    """The sweep the driver is running now. Ray pickles callbacks with the experiment, so the
+    relay keeps nothing itself and a resumed run's relay finds the new listeners here."""
+    plan: Plan
+    listeners: list[Listener]
+    interrupted: threading.Event
+    trials: dict[int, TrialState] = field(default_factory=dict)
+    forwarded: bool = False
+
+
+_active: _Active | None = None
 
 
 class _Relay(tune.Callback):
@@ -125,10 +178,26 @@ class _Relay(tune.Callback):
 
     def _state(self, trial: Any) -> tuple[TrialState, list[Listener]]:
         assert _active is not None
-        spec, listeners, trials = _active
-        if trial.trial_id not in trials:
-            trials[trial.trial_id] = TrialState(trial.trial_id, trial_params(spec, trial.config))
-        return trials[trial.trial_id], listeners
+        index = trial.config["trial"]
+        if index not in _active.trials:
+            params = {k: v for k, v in trial.config.items() if k != "trial"}
+            _active.trials[index] = TrialState(
+                index, params if _active.plan.adaptive else _active.plan.trials[index].params)
+        state = _active.trials[index]
+        state.ray_id = trial.trial_id
+        return state, _active.listeners
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # A Ctrl-C that came while Tune was still setting up reached tunekit's handler, not
+        # Tune's: hand it on now that Tune's is in place, so Tune stops and saves its state.
+        if _active and _active.interrupted.is_set() and not _active.forwarded:
+            _active.forwarded = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        for trial in trials:  # know every trial Tune has, started or not (TPE: its params)
+            if trial.config.get("trial") is not None:
+                self._state(trial)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t, listeners = self._state(trial)
@@ -149,7 +218,8 @@ class _Relay(tune.Callback):
         self._end(trial, "done", None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed", _reason(trial))
+        reason = _reason(trial)
+        self._end(trial, "invalid" if reason.startswith("InvalidProposal") else "failed", reason)
 
     def _end(self, trial: Any, status: str, error: str | None) -> None:
         t, listeners = self._state(trial)
@@ -194,7 +264,10 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     env = {k: os.environ[k] for k in ("TUNEKIT_DATA_DIR", "TUNEKIT_CACHE_DIR") if k in os.environ}
     env["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    kwargs: dict[str, Any] = dict(address=address, logging_level=logging.ERROR,
+    if address is None and os.environ.get("RAY_ADDRESS"):  # inside a Ray job: its cluster
+        address = os.environ["RAY_ADDRESS"]
+    # No address: a Ray of our own ("local"), never a cluster some `ray start` left running.
+    kwargs: dict[str, Any] = dict(address=address or "local", logging_level=logging.ERROR,
                                   log_to_driver=False, runtime_env={"env_vars": env})
     if address is None:
         kwargs["include_dashboard"] = False
@@ -204,85 +277,155 @@ def start_ray(address: str | None) -> None:
         raise SweepError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
-def gpus_per_trial(spec: ExperimentSpec) -> float:
+def gpus_per_trial(spec: Any) -> float:
     if spec.resources.gpus_per_trial is not None:
         return spec.resources.gpus_per_trial
     return AUTO_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def storage_root(spec: ExperimentSpec) -> str:
+def storage_root(spec: Any) -> str:
     return spec.sweep.storage or str(Path("runs").resolve())
 
 
-def sweep_path(spec: ExperimentSpec) -> str:
+def sweep_path(spec: Any) -> str:
     """Where Ray keeps this spec's sweep: <storage>/<name>."""
     return f"{storage_root(spec).rstrip('/')}/{spec.name}"
 
 
-def prepare(spec: ExperimentSpec, *, address: str | None = None, resume: bool = False) -> str:
-    """Check that the sweep can start (or resume) and connect to Ray; returns the sweep's path."""
-    path = sweep_path(spec)
-    if "://" not in path and Path(path).exists() and not resume:
-        raise SweepError(f"{path} holds an earlier sweep of {spec.name!r}: add --resume to carry "
-                         "it on, or set another name or sweep.storage")
-    start_ray(address)
-    if resume and not tune.Tuner.can_restore(path):
-        raise SweepError(f"nothing to resume at {path}: run the sweep without --resume first")
+def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+
+
+def stored_plan(path: str) -> dict[str, Any] | None:
+    """The plan identity a sweep at `path` was started with, or None if there is no sweep."""
+    fs, p = _fs(path)
+    try:
+        with fs.open_input_stream(f"{p}/{PLAN_FILE}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _store_plan(path: str, plan: Plan) -> None:
+    fs, p = _fs(path)
+    fs.create_dir(p, recursive=True)
+    with fs.open_output_stream(f"{p}/{PLAN_FILE}") as f:
+        f.write(json.dumps(plan.identity(), indent=1).encode())
+
+
+def prepare(plan: Plan, *, resume: bool = False, restart: bool = False) -> str:
+    """Check that the sweep can start (or resume) and record its plan; returns its path.
+
+    New: the storage must hold no earlier sweep of this name, unless `restart`, which moves the
+    old one aside (local) or deletes it (remote); its MLflow runs stay. Resume: the stored plan
+    must be this plan. Starts nothing, so a refusal leaves everything as it was.
+    """
+    spec, path = plan.spec, sweep_path(plan.spec)
+    stored = stored_plan(path)
+    exists = stored is not None or ("://" not in path and Path(path).exists())
+    if resume:
+        if stored is None:
+            raise SweepError(f"nothing to resume at {path}: run the sweep without --resume first")
+        changed = differences(stored, plan.identity())
+        if changed:
+            shown = "\n  ".join(changed[:12]) + (f"\n  ... {len(changed) - 12} more"
+                                                if len(changed) > 12 else "")
+            raise SweepError(f"the spec no longer gives the plan the sweep at {path} was started "
+                             f"with; --resume only carries on the same plan. Differences (stored "
+                             f"-> now):\n  {shown}\nUndo the change to resume, or start over with "
+                             "--restart (the earlier sweep's MLflow runs are kept).")
+        return path
+    if exists and not restart:
+        raise SweepError(f"{path} holds an earlier sweep of {spec.name!r}: --resume carries it "
+                         "on, --restart starts over (the earlier sweep's MLflow runs are kept), "
+                         "or set another name or sweep.storage")
+    if exists:
+        if "://" in path:
+            fs, p = _fs(path)
+            fs.delete_dir(p)
+        else:
+            Path(path).rename(f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    _store_plan(path, plan)
     return path
 
 
-def run(spec: ExperimentSpec, *, address: str | None = None, resume: bool = False,
-        listeners: list[Listener] | None = None) -> list[TrialState]:
-    """Run (or resume) the sweep of `spec`; returns the final state of every trial."""
-    path = prepare(spec, address=address, resume=resume)
+def run(plan: Plan, *, address: str | None = None, resume: bool = False,
+        listeners: list[Listener] | None = None,
+        interrupted: threading.Event | None = None) -> list[TrialState]:
+    """Run (or resume) the sweep of a prepared plan; returns the state of every trial Ray knew.
+
+    `interrupted` (set by the caller's Ctrl-C handler) stops the sweep at the next safe point:
+    before Ray starts, or through Tune's own handler once Tune is running.
+    """
+    spec, path = plan.spec, sweep_path(plan.spec)
+    interrupted = interrupted or threading.Event()
     if "://" not in path:  # save Ray's experiment state every 2 s (default 10 s): less to redo
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    start_ray(address)
+    if interrupted.is_set():
+        return []
     global _active
-    trials: dict[str, TrialState] = {}
-    _active = (spec, list(listeners or []), trials)
+    _active = _Active(plan, list(listeners or []), interrupted)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
-    trainable = tune.with_resources(
-        tune.with_parameters(_train, spec=spec, base=base_config(spec, on_cluster_node)),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": gpus_per_trial(spec)})
-    if resume:
+    root = str(data_root(spec.data).resolve()) if on_cluster_node else None
+    trainable = tune.with_resources(tune.with_parameters(_train, plan=plan, root=root),
+                                    {"cpu": spec.resources.cpus_per_trial,
+                                     "gpu": gpus_per_trial(spec)})
+    if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
+    else:  # new, or resumed before Tune had saved anything
         asha = spec.sweep.asha
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs,
                                   grace_period=asha.grace_period,
                                   reduction_factor=asha.reduction_factor) if asha else None
+        metric = plan.adaptive or asha
         tuner = tune.Tuner(
-            trainable, param_space=param_space(spec),
+            trainable, param_space=param_space(plan),
             tune_config=tune.TuneConfig(
-                num_samples=spec.search.num_samples, scheduler=scheduler,
-                metric="val_acc" if asha else None, mode="max" if asha else None,
-                max_concurrent_trials=spec.sweep.max_concurrent,
+                num_samples=spec.search.budget if plan.adaptive else 1, scheduler=scheduler,
+                metric=OBJECTIVE[0] if metric else None, mode=OBJECTIVE[1] if metric else None,
+                max_concurrent_trials=None if plan.adaptive else spec.sweep.max_concurrent,
                 reuse_actors=True,  # a worker keeps torch imported and the dataset loaded
-                search_alg=BasicVariantGenerator(random_state=spec.train.seed)),
+                search_alg=_searcher(plan), trial_dirname_creator=trial_dirname,
+                trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage_root(spec), verbose=0, callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     try:
         grid = tuner.fit()
+        states = [s for s in (_final_state(_active, r) for r in grid) if s is not None]
     finally:
         _active = None
-    return [_final_state(spec, r) for r in grid]
+    return sorted(states, key=lambda t: t.index)
 
 
-def _final_state(spec: ExperimentSpec, result: Any) -> TrialState:
-    """A finished (or interrupted) trial as its stored results show it, earlier sessions included."""
+def _final_state(active: _Active, result: Any) -> TrialState | None:
+    """A trial as its stored results show it (earlier sessions included); identity from the plan.
+
+    None for a TPE trial Tune created but never started in a session of this driver: its
+    parameters are known only to Tune, which will run it on --resume.
+    """
+    index = result.config.get("trial", _index_of(result.path))
+    known = active.trials.get(index)
+    if index is None or (known is None and active.plan.adaptive and not result.config):
+        return None
+    params = (known.params if known else
+              {k: v for k, v in result.config.items() if k != "trial"} if active.plan.adaptive
+              else active.plan.trials[index].params)
     df = result.metrics_dataframe
     rows = [] if df is None or df.empty else df.to_dict("records")
     history = list({r["epoch"]: {k: r[k] for k in METRICS} for r in rows}.values())
-    state = TrialState(result.metrics.get("trial_id") or Path(result.path).name,
-                       trial_params(spec, result.config or {}), history=history,
-                       node_ids={r["node_id"] for r in rows}, path=result.path,
-                       best_state=_best_of(result.checkpoint))
+    state = TrialState(index, params, history=history, node_ids={r["node_id"] for r in rows},
+                       ray_id=known.ray_id if known else result.metrics.get("trial_id"),
+                       path=result.path, best_state=_best_of(result.checkpoint))
+    epochs = active.plan.spec.train.epochs
     if result.error is not None:
-        state.status, state.error = "failed", _last_line(str(result.error))
-    elif len(history) == spec.train.epochs:
+        state.error = _last_line(str(result.error))
+        state.status = "invalid" if state.error.startswith("InvalidProposal") else "failed"
+    elif len(history) == epochs:
         state.status = "done"
     else:  # ASHA stopped it, or the sweep was interrupted before it finished
-        state.status = "stopped" if spec.sweep.asha and history else "unfinished"
+        stopped = active.plan.spec.sweep.asha and history and not active.interrupted.is_set()
+        state.status = "stopped" if stopped else "unfinished"
     return state

@@ -10,27 +10,31 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from tunekit.errors import TunekitError
-from tunekit.spec import ExperimentSpec, resolve
-from tunekit.train import METRICS
+from tunekit.metrics import METRICS
+from tunekit.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 TAG = "tunekit."  # prefix of tunekit's own run tags
 END_STATUS = {"done": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
-              "unfinished": "KILLED"}
+              "invalid": "FAILED", "unfinished": "KILLED", "pending": "KILLED"}
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs
 
 
 class TrackingError(TunekitError):
@@ -49,10 +53,28 @@ def experiment_name(spec: ExperimentSpec) -> str:
     return spec.tracking.experiment or spec.name
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client for `uri`, checked to answer within seconds (MLflow's own retries take minutes)."""
+def _local_store(uri: str) -> Path | None:
+    """The file or folder of a local store (sqlite:///x.db, file:///x, a plain path), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+def connect(uri: str, create: bool = True) -> MlflowClient:
+    """A client for `uri`, checked to answer within seconds (MLflow's own retries take minutes).
+
+    `create=False` (report, plot, ui): a local store that does not exist is an error naming
+    where tunekit looked, instead of a new empty store.
+    """
     for name in ("mlflow", "alembic"):  # no INFO lines about database migrations
         logging.getLogger(name).setLevel(logging.WARNING)
+    local = _local_store(uri)
+    if not create and local is not None and not local.exists():
+        raise TrackingError(f"no MLflow store at {local.resolve()} (from {uri}); run the sweep "
+                            "first, or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI "
+                            "at the store it used")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
@@ -61,12 +83,53 @@ def connect(uri: str) -> MlflowClient:
             raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: "
                                 f"{getattr(e, 'reason', e)}. Start it, or point "
                                 "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere.")
+    from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # any store error: say which store, keep MLflow's words
         raise TrackingError(f"the MLflow store at {uri} does not answer: {e}") from None
     return client
+
+
+def serve_ui(uri: str, host: str, port: int, experiment: str | None) -> None:
+    """Serve the MLflow UI on store `uri` until Ctrl-C; print the URL (of `experiment`)."""
+    client = connect(uri, create=False)
+    exp = client.get_experiment_by_name(experiment) if experiment else None
+    if experiment and exp is None:
+        raise TrackingError(f"no experiment {experiment!r} in the MLflow store at {uri}")
+    if uri.startswith(("http://", "https://")):  # a server already serves its own UI
+        base = uri.rstrip("/")
+        print(f"{base}/#/experiments/{exp.experiment_id}" if exp else base, flush=True)
+        return
+    base = f"http://{host}:{port}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", host, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        if server.poll() is not None:
+            raise TrackingError(f"the MLflow UI did not start on {base}: "
+                                f"{(server.stderr.read() if server.stderr else '').strip()[-500:]}")
+        print(f"MLflow UI on {uri}: {base}" + (f"/#/experiments/{exp.experiment_id}" if exp
+                                               else "") + "  (Ctrl-C stops it)", flush=True)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
@@ -82,15 +145,20 @@ def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end."""
+    """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end.
 
-    def __init__(self, client: MlflowClient, spec: ExperimentSpec, spec_file: Path,
-                 sweep_path: str, resume: bool = False):
-        self.client = client
-        self.base = spec.base()
+    A trial's run is named and tagged by its plan number and carries the plan's parameters,
+    whenever it is created: at the trial's start, or at the end for a trial that never started.
+    """
+
+    def __init__(self, client: MlflowClient, plan: Any, spec_file: Path, sweep_path: str,
+                 resume: bool = False):
+        self.client, self.plan = client, plan
+        spec = plan.spec
         name = experiment_name(spec)
         exp = client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(name)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(
+            name, tags=EXPERIMENT_KIND)
         found = resume and client.search_runs(
             [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
             filter_string=f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'")
@@ -104,11 +172,16 @@ class Tracker:
             self.client.log_artifact(self.parent, str(spec_file), "spec")
             self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                        sort_keys=False), "spec/resolved.yaml")
-        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+            self._log_text(self.parent, json.dumps(plan.as_json(), indent=1), "plan.json")
+        self.runs: dict[int, str] = {}  # plan trial number -> MLflow run id
         self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
-        for run in client.search_runs([self.experiment_id], max_results=10_000, filter_string=(
+        self.unlogged: set[int] = set()  # trials whose run has no params yet
+        for run in client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
                 f"tags.`mlflow.parentRunId` = '{self.parent}'")):
-            self.runs[run.data.tags[f"{TAG}trial_id"]] = run.info.run_id
+            index = int(run.data.tags[f"{TAG}trial"])
+            self.runs[index] = run.info.run_id
+            if not run.data.params:  # the driver died between creating the run and its params
+                self.unlogged.add(index)
             history = client.get_metric_history(run.info.run_id, "val_acc")
             self.logged[run.info.run_id] = max((m.step for m in history), default=0)
 
@@ -131,6 +204,8 @@ class Tracker:
             self._log_epochs(run, trial.history)
             tags = [RunTag(f"{TAG}status", trial.status),
                     RunTag(f"{TAG}nodes", ",".join(sorted(trial.node_ids)))]
+            if trial.ray_id:
+                tags.append(RunTag(f"{TAG}ray_trial_id", trial.ray_id))
             if trial.error:
                 tags.append(RunTag(f"{TAG}error", trial.error[:5000]))
             best = trial.best
@@ -141,21 +216,26 @@ class Tracker:
             if trial.best_state is not None:
                 self._log_trial_artifacts(run, trial)
             self.client.set_terminated(run, END_STATUS.get(trial.status, "FINISHED"))
-        ok = all(t.status in ("done", "stopped") for t in trials)
+        ok = all(t.status in ("done", "stopped", "invalid") for t in trials)
         self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
 
     def _run(self, trial: Any) -> str:
-        if trial.trial_id not in self.runs:
-            config = resolve(self.base, trial.params)
-            label = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "base config"
-            run = self.client.create_run(self.experiment_id, run_name=label, tags={
-                "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
-                f"{TAG}trial_id": trial.trial_id, f"{TAG}status": "pending"}).info.run_id
-            self.client.log_batch(run, params=[Param(k, v) for k, v in flat_params(config).items()])
+        if trial.index not in self.runs:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial {trial.index}: {trial.label}", tags={
+                    "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
+                    f"{TAG}trial": str(trial.index), f"{TAG}status": "pending"}).info.run_id
+            self.runs[trial.index], self.logged[run] = run, 0
+            self.unlogged.add(trial.index)
+        run = self.runs[trial.index]
+        if trial.index in self.unlogged:  # the plan's values (a TPE trial's: its proposal)
+            config = self.plan.trial(trial.index, trial.params).config
             self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
                            "config.yaml")
-            self.runs[trial.trial_id], self.logged[run] = run, 0
-        return self.runs[trial.trial_id]
+            self.client.log_batch(run, params=[Param(k, v)
+                                               for k, v in flat_params(config).items()])
+            self.unlogged.discard(trial.index)
+        return run
 
     def _log_epochs(self, run: str, history: Sequence[dict[str, Any]]) -> None:
         new = [m for m in history if m["epoch"] > self.logged.get(run, 0)]
@@ -168,12 +248,14 @@ class Tracker:
         self.logged[run] = max(m["epoch"] for m in new)
 
     def _log_trial_artifacts(self, run: str, trial: Any) -> None:
+        import torch
+
         from tunekit import report
         best = trial.best_state
         with tempfile.TemporaryDirectory() as d:
             torch.save(best["model"], Path(d) / "best_model.pt")
             torch.save(best["wrong"], Path(d) / "misclassified.pt")
-            report.curves_figure([(trial.trial_id, trial.history)]).savefig(Path(d) / "curves.png")
+            report.curves_figure([(trial.label, trial.history)]).savefig(Path(d) / "curves.png")
             wrong = best["wrong"]
             report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
                                         title=f"best epoch {best['epoch']}: {wrong['total']} "
@@ -191,7 +273,7 @@ class Tracker:
 class RunRecord:
     """A trial's run as stored in MLflow."""
     run_id: str
-    trial_id: str
+    trial: int  # its number in the sweep's plan
     params: dict[str, str]
     max_val_acc: float | None
     best_epoch: int | None
@@ -215,14 +297,14 @@ def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
     """Every trial run of a sweep, as MLflow has them."""
     exp = client.get_run(sweep_run).info.experiment_id
     out = []
-    for run in client.search_runs([exp], max_results=10_000,
+    for run in client.search_runs([exp], max_results=50_000,
                                   filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run}'"):
         m, tags = run.data.metrics, run.data.tags
-        out.append(RunRecord(run.info.run_id, tags.get(f"{TAG}trial_id", ""), run.data.params,
+        out.append(RunRecord(run.info.run_id, int(tags.get(f"{TAG}trial", -1)), run.data.params,
                              m.get("max_val_acc"), int(m["best_epoch"]) if "best_epoch" in m
                              else None, tags.get(f"{TAG}status", run.info.status.lower()),
                              tags.get(f"{TAG}error")))
-    return sorted(out, key=lambda r: r.trial_id)
+    return sorted(out, key=lambda r: r.trial)
 
 
 def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
@@ -237,6 +319,7 @@ def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
 
 def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     """The misclassified test images a trial run stored, or None."""
+    import torch
     try:
         with tempfile.TemporaryDirectory() as d:
             path = client.download_artifacts(run_id, "misclassified.pt", d)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -17,26 +17,10 @@ from torch import nn
 
 from tunekit import data as datamod
 from tunekit.errors import DivergedError
+from tunekit.metrics import METRICS, EpochMetrics  # noqa: F401 (METRICS: for callers)
 from tunekit.model import Net
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int  # 1-based
-    train_loss: float  # mean NLL per training image (penalty excluded)
-    train_acc: float  # % of training images classified right, as augmented and with dropout
-    val_loss: float  # mean NLL per test image
-    val_acc: float  # % of the test set classified right
-    lr: float  # learning rate at the start of the epoch
-    seconds: float  # wall time of the training pass (evaluation excluded)
-    images_per_s: float  # training images per second
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-METRICS = tuple(f.name for f in fields(EpochMetrics))  # what each epoch reports, epoch first
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
 

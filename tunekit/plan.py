@@ -1,0 +1,190 @@
+"""The plan of trials: what a spec expands to, numbered 0..N-1, computed once and handed on.
+
+`validate`, `--dry-run`, the sweep, MLflow, `train --trial N` and `report` all read trials from
+here, so a trial's number and values are the same wherever they are shown or run. A grid plan
+lists every trial up front; a TPE plan has a search space and a budget, and its trials get their
+numbers in the order they are proposed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from tunekit.errors import Problem, SpecError
+from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, read_spec, resolve
+
+
+def fmt(value: Any) -> str:
+    """The one rule for numbers people read: about 4 significant digits, no float noise.
+
+    Takes numbers, and the strings MLflow keeps params as ("3.7725799377838215e-06" -> 3.773e-06).
+    """
+    if isinstance(value, str):
+        try:
+            int(value)
+            return value
+        except ValueError:
+            try:
+                return fmt(float(value)) if value.strip().lower() not in ("nan", "inf") else value
+            except ValueError:
+                return value
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int  # its number in the plan: the same in validate, the sweep, MLflow and the report
+    params: dict[str, Any]  # the field paths this trial sets on top of the base config
+    config: TrialConfig
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items()) or "base config"
+
+    def record(self) -> dict[str, Any]:
+        """Full precision, for JSON: the trial number, what it sets, and its whole config."""
+        return {"trial": self.index, "params": self.params,
+                "config": self.config.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ExperimentSpec
+    trials: list[Trial]  # grid: every trial; tpe: none yet (they are proposed while it runs)
+
+    @property
+    def size(self) -> int:
+        return plan_size(self.spec)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.spec.search.method == "tpe"
+
+    def trial(self, index: int, params: Mapping[str, Any] | None = None) -> Trial:
+        """Trial `index`: from the list (grid), or built from a proposal's params (tpe)."""
+        if not self.adaptive:
+            return self.trials[index]
+        params = dict(params or {})
+        return Trial(index, params, resolve(self.spec.base(), params, index))
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two plans the same plan: stored with a sweep, compared on --resume."""
+        s = self.spec
+        if self.adaptive:
+            return {"method": "tpe", "budget": s.search.budget, "seed": s.train.seed,
+                    "base": resolve(s.base(), {}).model_dump(mode="json"),
+                    "space": {k: d.model_dump(mode="json", exclude_none=True)
+                              for k, d in s.search.sample.items()}}
+        return {"method": "grid", "trials": [{"trial": t.index, "config": t.record()["config"]}
+                                             for t in self.trials]}
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.spec
+        out: dict[str, Any] = {"name": s.name, "method": s.search.method, "size": self.size,
+                               "epochs": s.train.epochs}
+        if self.adaptive:
+            out.update({k: v for k, v in self.identity().items() if k in ("budget", "space")})
+            out["objective"] = {"metric": "val_acc", "mode": "max"}
+        out["trials"] = [t.record() for t in self.trials]
+        return out
+
+
+def plan_size(spec: ExperimentSpec) -> int:
+    """How many trials a spec plans, without expanding it."""
+    s = spec.search
+    if s.method == "tpe":
+        return s.budget or 0
+    grid = math.prod(len(v) for v in s.grid.values())
+    return grid * max(1, len(s.cases)) * s.num_samples * s.repeats
+
+
+def expand(spec: ExperimentSpec) -> list[Trial]:
+    """The trials of a grid spec: grid × cases × samples × repeats, each validated like the base.
+
+    Pure: the same spec always gives the same trials (draws are seeded by train.seed).
+    """
+    s = spec.search
+    if s.method == "tpe":
+        return []
+    points = [dict(zip(s.grid, combo)) for combo in itertools.product(*s.grid.values())]
+    points = [{**p, **c} for p in points for c in (s.cases or [{}])]
+    rng = random.Random(spec.train.seed)
+    base = spec.base()
+    trials = []
+    for _ in range(s.num_samples):
+        draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
+        for point in points:
+            for r in range(s.repeats):
+                seed = {"train.seed": spec.train.seed + r} if s.repeats > 1 else {}
+                params = {**point, **draws, **seed}
+                try:
+                    trials.append(Trial(len(trials), params, resolve(base, params, len(trials))))
+                except SpecError as e:
+                    raise SpecError([_blame(p, params, s) for p in e.problems]) from None
+    return trials
+
+
+def _check_sample_edges(spec: ExperimentSpec) -> None:
+    """Every value a distribution can draw is valid if its edges (or choices) are."""
+    base = spec.base()
+    for path, dist in spec.search.sample.items():
+        for value in dist.edges():
+            try:
+                resolve(base, {path: value})
+            except SpecError as e:
+                raise SpecError([_blame(p, {path: value}, spec.search) for p in e.problems]) from None
+
+
+def _blame(problem: Problem, params: Mapping[str, Any], search: SearchSpec) -> Problem:
+    """Point a trial's problem at the search entry that set the offending value."""
+    hits = [p for p in params if p == problem.field or p.startswith(problem.field + ".")]
+    if not hits:
+        return problem
+    loc = search.source(hits[0])
+    return Problem(_loc(loc), f"{problem.field}: {problem.message}", loc=loc)
+
+
+def make_plan(spec: ExperimentSpec) -> Plan:
+    """The plan of a validated spec; SpecError if it is too large or any trial is invalid."""
+    size = plan_size(spec)
+    if size > spec.sweep.max_trials:
+        raise SpecError([Problem("search", f"the plan has {size:,} trials, more than "
+                                 f"sweep.max_trials = {spec.sweep.max_trials:,}; raise it "
+                                 "(--set sweep.max_trials=N) if you mean it", loc=("search",))])
+    _check_sample_edges(spec)
+    return Plan(spec, expand(spec))
+
+
+def load_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Plan:
+    """Read and validate a spec file and plan its trials; SpecError naming fields and lines."""
+    spec, root = read_spec(path, overrides)
+    try:
+        return make_plan(spec)
+    except SpecError as e:
+        problems = [replace(p, line=_line(root, p.loc)) if p.loc else p for p in e.problems]
+        raise SpecError(problems, source=Path(path)) from None
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """'trials.2.config.train.epochs: 3 -> 2' for every leaf where two plan identities differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in dict.fromkeys([*old, *new])
+                for d in differences(old.get(k, "<none>"), new.get(k, "<none>"), f"{path}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and not (
+            path.endswith("choice.") or path.endswith("uniform.") or path.endswith("randint.")):
+        if len(old) != len(new):
+            return [f"{path}count: {len(old)} -> {len(new)}"] + [
+                d for i in range(min(len(old), len(new)))
+                for d in differences(old[i], new[i], f"{path}{i}.")]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}{i}.")]
+    if json.dumps(old) == json.dumps(new):
+        return []
+    return [f"{path.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
