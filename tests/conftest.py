@@ -61,11 +61,13 @@ def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def real_mnist() -> Path:
-    """The real MNIST named by $TUNEKIT_DATA_DIR (.ci/run points it at ../shared/data)."""
-    root = os.environ.get("TUNEKIT_DATA_DIR")
-    if not root:
-        pytest.skip("set TUNEKIT_DATA_DIR to the folder holding MNIST/raw to run real-data tests")
-    return Path(root)
+    """The real MNIST: $TUNEKIT_DATA_DIR (.ci/run points it at ../shared/data), else ./data,
+    where the README's quickstart sweep downloaded it."""
+    root = Path(os.environ.get("TUNEKIT_DATA_DIR") or REPO / "data")
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"no MNIST in {root / 'MNIST' / 'raw'}: run the quickstart sweep, or set "
+                    "TUNEKIT_DATA_DIR to the folder holding MNIST/raw")
+    return root
 
 
 def run_tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300,

@@ -118,3 +118,15 @@ def test_batches_are_normalized_and_drop_a_last_single_image(tiny_data: Path) ->
     (x, y), = list(batches)
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)  # black stays black
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(data.CLASSES["mnist"], "download", offline)
+    (tmp_path / "here").mkdir()
+    for root in (tmp_path / "here", tmp_path / "new" / "data"):
+        with pytest.raises(DataError, match="download failed"):
+            data.prepare("mnist", root, download=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["here"]  # no MNIST/raw, no lock

@@ -46,10 +46,68 @@ def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
         line = next(line for line in table.splitlines() if f" {norm} " in line)
         assert "done" in line
     assert "Trial status" not in out.stdout and "INFO" not in out.stdout + out.stderr  # quiet Ray
+    # not a terminal: a plain progress line per epoch, numbered as the plan numbers trials
+    for i, norm in enumerate(("BN", "GN", "LN")):
+        for epoch in (1, 2):
+            assert f"trial {i} (model.norm={norm}) epoch {epoch}/2: val_acc" in out.stdout
     # the sweep's results are not overwritten by accident
     again = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path,
                     data=tiny_data)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
+                                                             tiny_data: Path) -> None:
+    spec = spec_file(tmp_path, """
+        name: planned
+        train: {epochs: 1, batch_size: 32, scheduler: {name: none}}
+        search:
+          grid: {model.norm: [BN, GN]}
+          cases: [{train.l1: 0.0}, {train.l1: 0.0001, train.l2: 0.0004}]
+          sample: {train.optimizer.lr: {loguniform: [0.01, 0.1]}}
+          num_samples: 2
+          repeats: 2
+    """)
+    shown = tunekit("validate", str(spec), "--format", "json", cwd=tmp_path, data=tiny_data)
+    plan = json.loads(shown.stdout)["trials"]
+    assert [t["trial"] for t in plan] == list(range(16))
+    dry = tunekit("sweep", str(spec), "--dry-run", cwd=tmp_path, data=tiny_data)
+    for t in plan:  # the dry run shows the same numbers and values, rounded for reading
+        assert f"{t['params']['train.optimizer.lr']:.4g}" in dry.stdout
+    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    run_dir = tmp_path / "runs" / "planned"
+    ray_configs = {json.loads(p.read_text())["trial"]: p.parent.name
+                   for p in run_dir.glob("trial_*/params.json")}
+    assert ray_configs == {t["trial"]: f"trial_{t['trial']:04d}" for t in plan}
+    rows = progress(run_dir)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {int(r.data.tags["tunekit.trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name("planned").experiment_id])
+        if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(runs) == list(range(16))
+    for t in plan:
+        config, run = t["config"], runs[t["trial"]]
+        # what training used: its lr (reported each epoch) is the plan's sampled value
+        trained = rows[f"trial_{t['trial']:04d}"][0]
+        assert float(trained["lr"]) == pytest.approx(config["train"]["optimizer"]["lr"], rel=1e-12)
+        p = run.data.params
+        assert float(p["train.optimizer.lr"]) == config["train"]["optimizer"]["lr"]  # exactly
+        assert (p["model.norm"], int(p["train.seed"]), float(p["train.l1"]), float(
+            p["train.l2"])) == (config["model"]["norm"], config["train"]["seed"],
+                                config["train"]["l1"], config["train"]["l2"])
+        assert run.info.run_name.startswith(f"trial {t['trial']}: ")
+
+    # `tunekit train --trial N` reproduces the sweep's trial N
+    n = 13
+    alone = tunekit("train", str(spec), "--trial", str(n), cwd=tmp_path, data=tiny_data)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    first = rows[f"trial_{n:04d}"][0]
+    line = next(x for x in alone.stdout.splitlines() if x.startswith("epoch   1"))
+    assert f"train loss {float(first['train_loss']):.4f}" in line
+    assert f"val loss {float(first['val_loss']):.4f} acc {float(first['val_acc']):6.2f}%" in line
 
 
 def test_failed_trials_end_with_their_reason_and_the_rest_succeed(tmp_path: Path,

@@ -177,20 +177,24 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
         report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
                              f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
-        failed = [t for t in states if t.status in ("failed", "invalid")]
+        failed = [t for t in states if t.status == "failed"]
+        invalid = [t for t in states if t.status == "invalid"]
         unfinished = interrupted.is_set() or len(states) < plan.size or any(
             t.status == "unfinished" for t in states)
         if unfinished:
             report.console.print(f"[yellow]interrupted:[/] continue with: tunekit sweep {spec} "
                                  "--resume", highlight=False)
+        if invalid:
+            report.console.print(f"[yellow]{len(invalid)} of {plan.size} TPE proposal(s) broke a "
+                                 "spec rule and were not trained[/] (see the table)",
+                                 highlight=False)
         if failed:
             report.console.print(f"[red]{len(failed)} of {plan.size} trial(s) failed[/] "
                                  f"(tracebacks: error.txt in each trial's folder under {path}):",
                                  highlight=False)
-            for line in report.failures(states):
+            for line in report.failures(failed):
                 report.console.print(f"  {line}", highlight=False, soft_wrap=True)
-        real_failures = [t for t in failed if t.status == "failed"]
-        raise typer.Exit(130 if unfinished else 1 if real_failures else 0)
+        raise typer.Exit(130 if unfinished else 1 if failed else 0)
 
 
 @contextmanager

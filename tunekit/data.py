@@ -84,13 +84,20 @@ def prepare(dataset: str, root: Path, download: bool = True) -> Path:
         return cached
     expected = ", ".join(f"{n}[.gz]" for n in names)
     if download:
+        top = root.absolute()
+        created = next((p for p in (*reversed(top.parents), top, top / cls.__name__, raw)
+                        if not p.exists()), None)  # the first folder the download would make
+        lock = root / f".{cls.__name__}.lock"
         try:
-            with _locked(root / f".{cls.__name__}.lock"):
+            with _locked(lock):
                 for train in (True, False):
                     cls(str(root), train=train, download=True)
             return root
         except Exception as e:  # any network or integrity failure: say what was expected where
             reason = f"download failed ({type(e).__name__}: {e})"
+            if created is not None:  # leave nothing behind: the folders made for it, its lock
+                shutil.rmtree(created, ignore_errors=True)
+            lock.unlink(missing_ok=True)
     else:
         reason = "data.download is off"
     raise DataError(f"{dataset} files not found in {raw} and {reason}.\n"

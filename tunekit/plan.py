@@ -17,26 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, read_spec, resolve
-
-
-def fmt(value: Any) -> str:
-    """The one rule for numbers people read: about 4 significant digits, no float noise.
-
-    Takes numbers, and the strings MLflow keeps params as ("3.7725799377838215e-06" -> 3.773e-06).
-    """
-    if isinstance(value, str):
-        try:
-            int(value)
-            return value
-        except ValueError:
-            try:
-                return fmt(float(value)) if value.strip().lower() not in ("nan", "inf") else value
-            except ValueError:
-                return value
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt,  # noqa: F401
+                          read_spec, resolve)
 
 
 @dataclass(frozen=True)
@@ -75,12 +57,16 @@ class Plan:
         params = dict(params or {})
         return Trial(index, params, resolve(self.spec.base(), params, index))
 
+    def trial_base(self) -> TrialConfig:
+        """The base config every trial builds on."""
+        return resolve(self.spec.base(), {})
+
     def identity(self) -> dict[str, Any]:
         """What makes two plans the same plan: stored with a sweep, compared on --resume."""
         s = self.spec
         if self.adaptive:
             return {"method": "tpe", "budget": s.search.budget, "seed": s.train.seed,
-                    "base": resolve(s.base(), {}).model_dump(mode="json"),
+                    "base": self.trial_base().model_dump(mode="json"),
                     "space": {k: d.model_dump(mode="json", exclude_none=True)
                               for k, d in s.search.sample.items()}}
         return {"method": "grid", "trials": [{"trial": t.index, "config": t.record()["config"]}

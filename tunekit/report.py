@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tunekit.plan import fmt
+from tunekit.spec import fmt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -282,7 +282,8 @@ def _acc(row: ResultRow) -> str:
 
 def _cells(row: ResultRow) -> list[str]:
     epochs = ", ".join(map(str, row.best_epochs)) or "-"
-    status = row.status + (f": {row.errors[0]}" if row.errors else "")
+    error = row.errors[0] if row.errors else ""
+    status = row.status + (f": {error[:77]}…" if len(error) > 80 else f": {error}" if error else "")
     return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)), _acc(row),
             str(len(row.run_ids)), epochs, status, " ".join(r[:12] for r in row.run_ids)]
 
@@ -335,7 +336,9 @@ def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
 def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
     for label, history in curves:
         ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".", label=label)
+    from matplotlib.ticker import MaxNLocator
     ax.set(title=GRAPHS[key], xlabel="epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
 
 

@@ -23,6 +23,25 @@ from tunekit.errors import Problem, SpecError
 CHANNELS = (8, 8, 8, 16, 16, 16)
 
 
+def fmt(value: Any) -> str:
+    """The one rule for numbers people read: about 4 significant digits, no float noise.
+
+    Takes numbers, and the strings MLflow keeps params as ("3.7725799377838215e-06" -> 3.773e-06).
+    """
+    if isinstance(value, str):
+        try:
+            int(value)
+            return value
+        except ValueError:
+            try:
+                return fmt(float(value)) if value.strip().lower() not in ("nan", "inf") else value
+            except ValueError:
+                return value
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -285,7 +304,8 @@ def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> 
     try:
         return TrialConfig.model_validate(raw)
     except ValidationError as e:
-        setting = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base config"
+        setting = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else repr(v)}"
+                            for k, v in params.items()) or "the base config"
         raise SpecError([Problem(_loc(err["loc"]), f"{_msg(err)} (trial {index}: {setting})")
                          for err in e.errors()]) from None
 

@@ -118,6 +118,7 @@ def _searcher(plan: Plan) -> Any:
     if not plan.adaptive:
         return BasicVariantGenerator(random_state=s.train.seed)
     import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
     tpe = NumberedTPE(metric=OBJECTIVE[0], mode=OBJECTIVE[1], sampler=optuna.samplers.TPESampler(
         seed=s.train.seed, n_startup_trials=startup))
@@ -406,12 +407,13 @@ def _final_state(active: _Active, result: Any) -> TrialState | None:
     None for a TPE trial Tune created but never started in a session of this driver: its
     parameters are known only to Tune, which will run it on --resume.
     """
-    index = result.config.get("trial", _index_of(result.path))
+    config = result.config or {}  # empty (or None) for a trial that never reported
+    index = config.get("trial", _index_of(result.path))
     known = active.trials.get(index)
-    if index is None or (known is None and active.plan.adaptive and not result.config):
+    if index is None or (known is None and active.plan.adaptive and not config):
         return None
     params = (known.params if known else
-              {k: v for k, v in result.config.items() if k != "trial"} if active.plan.adaptive
+              {k: v for k, v in config.items() if k != "trial"} if active.plan.adaptive
               else active.plan.trials[index].params)
     df = result.metrics_dataframe
     rows = [] if df is None or df.empty else df.to_dict("records")

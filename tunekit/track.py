@@ -24,7 +24,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from tunekit.errors import TunekitError
+from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.spec import ExperimentSpec
 
@@ -229,11 +229,15 @@ class Tracker:
             self.unlogged.add(trial.index)
         run = self.runs[trial.index]
         if trial.index in self.unlogged:  # the plan's values (a TPE trial's: its proposal)
-            config = self.plan.trial(trial.index, trial.params).config
-            self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
-                           "config.yaml")
-            self.client.log_batch(run, params=[Param(k, v)
-                                               for k, v in flat_params(config).items()])
+            try:
+                config = self.plan.trial(trial.index, trial.params).config
+                values = flat_params(config)
+                self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"),
+                                                   sort_keys=False), "config.yaml")
+            except SpecError:  # an invalid TPE proposal: record what it proposed on the base
+                values = {**flat_params(self.plan.trial_base()),
+                          **{k: str(v) for k, v in trial.params.items()}}
+            self.client.log_batch(run, params=[Param(k, v) for k, v in values.items()])
             self.unlogged.discard(trial.index)
         return run
 
