@@ -28,7 +28,7 @@ def problems(tmp_path: Path, text: str) -> list:
     return e.value.problems
 
 
-@pytest.mark.parametrize("name", ["smoke", "assignment6", "norm_grid"])
+@pytest.mark.parametrize("name", ["smoke", "assignment6", "norm_grid", "tpe"])
 def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
     spec = load_spec(REPO / "experiments" / f"{name}.yaml")
     dumped = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))

@@ -78,7 +78,7 @@ class Plan:
                                "epochs": s.train.epochs}
         if self.adaptive:
             out.update({k: v for k, v in self.identity().items() if k in ("budget", "space")})
-            out["objective"] = {"metric": "val_acc", "mode": "max"}
+            out["objective"] = {"metric": "val_acc", "mode": "max", "at": "last epoch"}
         out["trials"] = [t.record() for t in self.trials]
         return out
 

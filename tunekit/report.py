@@ -45,7 +45,7 @@ def plan_table(plan: Plan) -> Group:
     s = plan.spec
     if plan.adaptive:
         space = Table(title=f"{s.name}: TPE search, budget {plan.size} trial(s), maximising "
-                            "val_acc", title_justify="left")
+                            "val_acc at the last epoch", title_justify="left")
         for col in ("field", "distribution"):
             space.add_column(col)
         for path, d in s.search.sample.items():

@@ -1,0 +1,76 @@
+"""The README's examples and numbers are true: its commands name real specs that validate, and its
+figures about the shipped studies are the studies' own."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from typer.testing import CliRunner
+
+from tunekit.cli import app
+from tunekit.plan import load_plan
+
+from conftest import REPO
+
+README = (REPO / "README.md").read_text()
+EXPERIMENTS = REPO / "experiments"
+
+
+def commands() -> list[list[str]]:
+    """Every `tunekit ...` line in the README's bash blocks, as arguments."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    found = []
+    for line in lines:
+        for part in line.split("&&"):
+            words = shlex.split(part)
+            if words and words[0] == "tunekit":
+                found.append(words[1:])
+    return found
+
+
+def test_readme_commands_name_specs_that_validate() -> None:
+    seen = 0
+    for args in commands():
+        specs = [a for a in args if a.endswith(".yaml")]
+        if not specs or args[0] not in ("validate", "sweep", "train"):
+            continue
+        sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]
+        result = CliRunner().invoke(app, ["validate", str(REPO / specs[0]),
+                                          *[x for s in sets for x in ("--set", s)]])
+        assert result.exit_code == 0, (args, result.output)
+        if "--trial" in args:
+            trial = int(args[args.index("--trial") + 1])
+            assert trial < load_plan(REPO / specs[0]).size, args
+        seen += 1
+    assert seen >= 8
+
+
+@pytest.mark.parametrize("name,size", [("smoke", 3), ("assignment6", 14), ("norm_grid", 48),
+                                       ("tpe", 20)])
+def test_readme_sizes_of_the_shipped_studies(name: str, size: int) -> None:
+    assert load_plan(EXPERIMENTS / f"{name}.yaml").size == size
+    mention = re.search(rf"`experiments/{name}.yaml` \(([^)]*)\)", README)
+    assert mention and (str(size) in mention.group(1) or name == "assignment6"), name
+
+
+def test_readme_smoke_description_matches_the_spec() -> None:
+    spec = load_plan(EXPERIMENTS / "smoke.yaml").spec
+    assert f"first {spec.data.subset:,} MNIST training images" in README
+    assert f"1 epoch on {spec.data.subset:,} images" in README and spec.train.epochs == 1
+
+
+def test_readme_published_table_is_the_assignment_cases() -> None:
+    table = README[README.index("| norm | L1 | L2 | batch |"):].split("\n\n")[0].splitlines()[2:]
+    rows = set()
+    for line in table:
+        norm, l1, l2, batches, _ = [c.strip() for c in line.strip("|").split("|")]
+        rows |= {(norm, float(l1), float(l2), int(b)) for b in batches.split(" / ")}
+    cases = {(c["model.norm"], c["train.l1"], c["train.l2"], c["train.batch_size"])
+             for c in load_plan(EXPERIMENTS / "assignment6.yaml").spec.search.cases}
+    assert len(rows) == len(cases) == 14
+    for norm, l1, l2, batch in cases:
+        assert any(r[0] == norm and r[3] == batch and r[1] == pytest.approx(l1, rel=1e-3)
+                   and r[2] == pytest.approx(l2, rel=1e-3) for r in rows), (norm, l1, l2, batch)
