@@ -27,7 +27,7 @@ NORMS = ("BN", "GN", "LN")  # the plan: trial i trains NORMS[i]
 SPEC = """\
 name: chaos
 data: {subset: 3000}
-train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
+train: {epochs: 8, batch_size: 32, scheduler: {name: none}}
 search:
   grid: {model.norm: [BN, GN, LN]}
 sweep: {max_concurrent: 1}  # one trial at a time, as in the report that found the bug
@@ -81,7 +81,7 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
 
     # 2) Ten more stops at seeded moments across start-up and training, each resumed.
     rng = random.Random(11)
-    moments = [(rng.uniform(1.0, 20.0), signal.SIGKILL if k in (3, 7) else signal.SIGINT)
+    moments = [(rng.uniform(1.0, 16.0), signal.SIGKILL if k in (3, 7) else signal.SIGINT)
                for k in range(10)]
     finished, outcomes = False, []
     for k, (delay, sig) in enumerate(moments):
@@ -110,7 +110,7 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
         assert out.returncode == 0, out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "chaos")
     assert sorted(rows) == ["trial_0000", "trial_0001", "trial_0002"]
-    assert all(sorted(int(r["epoch"]) for r in t) == [1, 2, 3] for t in rows.values()), rows
+    assert all(sorted(int(r["epoch"]) for r in t) == list(range(1, 9)) for t in rows.values())
     runs = trial_runs(tmp_path)
     assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == [0, 1, 2]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -119,7 +119,7 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
         assert r.data.params["model.norm"] == NORMS[i]
         assert r.data.tags["tunekit.status"] == "done"
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
-        assert steps == [1, 2, 3], (i, steps)
+        assert steps == list(range(1, 9)), (i, steps)
     # the report groups nothing that differs: one row per norm, n = 1 each
     report = tunekit("report", "spec.yaml", "-f", "csv", cwd=tmp_path, data=data)
     assert report.returncode == 0, report.stderr

@@ -13,9 +13,9 @@ from tunekit.model import Dropout, Net, make_norm
 def test_parameter_count_and_output(norm: str) -> None:
     torch.manual_seed(0)
     net = Net(norm)
-    # 6 bias-free 3×3 convs (6,984) + 1×1 head with bias (170) + a scale and shift per channel of
-    # the six norms (2 × 72 = 144).
-    assert sum(p.numel() for p in net.parameters()) == 7298
+    # the published count: 6 bias-free 3×3 convs (6,984) + a bias-free 1×1 head (160) + a scale
+    # and shift per channel of the six norms (2 × 72 = 144)
+    assert sum(p.numel() for p in net.parameters()) == 7288
     out = net(torch.randn(5, 1, 28, 28))
     assert out.shape == (5, 10)
     assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # log-probabilities
@@ -35,10 +35,16 @@ def test_factory_rejects_unknown_norm_instead_of_skipping_it() -> None:
         make_norm("XN", 8)
 
 
-def test_architecture_order() -> None:
-    kinds = [type(m).__name__ for m in Net("GN").features]
-    block = ["Conv2d", "ReLU", "GroupNorm", "Dropout"]
-    assert kinds == block * 2 + ["MaxPool2d"] + block * 2 + ["MaxPool2d"] + block * 2 + ["MaxPool2d"]
+@pytest.mark.parametrize("norm,layer", [("BN", "BatchNorm2d"), ("GN", "GroupNorm"),
+                                        ("LN", "GroupNorm")])
+def test_architecture_order(norm: str, layer: str) -> None:
+    kinds = [type(m).__name__ for m in Net(norm).features]
+    block = ["Conv2d", "ReLU", layer]
+    # blocks 1-5 drop out after the norm (before a pool); block 6 pools first, then drops out
+    assert kinds == (block + ["Dropout"]) * 2 + ["MaxPool2d"] + (block + ["Dropout"]) * 2 + [
+        "MaxPool2d"] + block + ["Dropout"] + block + ["MaxPool2d", "Dropout"]
+    head = [type(m).__name__ for m in Net(norm).head]
+    assert head == ["AdaptiveAvgPool2d", "Conv2d"] and Net(norm).head[1].bias is None
     convs = [m for m in Net("GN").features if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
         (1, 8), (8, 8), (8, 8), (8, 16), (16, 16), (16, 16)]

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def tk(swept: tuple[Path, dict], *args: str) -> SimpleNamespace:
     """Run a tunekit command in this process (report and plot start no Ray)."""
     cwd = swept[0]
-    args = tuple(str(cwd / a) if a in ("spec.yaml", "figs", "one", "two") else a for a in args)
+    args = tuple(str(cwd / a) if a in ("spec.yaml", "figs", "one", "two") or a.startswith("study_") else a for a in args)
     result = CliRunner().invoke(app, [*args, "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout,
                            stderr=result.stderr)
@@ -82,21 +83,50 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
 def test_report_formats_agree(swept) -> None:
     rows = json.loads(tk(swept, "report", "repeats", "-f", "json").stdout)
     markdown = tk(swept, "report", "spec.yaml", "-f", "markdown").stdout.splitlines()
-    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc | n | best epoch "
-                           "| status | MLflow run id |")
-    assert len(markdown) == 2 + len(rows)
+    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc [95% CI] | n | vs best "
+                           "| best epoch | status | MLflow run id |")
     table = tk(swept, "report", "spec.yaml").stdout
-    for line, row in zip(markdown[2:], rows):
+    for line, row in zip(markdown[2:2 + len(rows)], rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == row["Norm"] and cells[6] == "2"
         assert cells[4] == ", ".join(map(str, row["trials"]))
-        assert cells[5] == f"{row['max_val_acc']:.2f} ± {row['std']:.2f}"
+        low, high = row["ci95"]
+        assert cells[5] == f"{row['max_val_acc']:.2f} [{low:.2f}, {high:.2f}]"
+        assert cells[7] == "best" if row is rows[0] else cells[7] in (
+            f"≈ best (p={row['p_vs_best_holm']:.2g})", f"worse (p={row['p_vs_best_holm']:.2g})")
         table_line = next(t for t in table.splitlines() if f" {row['Norm']} " in t)
         assert cells[5] in table_line and row["run_ids"][0][:12] in table_line
+    assert "n = 2 seeds per configuration" in table  # the statistics, in sentences
     parsed = list(csv.DictReader(io.StringIO(tk(swept, "report", "spec.yaml", "-f", "csv").stdout)))
-    assert [(r["Norm"], r["Max Val Acc"]) for r in parsed] == [
-        (r["Norm"], f"{r['max_val_acc']:.2f} ± {r['std']:.2f}") for r in rows]
-    assert [float(r["max_val_acc"]) for r in parsed] == [r["max_val_acc"] for r in rows]  # full
+    assert [(r["Norm"], float(r["max_val_acc"]), float(r["ci95_low"])) for r in parsed] == [
+        (r["Norm"], r["max_val_acc"], r["ci95"][0]) for r in rows]  # full precision
+
+
+@pytest.mark.parametrize("format,doc", [("html", "report.html"), ("markdown", "report.md")])
+def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
+    cwd = swept[0]
+    out = tk(swept, "report", "spec.yaml", "-f", format, "--out", f"study_{format}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = cwd / f"study_{format}"
+    text = (folder / doc).read_text()
+    links = re.findall(r'src="([^"]+)"', text) if format == "html" else re.findall(
+        r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 4 + 2  # the four graphs, a grid of digits per configuration
+    for link in links:
+        assert (folder / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(folder / link).shape[0] > 100
+    # the numbers in the report are MLflow's
+    runs = trial_runs(cwd)
+    for norm in ("BN", "GN"):
+        accs = [r.data.metrics["max_val_acc"] for r in runs if r.data.params["model.norm"] == norm]
+        assert f"{sum(accs) / len(accs):.2f} [" in text
+    assert "n = 2 seeds per configuration" in text and "grid: {model.norm: [BN, GN]}" in text
+    for package in ("torch", "ray", "mlflow", "tunekit commit"):
+        assert package in text
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    parent = runs[0].data.tags["mlflow.parentRunId"]
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert f"report/{doc}" in logged and "report/val_acc.png" in logged
 
 
 def test_report_of_an_unknown_experiment(swept) -> None:

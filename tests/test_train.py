@@ -151,3 +151,24 @@ def test_one_real_epoch_of_gn_batch_64_reaches_97_percent(real_mnist: Path) -> N
     print(f"real MNIST, GN, batch 64, 1 epoch: {result.max_val_acc:.2f}% "
           f"at {result.history[0].images_per_s:,.0f} img/s")
     assert result.max_val_acc >= 97.0
+
+
+def test_default_schedule_is_the_published_one() -> None:
+    """The seed built StepLR(step_size=2, gamma=0.09) and stepped it only after epoch 13: the
+    lr first drops in epoch 15. Replay that literally and compare with tunekit's default."""
+    base = TrainSpec()
+    ref_opt = torch.optim.SGD(Net("GN").parameters(), lr=base.optimizer.lr)
+    ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.09)
+    expected = []
+    for epoch in range(1, 26):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        if epoch >= 13:
+            ref.step()
+    opt = torch.optim.SGD(Net("GN").parameters(), lr=base.optimizer.lr)
+    sched, per_batch = make_scheduler(base.scheduler, opt, 25, 100)
+    got = []
+    for _ in range(25):
+        got.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert not per_batch and got == pytest.approx(expected, rel=1e-12)
+    assert got[13] == pytest.approx(0.04104) and got[14] == pytest.approx(0.04104 * 0.09)

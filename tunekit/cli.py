@@ -175,6 +175,8 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             _plot(client, tracker.parent, records, d, grids=False)
         rows = report.result_rows(records)
         report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
+        for line in report.findings(rows):
+            report.console.print(line, highlight=False, soft_wrap=True)
         report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
                              f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
         failed = [t for t in states if t.status == "failed"]
@@ -220,22 +222,50 @@ def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
 @app.command("report")
 def report_(name_or_spec: str = NAME,
             format: str = typer.Option("table", "--format", "-f",
-                                       help="table, markdown, csv or json."),
+                                       help="table, markdown, csv, json; or html (with --out)."),
+            out: Optional[Path] = typer.Option(
+                None, "--out", help="Write the whole study report (markdown or html: table, "
+                                    "statistics, graphs, digits, spec, environment) into this "
+                                    "folder, and log it to the sweep's MLflow run."),
             tracking_uri: Optional[str] = TRACKING) -> None:
-    """Rebuild the max-val-accuracy table of the latest sweep from MLflow.
+    """The results of the latest sweep, from MLflow, with the statistics over seeds.
 
-    Trials that differ only in their seed are grouped: mean ± std over n.
+    Trials that differ only in their seed are one configuration: mean and 95% interval of max
+    val_acc, and whether it can be told apart from the best one at this n.
     """
     with _handled():
-        _choice("--format", format, ("table", "markdown", "csv", "json"))
+        _choice("--format", format, ("table", "markdown", "csv", "json", "html"))
+        if out is not None and format not in ("markdown", "html"):
+            raise UsageError("--out", "writes a study report: use it with -f markdown or -f html")
+        if format == "html" and out is None:
+            raise UsageError("--format", "html is a folder of files: add --out DIR")
+        if out is not None and out.exists() and not out.is_dir():
+            raise UsageError("--out", f"{out} is a file; give a folder for the report")
         from tunekit import report, track
         client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
-        rows = report.result_rows(track.trial_runs(client, sweep_run))
-        out = report.results_table(f"{name}: max val_acc", rows, format)
-        if isinstance(out, str):
-            typer.echo(out, nl=False)
+        records = track.trial_runs(client, sweep_run)
+        rows = report.result_rows(records)
+        if out is not None:
+            from tunekit import study
+            spec_text, env = track.sweep_texts(client, sweep_run)
+            doc = study.Study(name, sweep_run, client.tracking_uri, rows,
+                              {r.run_id: track.history(client, r.run_id) for r in records},
+                              {r.run_id: w for r in records
+                               if (w := track.misclassified(client, r.run_id)) is not None},
+                              spec_text, env)
+            paths = study.write(doc, out, format)
+            track.log_plots(client, sweep_run, paths, "report")
+            report.console.print(f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to "
+                                 f"sweep run {sweep_run}", highlight=False)
+            return
+        table = report.results_table(f"{name}: max val_acc", rows, format)
+        if isinstance(table, str):
+            typer.echo(table, nl=False)
         else:
-            report.console.print(out)
+            report.console.print(table)
+        if format in ("table", "markdown"):
+            for line in report.findings(rows):
+                typer.echo(("- " if format == "markdown" else "") + line)
 
 
 @app.command()

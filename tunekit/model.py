@@ -49,20 +49,24 @@ class Dropout(nn.Module):
 
 
 class Net(nn.Module):
-    """Six blocks of Conv3×3(no bias) → ReLU → Norm → Dropout, GAP, 1×1 conv head, log_softmax."""
+    """The published model (7,288 parameters): six blocks Conv3×3 (no bias) → ReLU → Norm, with
+    Dropout after the norm of blocks 1–5 and a 2×2 max-pool after blocks 2, 4 and 6; block 6 pools
+    first and then drops out. Then global average pooling, a 1×1 conv head without bias, and
+    log_softmax."""
 
     def __init__(self, norm: str = "GN", groups: int = 4, dropout: float = 0.069):
         super().__init__()
-        blocks = []
+        blocks: list[nn.Module] = []
         c_in = 1
         for i, c_out in enumerate(CHANNELS):
             blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
-                       make_norm(norm, c_out, groups), Dropout(dropout)]
-            if i in POOL_AFTER:
-                blocks.append(nn.MaxPool2d(2))
+                       make_norm(norm, c_out, groups)]
+            last = i == len(CHANNELS) - 1
+            tail = [nn.MaxPool2d(2)] if i in POOL_AFTER else []
+            blocks += [*tail, Dropout(dropout)] if last else [Dropout(dropout), *tail]
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, 10, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, 10, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.head(self.features(x)).flatten(1), dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ from tunekit.spec import fmt
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from tunekit.stats import Comparison, Summary
     from tunekit.plan import Plan
     from tunekit.spec import ExperimentSpec
     from tunekit.sweep import TrialState
@@ -225,12 +227,16 @@ IGNORED = {"train.seed", "data.root"}  # never a reason to tell two configuratio
 class ResultRow:
     """One configuration: its trials (several when repeated with other seeds)."""
     setting: dict[str, str]  # column -> value: the seed's four, then other params that vary
+    params: dict[str, str]  # the configuration's values by field path (seed left out)
     accs: list[float]
     best_epochs: list[int]
     statuses: list[str]
     run_ids: list[str]
     errors: list[str]
     trials: list[int]  # plan numbers of its trials
+    summary: Summary | None = None  # mean and 95% interval of max val_acc (stats.summarize)
+    epochs: Summary | None = None  # the same of the best epoch
+    vs_best: Comparison | None = None
 
     @property
     def mean(self) -> float | None:
@@ -241,6 +247,10 @@ class ResultRow:
         return statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0
 
     @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={fmt(v)}" for k, v in self.setting.items())
+
+    @property
     def status(self) -> str:
         counts = {s: self.statuses.count(s) for s in dict.fromkeys(self.statuses)}
         if len(counts) == 1:
@@ -248,21 +258,30 @@ class ResultRow:
         return ", ".join(f"{n} {s}" for s, n in counts.items())
 
     def as_dict(self) -> dict[str, Any]:
+        s, v = self.summary, self.vs_best
         return {**self.setting, "trials": self.trials, "max_val_acc": self.mean, "std": self.std,
-                "n": len(self.run_ids),
-                "accs": self.accs, "best_epochs": self.best_epochs, "status": self.status,
+                "ci95": [s.low, s.high] if s and s.low is not None else None,
+                "n": len(self.run_ids), "accs": self.accs, "best_epochs": self.best_epochs,
+                "best_epoch_mean": self.epochs.mean if self.epochs else None,
+                "best_epoch_ci95": [self.epochs.low, self.epochs.high]
+                if self.epochs and self.epochs.low is not None else None,
+                "p_vs_best": v.p if v else None, "p_vs_best_holm": v.p_holm if v else None,
+                "worse_than_best": v.worse if v else None, "status": self.status,
                 "run_ids": self.run_ids, "errors": self.errors}
 
 
 def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
-    """Group runs (track.RunRecord) by everything but the seed; best mean max val_acc first."""
+    """Group runs (track.RunRecord) by everything but the seed, with each configuration's mean,
+    95% interval and comparison with the best (stats); best mean max val_acc first."""
+    from tunekit import stats
     others = varying([r.params for r in runs], IGNORED | set(SEED_COLUMNS))
     columns = list(SEED_COLUMNS) + others
     groups: dict[tuple, ResultRow] = {}
     for r in runs:
         key = tuple(r.params.get(k, "") for k in columns)
         row = groups.setdefault(key, ResultRow(
-            {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns}, [], [], [], [], [], []))
+            {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns},
+            {k: r.params.get(k, "") for k in columns}, [], [], [], [], [], []))
         if r.max_val_acc is not None:
             row.accs.append(r.max_val_acc)
             row.best_epochs.append(r.best_epoch)
@@ -271,53 +290,133 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
         row.trials.append(r.trial)
         if r.error:
             row.errors.append(r.error)
-    return sorted(groups.values(), key=lambda g: (g.mean is None, -(g.mean or 0)))
+    rows = sorted(groups.values(), key=lambda g: (g.mean is None, -(g.mean or 0)))
+    measured = [r for r in rows if r.accs]
+    for r in measured:
+        r.summary, r.epochs = stats.summarize(r.accs), stats.summarize(r.best_epochs)
+    if measured:
+        compared = stats.versus_best({i: r.accs for i, r in enumerate(measured)})
+        for i, r in enumerate(measured):
+            r.vs_best = compared[i]
+    return rows
 
 
-def _acc(row: ResultRow) -> str:
-    if row.mean is None:
+def _interval(s: Summary | None, digits: int) -> str:
+    if s is None:
         return "-"
-    return f"{row.mean:.2f}" if len(row.accs) == 1 else f"{row.mean:.2f} ± {row.std:.2f}"
+    if s.low is None:
+        return f"{s.mean:.{digits}f}"
+    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]"
 
 
-def _cells(row: ResultRow) -> list[str]:
-    epochs = ", ".join(map(str, row.best_epochs)) or "-"
+def _versus(row: ResultRow, best: ResultRow | None) -> str:
+    v = row.vs_best
+    if v is None or best is None:
+        return "-"
+    if row is best:
+        return "best"
+    if v.p_holm is None:
+        return "-"
+    return f"worse (p={v.p_holm:.2g})" if v.worse else f"≈ best (p={v.p_holm:.2g})"
+
+
+def _cells(row: ResultRow, best: ResultRow | None = None) -> list[str]:
     error = row.errors[0] if row.errors else ""
     status = row.status + (f": {error[:77]}…" if len(error) > 80 else f": {error}" if error else "")
-    return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)), _acc(row),
-            str(len(row.run_ids)), epochs, status, " ".join(r[:12] for r in row.run_ids)]
+    return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)),
+            _interval(row.summary, 2), str(len(row.run_ids)), _versus(row, best),
+            _interval(row.epochs, 1) if row.epochs and row.epochs.n > 1
+            else ", ".join(map(str, row.best_epochs)) or "-",
+            status, " ".join(r[:12] for r in row.run_ids)]
+
+
+HEAD = ["trial", "Max Val Acc [95% CI]", "n", "vs best", "best epoch", "status",
+        "MLflow run id"]
 
 
 def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") -> Table | str:
     """The seed's table (Norm | L1 | L2 | Batch | Max Val Acc ...) as rich, markdown, csv or json.
 
     Table and markdown show numbers as people read them (fmt); csv and json keep full precision.
+    Max Val Acc is the mean over seeds with its 95% interval; "vs best" says whether a
+    configuration can be told apart from the best one at this n (stats.versus_best).
     """
-    head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), "trial", "Max Val Acc", "n",
-            "best epoch", "status", "MLflow run id"]
+    head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), *HEAD]
+    best = next((r for r in rows if r.accs), None)
     if format == "json":
         return json.dumps([r.as_dict() for r in rows], indent=2)
     if format == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow([*head[:-1], "max_val_acc", "std", "run ids"])
+        writer.writerow([*head[:-1], "max_val_acc", "ci95_low", "ci95_high", "std", "run ids"])
         for r in rows:
-            cells = _cells(r)
-            writer.writerow([*r.setting.values(), *cells[len(r.setting):len(head) - 1],
-                             repr(r.mean) if r.mean is not None else "", repr(r.std),
+            s = r.summary
+            writer.writerow([*r.setting.values(), *_cells(r, best)[len(r.setting):len(head) - 1],
+                             *(repr(x) if x is not None else "" for x in (
+                                 r.mean, s and s.low, s and s.high)), repr(r.std),
                              " ".join(r.run_ids)])
         return out.getvalue()
     if format == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |"
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r, best)) + " |"
                   for r in rows]
         return "\n".join(lines) + "\n"
     table = Table(title=title, title_justify="left")
     for h in head:
-        table.add_column(h, justify="right" if h in ("Max Val Acc", "n") else "left")
+        table.add_column(h, justify="right" if h in ("n",) else "left")
     for r in rows:
-        table.add_row(*_cells(r))
+        table.add_row(*_cells(r, best))
     return table
+
+
+def findings(rows: Sequence[ResultRow]) -> list[str]:
+    """The statistics of a results table in plain sentences (percentage points throughout)."""
+    from tunekit import stats
+    measured = [r for r in rows if r.accs]
+    if not measured:
+        return []
+    counts = sorted({len(r.accs) for r in measured})
+    if counts[-1] < 2:
+        return ["One seed per configuration: no intervals, and one seed cannot separate "
+                "configurations. Add `search.repeats: 3` (or more) to tell real differences "
+                "from seed-to-seed noise."]
+    best = measured[0]
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    lines = [f"n = {n} seeds per configuration; intervals are 95% t intervals of the mean "
+             "max val_acc, in percentage points."]
+    same = [r for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None
+            and not r.vs_best.worse]
+    worse = [r for r in measured[1:] if r.vs_best and r.vs_best.worse]
+    lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. " + (
+        f"Cannot be told apart from it at this n (Welch t-test against the best, Holm-corrected "
+        f"for {len(same) + len(worse)} comparisons, α = {stats.ALPHA}): "
+        + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in same) or "none") + ". "
+        + ("Worse than the best: " + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})"
+                                               for r in worse) + "." if worse else "")))
+    factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
+    grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
+    if not factors or not grid:
+        return lines
+    trials = [({k: r.params[k] for k in factors}, acc) for r in measured for acc in r.accs]
+    name = {k: SEED_COLUMNS.get(k, k) for k in factors}
+    for e in stats.main_effects(trials, factors):
+        lines.append(f"Main effect of {name[e.factor]}: {fmt(e.level)} − {fmt(e.reference)} = "
+                     f"{_difference(e)}, averaged over the other factors.")
+    if len(factors) <= 4:
+        for i in stats.interactions(trials, factors):
+            a, b = (name[f] for f in i.factors)
+            test = (f"interaction F-test p = {i.p:.2g}" if i.p is not None
+                    else "no test: too few seeds")
+            by_level = "; ".join(f"at {b}={fmt(e.at[1])}: {fmt(e.level)} − {fmt(e.reference)} = "
+                                 f"{_difference(e)}" for e in i.effects)
+            lines.append(f"{a} × {b} ({test}): {by_level}.")
+    return lines
+
+
+def _difference(e: Any) -> str:
+    if e.low is None:
+        return f"{e.difference:+.2f}"
+    return f"{e.difference:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -351,6 +450,37 @@ def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dic
         ax = figures[key].add_subplot()
         _draw(ax, key, curves)
         if curves:
+            ax.legend(fontsize="small")
+    return figures
+
+
+def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]]
+                 ) -> dict[str, Figure]:
+    """The four graphs for configurations repeated over seeds: per configuration (label, its
+    trials' histories) the mean curve and, with 2 or more seeds, its 95% interval as a band."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from tunekit.stats import summarize
+    figures = {}
+    for key in GRAPHS:
+        fig = figures[key] = Figure(figsize=(8, 5), layout="constrained")
+        ax = fig.add_subplot()
+        for label, histories in groups:
+            epochs = sorted({m["epoch"] for h in histories for m in h})
+            at = [summarize([m[key] for h in histories for m in h if m["epoch"] == e])
+                  for e in epochs]
+            n = max((s.n for s in at), default=0)
+            line, = ax.plot(epochs, [s.mean for s in at], marker=".",
+                            label=f"{label} (n={n})")
+            if n > 1:
+                ax.fill_between(epochs, [s.low if s.low is not None else s.mean for s in at],
+                                [s.high if s.high is not None else s.mean for s in at],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set(title=GRAPHS[key] + " — mean over seeds, 95% band", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if groups:
             ax.legend(fontsize="small")
     return figures
 

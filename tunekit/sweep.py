@@ -27,7 +27,6 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tunekit.data import data_root
@@ -116,7 +115,7 @@ class NumberedTPE(OptunaSearch):
 def _searcher(plan: Plan) -> Any:
     s = plan.spec
     if not plan.adaptive:
-        return BasicVariantGenerator(random_state=s.train.seed)
+        return None  # Tune's default: the grid over trial numbers, in order
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
@@ -293,24 +292,28 @@ def sweep_path(spec: Any) -> str:
     return f"{storage_root(spec).rstrip('/')}/{spec.name}"
 
 
-def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+def _location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The sweep's filesystem and folder in it (URI options such as endpoint_override apply to the
+    storage root, so the sweep's name is joined to the path, not to the URI)."""
+    root = storage_root(spec)
+    fs, path = pyarrow.fs.FileSystem.from_uri(root if "://" in root else str(Path(root).resolve()))
+    return fs, f"{path.rstrip('/')}/{spec.name}"
 
 
-def stored_plan(path: str) -> dict[str, Any] | None:
-    """The plan identity a sweep at `path` was started with, or None if there is no sweep."""
-    fs, p = _fs(path)
+def stored_plan(spec: Any) -> dict[str, Any] | None:
+    """The plan identity this spec's sweep was started with, or None if there is no sweep."""
+    fs, path = _location(spec)
     try:
-        with fs.open_input_stream(f"{p}/{PLAN_FILE}") as f:
+        with fs.open_input_stream(f"{path}/{PLAN_FILE}") as f:
             return json.loads(f.read())
     except (FileNotFoundError, OSError):
         return None
 
 
-def _store_plan(path: str, plan: Plan) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p, recursive=True)
-    with fs.open_output_stream(f"{p}/{PLAN_FILE}") as f:
+def _store_plan(plan: Plan) -> None:
+    fs, path = _location(plan.spec)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{PLAN_FILE}") as f:
         f.write(json.dumps(plan.identity(), indent=1).encode())
 
 
@@ -322,8 +325,9 @@ def prepare(plan: Plan, *, resume: bool = False, restart: bool = False) -> str:
     must be this plan. Starts nothing, so a refusal leaves everything as it was.
     """
     spec, path = plan.spec, sweep_path(plan.spec)
-    stored = stored_plan(path)
-    exists = stored is not None or ("://" not in path and Path(path).exists())
+    stored = stored_plan(spec)
+    fs, folder = _location(spec)
+    exists = stored is not None or fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
     if resume:
         if stored is None:
             raise SweepError(f"nothing to resume at {path}: run the sweep without --resume first")
@@ -340,13 +344,11 @@ def prepare(plan: Plan, *, resume: bool = False, restart: bool = False) -> str:
         raise SweepError(f"{path} holds an earlier sweep of {spec.name!r}: --resume carries it "
                          "on, --restart starts over (the earlier sweep's MLflow runs are kept), "
                          "or set another name or sweep.storage")
-    if exists:
-        if "://" in path:
-            fs, p = _fs(path)
-            fs.delete_dir(p)
-        else:
-            Path(path).rename(f"{path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    _store_plan(path, plan)
+    if exists and isinstance(fs, pyarrow.fs.LocalFileSystem):
+        fs.move(folder, f"{folder}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    elif exists:  # cloud storage has no cheap move
+        fs.delete_dir(folder)
+    _store_plan(plan)
     return path
 
 

@@ -173,6 +173,8 @@ class Tracker:
             self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                        sort_keys=False), "spec/resolved.yaml")
             self._log_text(self.parent, json.dumps(plan.as_json(), indent=1), "plan.json")
+            from tunekit.study import environment
+            self._log_text(self.parent, json.dumps(environment(), indent=1), "environment.json")
         self.runs: dict[int, str] = {}  # plan trial number -> MLflow run id
         self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
         self.unlogged: set[int] = set()  # trials whose run has no params yet
@@ -332,9 +334,25 @@ def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
         return None
 
 
-def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path]) -> None:
+def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path],
+              folder: str = "plots") -> None:
     for path in paths:
-        client.log_artifact(sweep_run, str(path), "plots")
+        client.log_artifact(sweep_run, str(path), folder)
+
+
+def sweep_texts(client: MlflowClient, sweep_run: str) -> tuple[str, dict[str, str]]:
+    """The spec file a sweep was started from, and the environment it recorded."""
+    with tempfile.TemporaryDirectory() as d:
+        specs = [a.path for a in client.list_artifacts(sweep_run, "spec")
+                 if not a.path.endswith("resolved.yaml")]
+        spec = Path(client.download_artifacts(sweep_run, specs[0], d)).read_text() if specs \
+            else "(not recorded)"
+        try:
+            env = json.loads(Path(client.download_artifacts(sweep_run, "environment.json", d))
+                             .read_text())
+        except (MlflowException, OSError):
+            env = {"recorded": "no (a sweep from an older tunekit)"}
+    return spec, env
 
 
 def _now() -> int:
