@@ -17,10 +17,11 @@ runner = CliRunner()
 
 
 def test_validate_prints_the_varying_parameters_and_count() -> None:
-    result = runner.invoke(app, ["validate", str(REPO / "experiments" / "assignment6.yaml")])
+    result = runner.invoke(app, ["validate", str(REPO / "experiments" / "assignment6.yaml"),
+                                 "--set", "sweep.max_trials=100"])
     assert result.exit_code == 0, result.output
-    assert "14 trial(s), valid." in result.output
-    for column in ("model.norm", "train.l1", "train.l2", "train.batch_size"):
+    assert "42 trial(s), valid." in result.output
+    for column in ("model.norm", "train.l1", "train.l2", "train.batch_size", "train.seed"):
         assert column in result.output
     assert "0.006604" in result.output
 

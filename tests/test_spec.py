@@ -28,7 +28,8 @@ def problems(tmp_path: Path, text: str) -> list:
     return e.value.problems
 
 
-@pytest.mark.parametrize("name", ["smoke", "assignment6", "norm_grid", "tpe"])
+@pytest.mark.parametrize("name", ["smoke", "assignment6", "assignment6_as_run", "norm_grid",
+                                  "norm_batch", "tpe"])
 def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
     spec = load_spec(REPO / "experiments" / f"{name}.yaml")
     dumped = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -38,9 +39,10 @@ def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
 
 
 def test_shipped_experiment_sizes() -> None:
-    counts = {n: len(load_plan(REPO / "experiments" / f"{n}.yaml").trials)
-              for n in ("smoke", "assignment6", "norm_grid")}
-    assert counts == {"smoke": 3, "assignment6": 14, "norm_grid": 48}
+    names = ("smoke", "assignment6", "assignment6_as_run", "norm_grid", "norm_batch")
+    counts = {n: len(load_plan(REPO / "experiments" / f"{n}.yaml").trials) for n in names}
+    assert counts == {"smoke": 3, "assignment6": 42, "assignment6_as_run": 36, "norm_grid": 48,
+                      "norm_batch": 18}
 
 
 def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
-SHOWN_TRIALS = 40  # a plan larger than this is summarised by validate and --dry-run
+SHOWN_TRIALS = 60  # a plan larger than this is summarised by validate and --dry-run
 
 
 def varying(params: Sequence[dict[str, Any]], ignore: set[str] = frozenset()) -> list[str]:
@@ -237,6 +237,7 @@ class ResultRow:
     summary: Summary | None = None  # mean and 95% interval of max val_acc (stats.summarize)
     epochs: Summary | None = None  # the same of the best epoch
     vs_best: Comparison | None = None
+    label: str = ""  # the values that tell it apart from the other configurations
 
     @property
     def mean(self) -> float | None:
@@ -245,10 +246,6 @@ class ResultRow:
     @property
     def std(self) -> float:
         return statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={fmt(v)}" for k, v in self.setting.items())
 
     @property
     def status(self) -> str:
@@ -291,6 +288,9 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
         if r.error:
             row.errors.append(r.error)
     rows = sorted(groups.values(), key=lambda g: (g.mean is None, -(g.mean or 0)))
+    shown = varying([r.setting for r in rows]) or list(rows[0].setting if rows else [])
+    for r in rows:
+        r.label = ", ".join(f"{k}={fmt(r.setting[k])}" for k in shown)
     measured = [r for r in rows if r.accs]
     for r in measured:
         r.summary, r.epochs = stats.summarize(r.accs), stats.summarize(r.best_epochs)

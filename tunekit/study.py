@@ -137,7 +137,7 @@ figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 34rem; }}
 pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
 </style></head><body>
 <h1>{e(study.name)}: study report</h1>
-<p>{e(_header(study))}</p>
+<p>{e(_header(study).replace("`", ""))}</p>
 <h2>Results</h2>
 <p>Max val_acc is the best test accuracy of each trial over its epochs, averaged over seeds, with
 its 95% interval.</p>
