@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,39 +172,16 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
                                 interrupted=interrupted)
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
-        with tempfile_dir() as d:  # the comparison graphs, for the sweep's run
-            _plot(client, tracker.parent, records, d, grids=False)
-        rows = report.result_rows(records)
-        report.console.print(report.results_table(f"{s.name}: max val_acc per configuration", rows))
-        for line in report.findings(rows):
-            report.console.print(line, highlight=False, soft_wrap=True)
+        with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
+            _plot(client, tracker.parent, records, Path(d), grids=False)
         report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
                              f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
-        failed = [t for t in states if t.status == "failed"]
-        invalid = [t for t in states if t.status == "invalid"]
-        unfinished = interrupted.is_set() or len(states) < plan.size or any(
-            t.status == "unfinished" for t in states)
-        if unfinished:
-            report.console.print(f"[yellow]interrupted:[/] continue with: tunekit sweep {spec} "
-                                 "--resume", highlight=False)
-        if invalid:
-            report.console.print(f"[yellow]{len(invalid)} of {plan.size} TPE proposal(s) broke a "
-                                 "spec rule and were not trained[/] (see the table)",
-                                 highlight=False)
-        if failed:
-            report.console.print(f"[red]{len(failed)} of {plan.size} trial(s) failed[/] "
-                                 f"(tracebacks: error.txt in each trial's folder under {path}):",
-                                 highlight=False)
-            for line in report.failures(failed):
-                report.console.print(f"  {line}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130 if unfinished else 1 if failed else 0)
-
-
-@contextmanager
-def tempfile_dir() -> Iterator[Path]:
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        yield Path(d)
+        again = ["tunekit sweep", str(spec), *(f"--set {x}" for x in set_ or []),
+                 *([f"--address {address}"] if address else []),
+                 *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []), "--resume"]
+        code = report.sweep_outcome(s.name, report.result_rows(records), states, plan.size,
+                                    interrupted.is_set(), " ".join(again), path)
+        raise typer.Exit(code)
 
 
 def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
@@ -337,7 +315,9 @@ def ui(name_or_spec: Optional[str] = typer.Argument(
         spec = load_spec(name_or_spec) if name_or_spec and Path(name_or_spec).is_file() else None
         uri = track.tracking_uri(spec, tracking_uri)
         name = track.experiment_name(spec) if spec else name_or_spec
-        track.serve_ui(uri, host, port, name)
+        from tunekit.report import console
+        track.serve_ui(uri, host, port, name,
+                       lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
 def main() -> None:

@@ -211,9 +211,30 @@ class SweepView:
         return Group(Text(self._summary()), table)
 
 
-def failures(trials: Sequence[TrialState]) -> list[str]:
-    return [f"trial {t.index} ({t.label}): {t.error}" for t in trials
-            if t.status in ("failed", "invalid")]
+def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialState],
+                  planned: int, interrupted: bool, resume_command: str, path: str) -> int:
+    """Print how a sweep ended (results, statistics, what failed, how to carry on); its exit
+    code: 130 interrupted, 1 a trial failed, else 0 (invalid TPE proposals are not failures)."""
+    console.print(results_table(f"{name}: max val_acc per configuration", rows))
+    for line in findings(rows):
+        console.print(line, highlight=False, soft_wrap=True)
+    failed = [t for t in states if t.status == "failed"]
+    invalid = [t for t in states if t.status == "invalid"]
+    unfinished = interrupted or len(states) < planned or any(
+        t.status == "unfinished" for t in states)
+    if unfinished:
+        console.print(f"[yellow]interrupted:[/] continue with: {resume_command}", highlight=False,
+                      soft_wrap=True)
+    if invalid:
+        console.print(f"[yellow]{len(invalid)} of {planned} TPE proposal(s) broke a spec rule and "
+                      "were not trained[/] (see the table)", highlight=False)
+    if failed:
+        console.print(f"[red]{len(failed)} of {planned} trial(s) failed[/] (tracebacks: error.txt "
+                      f"in each trial's folder under {path}):", highlight=False)
+        for t in failed:
+            console.print(f"  trial {t.index} ({t.label}): {t.error}", highlight=False,
+                          soft_wrap=True)
+    return 130 if unfinished else 1 if failed else 0
 
 
 # -- results rebuilt from MLflow ----------------------------------------------------------------

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
@@ -92,44 +92,45 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     return client
 
 
-def serve_ui(uri: str, host: str, port: int, experiment: str | None) -> None:
-    """Serve the MLflow UI on store `uri` until Ctrl-C; print the URL (of `experiment`)."""
+def serve_ui(uri: str, host: str, port: int, experiment: str | None,
+             announce: Callable[[str], None]) -> None:
+    """Serve the MLflow UI on store `uri` until Ctrl-C; `announce` its URL (of `experiment`)."""
     client = connect(uri, create=False)
     exp = client.get_experiment_by_name(experiment) if experiment else None
     if experiment and exp is None:
         raise TrackingError(f"no experiment {experiment!r} in the MLflow store at {uri}")
+    page = f"/#/experiments/{exp.experiment_id}" if exp else ""
     if uri.startswith(("http://", "https://")):  # a server already serves its own UI
-        base = uri.rstrip("/")
-        print(f"{base}/#/experiments/{exp.experiment_id}" if exp else base, flush=True)
+        announce(f"MLflow UI: {uri.rstrip('/')}{page}")
         return
     base = f"http://{host}:{port}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", host, "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        if server.poll() is not None:
-            raise TrackingError(f"the MLflow UI did not start on {base}: "
-                                f"{(server.stderr.read() if server.stderr else '').strip()[-500:]}")
-        print(f"MLflow UI on {uri}: {base}" + (f"/#/experiments/{exp.experiment_id}" if exp
-                                               else "") + "  (Ctrl-C stops it)", flush=True)
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with tempfile.TemporaryFile("w+") as log:  # the server's output, shown if it fails to start
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                                   uri, "--host", host, "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"{base}/health", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.3)
+            if server.poll() is not None:
+                log.seek(0)
+                raise TrackingError(f"the MLflow UI did not start on {base}: "
+                                    f"{log.read().strip()[-500:]}")
+            announce(f"MLflow UI on {uri}: {base}{page}  (Ctrl-C stops it)")
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                try:
+                    server.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
