@@ -23,16 +23,18 @@ import time
 from pathlib import Path
 
 from tunekit import sweep
-from tunekit.spec import ExperimentSpec, load_spec
+from tunekit.plan import Plan, load_plan, make_plan
+from tunekit.spec import ExperimentSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(spec: ExperimentSpec) -> tuple[float, list[sweep.TrialState], list[float]]:
+def timed(plan: Plan) -> tuple[float, list[sweep.TrialState], list[float]]:
     """Wall seconds of the sweep, its trials, and each trial's own seconds as Ray measured them."""
     totals: list[float] = []
+    sweep.prepare(plan)
     start = time.perf_counter()
-    trials = sweep.run(spec)
+    trials = sweep.run(plan)
     wall = time.perf_counter() - start
     for t in trials:
         rows = list(csv.DictReader(open(Path(t.path) / "progress.csv")))
@@ -56,8 +58,8 @@ def main() -> None:
     storage = tempfile.mkdtemp(prefix="tunekit-bench-")
     sweep.start_ray(None)
 
-    smoke = load_spec(REPO / "experiments" / "smoke.yaml", {"sweep.storage": storage})
-    wall, trials, totals = timed(smoke)
+    smoke = load_plan(REPO / "experiments" / "smoke.yaml", {"sweep.storage": storage}).spec
+    wall, trials, totals = timed(make_plan(smoke))
     slots = min(cores // smoke.resources.cpus_per_trial, len(trials))
     ideal = makespan(totals, slots)
     overhead = (wall - ideal) * slots / len(trials)
@@ -76,7 +78,7 @@ def main() -> None:
             "search": {"grid": {"train.seed": [1, 2]}},
             "resources": {"cpus_per_trial": cpus, "gpus_per_trial": 0},
             "sweep": {"storage": storage, "max_concurrent": cap}})
-        _, trials, _ = timed(spec)
+        _, trials, _ = timed(make_plan(spec))
         per_trial = [t.history[-1]["images_per_s"] for t in trials]
         rates[cpus] = sum(per_trial) if cpus == 1 else statistics.mean(per_trial)
         print(f"{cpus} thread(s) per trial: " + ", ".join(f"{r:,.0f}" for r in per_trial)

@@ -411,14 +411,15 @@ def findings(rows: Sequence[ResultRow]) -> list[str]:
     lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. " + (
         f"Cannot be told apart from it at this n (Welch t-test against the best, Holm-corrected "
         f"for {len(same) + len(worse)} comparisons, α = {stats.ALPHA}): "
-        + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in same) or "none") + ". "
-        + ("Worse than the best: " + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})"
+        + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in same) or "none") + "."
+        + (" Worse than the best: " + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})"
                                                for r in worse) + "." if worse else "")))
     factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
     grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
     if not factors or not grid:
         return lines
-    trials = [({k: r.params[k] for k in factors}, acc) for r in measured for acc in r.accs]
+    in_plan_order = sorted(measured, key=lambda r: min(r.trials))  # levels as the grid lists them
+    trials = [({k: r.params[k] for k in factors}, acc) for r in in_plan_order for acc in r.accs]
     name = {k: SEED_COLUMNS.get(k, k) for k in factors}
     for e in stats.main_effects(trials, factors):
         lines.append(f"Main effect of {name[e.factor]}: {fmt(e.level)} − {fmt(e.reference)} = "
@@ -428,8 +429,10 @@ def findings(rows: Sequence[ResultRow]) -> list[str]:
             a, b = (name[f] for f in i.factors)
             test = (f"interaction F-test p = {i.p:.2g}" if i.p is not None
                     else "no test: too few seeds")
-            by_level = "; ".join(f"at {b}={fmt(e.at[1])}: {fmt(e.level)} − {fmt(e.reference)} = "
-                                 f"{_difference(e)}" for e in i.effects)
+            at = dict.fromkeys(e.at[1] for e in i.effects)
+            by_level = "; ".join(f"at {b}={fmt(lv)}: " + ", ".join(
+                f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
+                for e in i.effects if e.at[1] == lv) for lv in at)
             lines.append(f"{a} × {b} ({test}): {by_level}.")
     return lines
 

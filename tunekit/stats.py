@@ -96,7 +96,8 @@ def _levels(rows: Sequence[tuple[Mapping[str, Any], float]], factor: str) -> lis
 
 def main_effects(rows: Sequence[tuple[Mapping[str, Any], float]],
                  factors: Sequence[str]) -> list[Effect]:
-    """Per factor, each level against the first, averaged over everything else in the grid."""
+    """Per factor, each level against the first (levels in the order the rows first show them),
+    averaged over everything else in the grid."""
     out = []
     for f in factors:
         levels = _levels(rows, f)
@@ -119,11 +120,15 @@ def interactions(rows: Sequence[tuple[Mapping[str, Any], float]],
     out = []
     for a, b in combinations(factors, 2):
         effects = []
+        levels = _levels(rows, a)  # one reference level of `a` at every level of `b`
         for lb in _levels(rows, b):
-            sub = [(r, v) for r, v in rows if str(r[b]) == lb]
-            for e in main_effects(sub, [a]):
-                effects.append(Effect(a, e.level, e.reference, e.difference, e.low, e.high,
-                                      at=(b, lb)))
+            values = {la: [v for r, v in rows if str(r[b]) == lb and str(r[a]) == la]
+                      for la in levels}
+            for la in levels[1:]:
+                if values[la] and values[levels[0]]:
+                    effects.append(Effect(a, la, levels[0],
+                                          *_difference(values[la], values[levels[0]]),
+                                          at=(b, lb)))
         out.append(Interaction((a, b), _anova_p(rows, a, b), effects))
     return out
 

@@ -70,6 +70,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     """
     for name in ("mlflow", "alembic"):  # no INFO lines about database migrations
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet downloads
     local = _local_store(uri)
     if not create and local is not None and not local.exists():
         raise TrackingError(f"no MLflow store at {local.resolve()} (from {uri}); run the sweep "
