@@ -200,3 +200,25 @@ def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     out.file = io.StringIO()
     out.print(view._render())
     assert "0 done · 1 running · 1 failed" in out.file.getvalue()
+
+
+def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+    from tunekit.sweep import TrialState
+    trial = TrialState(2, {"model.norm": "LN"}, "running", [])
+    for terminal in (True, False):
+        out = Console(file=io.StringIO(), width=120, force_terminal=terminal)
+        monkeypatch.setattr(report, "console", out)
+        with report.SweepView("study", total=3, epochs=2, every=0) as view:
+            assert (view.live is not None) is terminal
+            view.trial_started(trial)
+            trial.history = [{"epoch": 1, "val_acc": 91.0, "train_loss": 0.5, "seconds": 1.0}]
+            view.epoch_done(trial, trial.history[0])
+            trial.status = "done"
+            view.trial_ended(trial)
+        text = out.file.getvalue()
+        assert "trial 2 (model.norm=LN): max val_acc 91.00% (epoch 1)" in text
+        if not terminal:
+            assert "trial 2 (model.norm=LN) epoch 1/2: val_acc 91.00%" in text
+            assert "study: 1 done · 0 running · 0 failed · 3 in all" in text  # the summary

@@ -134,9 +134,9 @@ class SweepView:
     def __init__(self, name: str, total: int, epochs: int, every: float = 60.0):
         self.name, self.total, self.epochs, self.every = name, total, epochs, every
         self.trials: dict[int, TrialState] = {}
+        self.started = self.last_summary = time.monotonic()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
             if console.is_terminal else None
-        self.started = self.last_summary = time.monotonic()
 
     def __enter__(self) -> SweepView:
         if self.live:
@@ -399,8 +399,8 @@ def findings(rows: Sequence[ResultRow]) -> list[str]:
     counts = sorted({len(r.accs) for r in measured})
     if counts[-1] < 2:
         return ["One seed per configuration: no intervals, and one seed cannot separate "
-                "configurations. Add `search.repeats: 3` (or more) to tell real differences "
-                "from seed-to-seed noise."]
+                "configurations. Repeat seeds (a grid's `search.repeats: 3` or more) to tell "
+                "real differences from seed-to-seed noise."]
     best = measured[0]
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     lines = [f"n = {n} seeds per configuration; intervals are 95% t intervals of the mean "

@@ -395,8 +395,19 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
                 name=spec.name, storage_path=storage_root(spec), verbose=0, callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    ours = signal.getsignal(signal.SIGINT)
+    tune_catches = (threading.current_thread() is threading.main_thread()
+                    and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
     try:
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            # Tune puts its Ctrl-C handler in place for the run and hands the previous one back
+            # only when it fires: ours back means a Ctrl-C stopped the run; else restore ours.
+            if tune_catches and signal.getsignal(signal.SIGINT) is ours:
+                interrupted.set()
+            elif tune_catches:
+                signal.signal(signal.SIGINT, ours)
         states = [s for s in (_final_state(_active, r) for r in grid) if s is not None]
     finally:
         _active = None
