@@ -182,20 +182,22 @@ class SweepView:
             best = trial.best
             acc = (f"max val_acc {best['val_acc']:.2f}% (epoch {best['epoch']})" if best
                    else "finished in an earlier session")
-            self._say(f"{'[green]✓[/]' if self.live else 'done:'} trial {trial.index} "
-                      f"({trial.label}): {acc}")
+            mark = ("[green]✓[/]" if trial.status == "done" else "[yellow]■[/]") if self.live \
+                else f"{trial.status}:"
+            self._say(f"{mark} trial {trial.index} ({trial.label}): {acc}")
         self._update(trial)
 
     def _counts(self) -> dict[str, list[TrialState]]:
         return {s: [t for t in self.trials.values() if t.status == s]
-                for s in ("running", "done", "failed", "invalid")}
+                for s in ("running", "done", "stopped", "failed", "invalid")}
 
     def _summary(self) -> str:
         by = self._counts()
         best = max((t for t in self.trials.values() if t.best), default=None,
                    key=lambda t: t.best["val_acc"])
         minutes = (time.monotonic() - self.started) / 60
-        return (f"{self.name}: {len(by['done'])} done · {len(by['running'])} running · "
+        stopped = f"{len(by['stopped'])} stopped early · " if by["stopped"] else ""
+        return (f"{self.name}: {len(by['done'])} done · {stopped}{len(by['running'])} running · "
                 f"{len(by['failed']) + len(by['invalid'])} failed · {self.total} in all · "
                 f"{minutes:.1f} min" + (f" · best val_acc {best.best['val_acc']:.2f}% "
                                          f"(trial {best.index})" if best else ""))

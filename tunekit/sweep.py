@@ -215,7 +215,10 @@ class _Relay(tune.Callback):
             listener.epoch_done(t, metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "done", None)
+        t, _ = self._state(trial)
+        last = t.history[-1]["epoch"] if t.history else None  # None: done in an earlier session
+        epochs = _active.plan.spec.train.epochs if _active else None
+        self._end(trial, "stopped" if last is not None and last < (epochs or 0) else "done", None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = _reason(trial)
@@ -288,8 +291,9 @@ def storage_root(spec: Any) -> str:
 
 
 def sweep_path(spec: Any) -> str:
-    """Where Ray keeps this spec's sweep: <storage>/<name>."""
-    return f"{storage_root(spec).rstrip('/')}/{spec.name}"
+    """Where Ray keeps this spec's sweep: <storage>/<name> (before a URI's ?options)."""
+    root, q, options = storage_root(spec).partition("?")
+    return f"{root.rstrip('/')}/{spec.name}{q}{options}"
 
 
 def _location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
