@@ -21,6 +21,9 @@ from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, 
                           read_spec, resolve)
 
 
+OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
+
+
 @dataclass(frozen=True)
 class Trial:
     index: int  # its number in the plan: the same in validate, the sweep, MLflow and the report
@@ -78,7 +81,7 @@ class Plan:
                                "epochs": s.train.epochs}
         if self.adaptive:
             out.update({k: v for k, v in self.identity().items() if k in ("budget", "space")})
-            out["objective"] = {"metric": "val_acc", "mode": "max", "at": "last epoch"}
+            out["objective"] = {"metric": OBJECTIVE[0], "mode": OBJECTIVE[1], "at": "last epoch"}
         out["trials"] = [t.record() for t in self.trials]
         return out
 

@@ -31,15 +31,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tunekit.data import data_root
 from tunekit.errors import SpecError, TunekitError
-from tunekit.plan import Plan, differences, fmt
-from tunekit.spec import Distribution
 from tunekit.metrics import METRICS
+from tunekit.plan import OBJECTIVE, Plan, differences, fmt
+from tunekit.spec import Distribution
 from tunekit.train import fit
 
 STATE_FILE = "state.pt"
 PLAN_FILE = "tunekit_plan.json"  # the plan a sweep runs, beside Ray's experiment state
 AUTO_GPU_SHARE = 0.25  # with GPUs and no gpus_per_trial: four trials share each GPU
-OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the epoch's test accuracy
 
 
 class SweepError(TunekitError):
