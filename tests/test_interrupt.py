@@ -79,9 +79,10 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
     assert not any(progress(tmp_path / "runs" / "chaos").values())  # no trial trained
     assert_runs_carry_the_plan(tmp_path, "before any trial")
 
-    # 2) Ten more stops at seeded moments across start-up and training, each resumed.
+    # 2) Ten more stops at seeded moments across start-up (about the first 8 s here) and
+    #    training, each resumed.
     rng = random.Random(11)
-    moments = [(rng.uniform(1.0, 16.0), signal.SIGKILL if k in (3, 7) else signal.SIGINT)
+    moments = [(rng.uniform(2.0, 24.0), signal.SIGKILL if k in (3, 7) else signal.SIGINT)
                for k in range(10)]
     finished, outcomes = False, []
     for k, (delay, sig) in enumerate(moments):
@@ -110,7 +111,9 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
         assert out.returncode == 0, out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "chaos")
     assert sorted(rows) == ["trial_0000", "trial_0001", "trial_0002"]
-    assert all(sorted(int(r["epoch"]) for r in t) == list(range(1, 9)) for t in rows.values())
+    # Ray's own progress.csv may hold an epoch twice (after a kill it reruns the epochs past the
+    # last checkpoint it had saved); none is missing, and MLflow below has each exactly once
+    assert all({int(r["epoch"]) for r in t} == set(range(1, 9)) for t in rows.values()), rows
     runs = trial_runs(tmp_path)
     assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == [0, 1, 2]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
