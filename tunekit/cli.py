@@ -170,6 +170,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
                                 interrupted=interrupted)
+        sweeps.stop_ray()
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
         with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
@@ -327,3 +328,5 @@ def main() -> None:
         app(prog_name="tunekit")
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    finally:  # the work is done and recorded: let exit handlers finish rather than die half-way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -279,6 +279,13 @@ def start_ray(address: str | None) -> None:
         raise SweepError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
+def stop_ray() -> None:
+    """Shut down (or leave) Ray now, while the caller still handles Ctrl-C, instead of in
+    Python's exit handlers, where a Ctrl-C would kill the process half-way."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def gpus_per_trial(spec: Any) -> float:
     if spec.resources.gpus_per_trial is not None:
         return spec.resources.gpus_per_trial
