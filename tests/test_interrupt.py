@@ -55,6 +55,11 @@ def assert_runs_carry_the_plan(cwd: Path, when: str) -> None:
         assert r.info.run_name == f"trial {i}: model.norm={NORMS[i]}", when
 
 
+def epochs_trained(cwd: Path) -> int:
+    """Epochs reported so far (Ray's progress.csv rows; an epoch rerun after a kill counts)."""
+    return sum(len(t) for t in progress(cwd / "runs" / "chaos").values())
+
+
 def start(cwd: Path, data: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", "spec.yaml", *args],
                             cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -79,32 +84,40 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
     assert not any(progress(tmp_path / "runs" / "chaos").values())  # no trial trained
     assert_runs_carry_the_plan(tmp_path, "before any trial")
 
-    # 2) Ten more stops at seeded moments across start-up (about the first 8 s here) and
-    #    training, each resumed.
+    # 2) Ten more stops, each resumed: five at seeded moments of start-up (before the first
+    #    epoch of this session), five once 1 or 2 more epochs have been trained (mid-training,
+    #    and never the whole study: 24 epochs in all), SIGKILL at two of them.
     rng = random.Random(11)
-    moments = [(rng.uniform(2.0, 24.0), signal.SIGKILL if k in (3, 7) else signal.SIGINT)
-               for k in range(10)]
+    kinds = ["start-up", "training"] * 5
     finished, outcomes = False, []
-    for k, (delay, sig) in enumerate(moments):
+    for k, kind in enumerate(kinds):
+        sig = signal.SIGKILL if k in (3, 6) else signal.SIGINT
+        trained = epochs_trained(tmp_path)
         driver = start(tmp_path, data, "--resume")
-        time.sleep(delay)
+        began = time.monotonic()
+        if kind == "start-up":
+            time.sleep(rng.uniform(1.0, 6.0))
+        else:
+            more = rng.choice((1, 2))
+            while epochs_trained(tmp_path) < trained + more and driver.poll() is None:
+                assert time.monotonic() - began < 180, "no progress"
+                time.sleep(0.05)
         if driver.poll() is None:
             driver.send_signal(sig)
         out, _ = driver.communicate(timeout=180)
-        when = f"stop {k}: {sig.name} after {delay:.1f}s"
+        when = f"stop {k}: {sig.name} in {kind} after {time.monotonic() - began:.1f}s"
         assert driver.returncode in (0, 130, -signal.SIGKILL), f"{when}: {out}"
         assert "Traceback" not in out and "Segmentation" not in out, f"{when}: {out}"
         assert_runs_carry_the_plan(tmp_path, when)
-        outcomes.append((round(delay, 1), sig.name, driver.returncode,
-                         sum(len(t) for t in progress(tmp_path / "runs" / "chaos").values())))
+        outcomes.append((kind, sig.name, driver.returncode, epochs_trained(tmp_path)))
         if sig == signal.SIGKILL:
             time.sleep(3)  # the killed driver's Ray winds down
         if driver.returncode == 0:
             finished = True
             break
 
-    print("stops (seconds, signal, exit code, epochs trained so far):", outcomes)
-    assert sum(rc != 0 for _, _, rc, _ in outcomes) >= 5  # most stops did stop something
+    print("stops (when, signal, exit code, epochs trained so far):", outcomes)
+    assert not finished and len(outcomes) == 10  # every stop stopped something
     # 3) A last --resume completes the study: every trial done, every epoch recorded once.
     if not finished:
         out = tunekit("sweep", "spec.yaml", "--resume", cwd=tmp_path, data=data, timeout=300)

@@ -188,7 +188,9 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     after = progress(run_dir)
     assert len(after) == 6
-    assert all(sorted(int(r["epoch"]) for r in t) == [1, 2, 3] for t in after.values()), after
+    # Ray's progress.csv may repeat an epoch that it reran after the kill; none is missing, and
+    # MLflow (below) holds each epoch exactly once
+    assert all({int(r["epoch"]) for r in t} == {1, 2, 3} for t in after.values()), after
     for name in finished_before:
         assert (run_dir / name / "progress.csv").read_text() == before[name]
     # MLflow: still exactly one run per trial, each with every epoch once
