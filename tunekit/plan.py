@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt,  # noqa: F401
-                          read_spec, resolve)
+from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt, read_spec,
+                          resolve)
 
 
 OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
+
+
+def label(params: Mapping[str, Any]) -> str:
+    """'model.norm=LN, train.l2=3.447e-06': how a trial is named wherever it is shown."""
+    return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "base config"
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items()) or "base config"
+        return label(self.params)
 
     def record(self) -> dict[str, Any]:
         """Full precision, for JSON: the trial number, what it sets, and its whole config."""

@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tunekit.data import data_root
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
-from tunekit.plan import OBJECTIVE, Plan, differences, fmt
+from tunekit.plan import OBJECTIVE, Plan, differences, label
 from tunekit.spec import Distribution
 from tunekit.train import fit
 
@@ -71,7 +71,7 @@ class TrialState:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items()) or "base config"
+        return label(self.params)
 
 
 class Listener(Protocol):
