@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunekit import sweep
+from tunekit import cluster, sweep
 from tunekit.plan import Plan, load_plan, make_plan
 from tunekit.spec import ExperimentSpec
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     storage = tempfile.mkdtemp(prefix="tunekit-bench-")
-    sweep.start_ray(None)
+    cluster.start_ray(None)
 
     smoke = load_plan(REPO / "experiments" / "smoke.yaml", {"sweep.storage": storage}).spec
     wall, trials, totals = timed(make_plan(smoke))

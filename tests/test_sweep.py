@@ -142,7 +142,7 @@ def test_dry_run_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     result = CliRunner().invoke(app, ["sweep", str(REPO / "experiments" / "norm_grid.yaml"),
                                       "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "48 trial(s)" in result.output and "1 CPU(s)" in result.output
+    assert "48 trial(s)" in result.output and "asks for 1 CPU" in result.output
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
 
 

@@ -91,8 +91,8 @@ def test_fit_reports_every_epoch_and_learns(tiny_data: Path) -> None:
     seen = []
     result = fit(config(epochs=4), lambda m, state: seen.append((m, sorted(state))), threads=1)
     assert [m.epoch for m, _ in seen] == [1, 2, 3, 4]
-    assert seen[0][1] == ["best", "generator", "history", "model", "optimizer", "scheduler",
-                          "torch_rng"]
+    assert seen[0][1] == ["best", "device", "generator", "history", "model", "optimizer",
+                          "scheduler", "torch_rng"]
     assert result.history == [m for m, _ in seen]
     best = max(result.history, key=lambda m: m.val_acc)
     assert (result.best_epoch, result.max_val_acc) == (best.epoch, best.val_acc)
@@ -131,6 +131,22 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data: Path) -> None:
     assert [m.epoch for m in resumed.history] == [1, 2, 3]
     for a, b in zip(full.history, resumed.history):
         assert (a.train_loss, a.val_loss, a.val_acc) == (b.train_loss, b.val_loss, b.val_acc)
+
+
+def test_checkpoint_holds_every_rng_the_trial_draws_from_and_resume_restores_them(
+        tiny_data: Path) -> None:
+    states = []
+    cfg = config(epochs=2, seed=3)  # dropout on: torch's RNG is drawn from in every step
+    full = fit(cfg, lambda m, s: states.append(_copy(s)), threads=1)
+    first = states[0]
+    assert first["device"] == "cpu" and {"generator", "torch_rng"} <= set(first)
+    torch.manual_seed(12345)  # whatever the process drew since: resume puts the trial's back
+    torch.rand(1000)
+    after = []
+    resumed = fit(cfg, lambda m, s: after.append(_copy(s)), threads=1, resume=first)
+    assert resumed.history[1].train_loss == full.history[1].train_loss
+    for key in ("generator", "torch_rng"):  # the same draws, to the last one
+        assert torch.equal(after[-1][key], states[-1][key]), key
 
 
 def _copy(state: dict) -> dict:

@@ -153,10 +153,11 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         if resume and restart:
             raise UsageError("--restart", "use --resume (carry on) or --restart (start over)")
         plan = _plan(spec, set_)
-        from tunekit import report
+        from tunekit import cluster, report
+        asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
             report.console.print(report.plan_table(plan))
-            report.console.print(report.resources_line(plan.spec, plan.size))
+            report.console.print(report.resources_line(plan.spec, plan.size, asks))
             return
         s = plan.spec
         from tunekit import sweep as sweeps, track
@@ -170,7 +171,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
                                 interrupted=interrupted)
-        sweeps.stop_ray()
+        cluster.stop_ray()
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
         with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run

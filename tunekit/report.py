@@ -114,13 +114,10 @@ def fit_summary(result: FitResult) -> str:
             f"{result.misclassified.total} test images wrong at the best epoch")
 
 
-def resources_line(spec: ExperimentSpec, trials: int) -> str:
-    r = spec.resources
-    gpus = "auto (0.25 if the cluster has GPUs, else 0)" if r.gpus_per_trial is None \
-        else fmt(r.gpus_per_trial)
+def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
     cap = spec.sweep.max_concurrent or "as many as the cluster's CPUs/GPUs allow"
-    return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial takes {r.cpus_per_trial} "
-            f"CPU(s) ({r.cpus_per_trial} torch thread(s)) and {gpus} GPU; at once: {cap}")
+    return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial asks for {asks}; "
+            f"{spec.resources.cpus_per_trial} torch thread(s) per trial; at once: {cap}")
 
 
 class SweepView:
@@ -134,6 +131,8 @@ class SweepView:
     def __init__(self, name: str, total: int, epochs: int, every: float = 60.0):
         self.name, self.total, self.epochs, self.every = name, total, epochs, every
         self.trials: dict[int, TrialState] = {}
+        self.warned: set[int] = set()  # trials whose resource warning was shown
+        self.asks = ""
         self.started = self.last_summary = time.monotonic()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
             if console.is_terminal else None
@@ -164,10 +163,18 @@ class SweepView:
             self.last_summary = time.monotonic()
             self._say(self._summary())
 
+    def sweep_started(self, joined: str, asks: Any) -> None:
+        self.asks = f"each trial asks for {asks}"
+        self._say(f"{self.name} runs on {joined}; {self.asks}")
+
     def trial_started(self, trial: TrialState) -> None:
         self._update(trial)
 
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None:
+        if trial.warning and trial.index not in self.warned:
+            self.warned.add(trial.index)
+            self._say(f"{'[bold yellow]! ' if self.live else 'WARNING: '}trial {trial.index} "
+                      f"({trial.label}): {trial.warning}{'[/]' if self.live else ''}")
         if not self.live:
             self._say(f"trial {trial.index} ({trial.label}) epoch {metrics['epoch']}/{self.epochs}"
                       f": val_acc {metrics['val_acc']:.2f}%, train loss "
@@ -204,13 +211,14 @@ class SweepView:
 
     def _render(self) -> Group:
         table = Table(box=None)
-        for col in ("trial", "setting", "epoch", "val_acc"):
+        for col in ("trial", "setting", "epoch", "val_acc", "on"):
             table.add_column(col)
         for t in self._counts()["running"]:
             last = t.history[-1] if t.history else None
+            on = (t.device or "") + (f" (GPU {t.gpu_ids})" if t.gpu_ids else "")
             table.add_row(str(t.index), t.label, f"{last['epoch'] if last else 0}/{self.epochs}",
-                          f"{last['val_acc']:.2f}%" if last else "")
-        return Group(Text(self._summary()), table)
+                          f"{last['val_acc']:.2f}%" if last else "", on)
+        return Group(Text(self._summary()), Text(self.asks, style="dim"), table)
 
 
 def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialState],
@@ -230,6 +238,11 @@ def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialSt
     if invalid:
         console.print(f"[yellow]{len(invalid)} of {planned} TPE proposal(s) broke a spec rule and "
                       "were not trained[/] (see the table)", highlight=False)
+    warned = [t for t in states if t.warning]
+    if warned:  # a GPU paid for and unused, or a GPU node trained on its CPU
+        console.print(f"[yellow]{len(warned)} trial(s) did not train where their resources say"
+                      f"[/], e.g. trial {warned[0].index}: {warned[0].warning}", highlight=False,
+                      soft_wrap=True)
     if failed:
         console.print(f"[red]{len(failed)} of {planned} trial(s) failed[/] (tracebacks: error.txt "
                       f"in each trial's folder under {path}):", highlight=False)

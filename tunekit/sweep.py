@@ -10,7 +10,6 @@ checkpoint, so an interrupted sweep resumes from the last finished epoch.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -29,16 +28,16 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tunekit import cluster
 from tunekit.data import data_root
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan, differences, label
 from tunekit.spec import Distribution
-from tunekit.train import fit
+from tunekit.train import fit, pick_device
 
 STATE_FILE = "state.pt"
 PLAN_FILE = "tunekit_plan.json"  # the plan a sweep runs, beside Ray's experiment state
-AUTO_GPU_SHARE = 0.25  # with GPUs and no gpus_per_trial: four trials share each GPU
 
 
 class SweepError(TunekitError):
@@ -60,6 +59,9 @@ class TrialState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
     error: str | None = None
     node_ids: set[str] = field(default_factory=set)
+    device: str | None = None  # what it trained on (cpu, cuda) and the GPUs Ray gave it
+    gpu_ids: str = ""
+    warning: str | None = None  # its resources and its device disagree (a GPU left unused)
     ray_id: str | None = None
     path: str | None = None  # the trial's folder in the sweep's storage
     best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
@@ -76,6 +78,7 @@ class TrialState:
 
 class Listener(Protocol):
     """Follows a sweep from the driver: the live view, the tracker."""
+    def sweep_started(self, joined: str, asks: cluster.Ask) -> None: ...
     def trial_started(self, trial: TrialState) -> None: ...
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None: ...
     def trial_ended(self, trial: TrialState) -> None: ...
@@ -144,6 +147,9 @@ def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     if root and cfg.data.root is None:  # trials run in other working directories
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
     node = ray.get_runtime_context().get_node_id()
+    device = pick_device(cfg.train.device).type
+    gpu_ids, warning = cluster.given(device)
+    where = {"node_id": node, "device": device, "gpu_ids": gpu_ids, "warning": warning or ""}
     resume = None
     if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
@@ -152,7 +158,7 @@ def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     def report(metrics: Any, state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
-            tune.report({**metrics.as_dict(), "node_id": node},
+            tune.report({**metrics.as_dict(), **where},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     fit(cfg, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
@@ -210,6 +216,7 @@ class _Relay(tune.Callback):
         metrics = {k: result[k] for k in METRICS}
         t.history = [m for m in t.history if m["epoch"] < metrics["epoch"]] + [metrics]
         t.node_ids.add(result["node_id"])
+        t.device, t.gpu_ids, t.warning = result["device"], result["gpu_ids"], result["warning"] or None
         for listener in listeners:
             listener.epoch_done(t, metrics)
 
@@ -254,42 +261,6 @@ def _last_line(text: str) -> str:
 
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\w*): (.*)$", re.M)
-
-
-def start_ray(address: str | None) -> None:
-    """Connect to `address`, or start a quiet local Ray whose logs stay in its session folder."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune logs each failed trial's traceback; tunekit shows the reason and Ray keeps the
-    # traceback in the trial's error.txt.
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    env = {k: os.environ[k] for k in ("TUNEKIT_DATA_DIR", "TUNEKIT_CACHE_DIR") if k in os.environ}
-    env["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    if address is None and os.environ.get("RAY_ADDRESS"):  # inside a Ray job: its cluster
-        address = os.environ["RAY_ADDRESS"]
-    # No address: a Ray of our own ("local"), never a cluster some `ray start` left running.
-    kwargs: dict[str, Any] = dict(address=address or "local", logging_level=logging.ERROR,
-                                  log_to_driver=False, runtime_env={"env_vars": env})
-    if address is None:
-        kwargs["include_dashboard"] = False
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as e:
-        raise SweepError(f"cannot reach the Ray cluster at {address}: {e}") from None
-
-
-def stop_ray() -> None:
-    """Shut down (or leave) Ray now, while the caller still handles Ctrl-C, instead of in
-    Python's exit handlers, where a Ctrl-C would kill the process half-way."""
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def gpus_per_trial(spec: Any) -> float:
-    if spec.resources.gpus_per_trial is not None:
-        return spec.resources.gpus_per_trial
-    return AUTO_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def storage_root(spec: Any) -> str:
@@ -374,16 +345,18 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     interrupted = interrupted or threading.Event()
     if "://" not in path:  # save Ray's experiment state every 2 s (default 10 s): less to redo
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    start_ray(address)
+    joined = cluster.start_ray(address)
     if interrupted.is_set():
         return []
+    asks = cluster.ask(spec)
     global _active
     _active = _Active(plan, list(listeners or []), interrupted)
+    for listener in _active.listeners:
+        listener.sweep_started(joined, asks)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
     root = str(data_root(spec.data).resolve()) if on_cluster_node else None
     trainable = tune.with_resources(tune.with_parameters(_train, plan=plan, root=root),
-                                    {"cpu": spec.resources.cpus_per_trial,
-                                     "gpu": gpus_per_trial(spec)})
+                                    {"cpu": asks.cpus, "gpu": asks.gpus})
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:  # new, or resumed before Tune had saved anything
@@ -441,7 +414,10 @@ def _final_state(active: _Active, result: Any) -> TrialState | None:
     df = result.metrics_dataframe
     rows = [] if df is None or df.empty else df.to_dict("records")
     history = list({r["epoch"]: {k: r[k] for k in METRICS} for r in rows}.values())
+    last = rows[-1] if rows else {}
     state = TrialState(index, params, history=history, node_ids={r["node_id"] for r in rows},
+                       device=last.get("device"), gpu_ids=str(last.get("gpu_ids") or ""),
+                       warning=last.get("warning") or None,
                        ray_id=known.ray_id if known else result.metrics.get("trial_id"),
                        path=result.path, best_state=_best_of(result.checkpoint))
     epochs = active.plan.spec.train.epochs

@@ -190,6 +190,10 @@ class Tracker:
             self.logged[run.info.run_id] = max((m.step for m in history), default=0)
 
     # -- sweep.Listener ------------------------------------------------------------------------
+    def sweep_started(self, joined: str, asks: Any) -> None:
+        self.client.log_batch(self.parent, tags=[RunTag(f"{TAG}ray", joined),
+                                                 RunTag(f"{TAG}asks", str(asks))])
+
     def trial_started(self, trial: Any) -> None:
         run = self._run(trial)
         self.client.set_tag(run, f"{TAG}status", "running")
@@ -210,6 +214,11 @@ class Tracker:
                     RunTag(f"{TAG}nodes", ",".join(sorted(trial.node_ids)))]
             if trial.ray_id:
                 tags.append(RunTag(f"{TAG}ray_trial_id", trial.ray_id))
+            if trial.device:
+                tags.append(RunTag(f"{TAG}device", trial.device + (
+                    f" (GPU {trial.gpu_ids})" if trial.gpu_ids else "")))
+            if trial.warning:
+                tags.append(RunTag(f"{TAG}warning", trial.warning))
             if trial.error:
                 tags.append(RunTag(f"{TAG}error", trial.error[:5000]))
             best = trial.best

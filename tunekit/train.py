@@ -84,6 +84,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state a trial draws from: its data generator (batch order, rotation angles),
+    torch's CPU RNG (initial weights, dropout on the CPU) and, on a GPU, the CUDA RNG (dropout)."""
+    states: dict[str, Any] = {"device": device.type, "generator": gen.get_state(),
+                              "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, d: datamod.Data, batch_size: int) -> tuple[float, float, torch.Tensor,
                                                                           torch.Tensor]:
@@ -113,7 +123,8 @@ def fit(config: TrialConfig, report: Report | None = None, *, threads: int | Non
     """Train `config` and return its history, best epoch, best weights and misclassified digits.
 
     After every epoch, `report(metrics, state)` is called; `state` is what `resume` takes to carry
-    on after that epoch (weights, optimizer, scheduler, RNG states, history so far).
+    on after that epoch (weights, optimizer, scheduler, every RNG state, history so far); resumed
+    on the same kind of device, the trial continues exactly as if it had never stopped.
     Raises DivergedError when the training loss becomes NaN or infinite.
     """
     t = config.train
@@ -135,8 +146,14 @@ def fit(config: TrialConfig, report: Report | None = None, *, threads: int | Non
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
+        if resume.get("device", "cpu") == device.type:  # every RNG the trial draws from
+            gen.set_state(resume["generator"])
+            torch.set_rng_state(resume["torch_rng"])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        else:  # another kind of device has other RNGs: carry on, reseeded (not bit-exact)
+            gen.manual_seed(t.seed + len(resume["history"]))
+            torch.manual_seed(t.seed + len(resume["history"]))
         history = [EpochMetrics(**m) for m in resume["history"]]
         best = resume["best"]
 
@@ -179,8 +196,7 @@ def fit(config: TrialConfig, report: Report | None = None, *, threads: int | Non
                               "preds": wrong_pred[:MAX_WRONG].cpu(), "total": len(wrong)}}
         if report:
             report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                             "torch_rng": torch.get_rng_state(),
+                             "scheduler": sched.state_dict(), **rng_states(gen, device),
                              "history": [m.as_dict() for m in history], "best": best})
 
     return FitResult(history, best["epoch"], best["acc"], best["model"],

@@ -1,0 +1,116 @@
+"""What each trial asks of a Ray cluster and what it gets: GPU shares that hold when GPU workers
+start at zero, and a trial that says so when its GPU and its device disagree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunekit import cluster
+from tunekit.cli import app
+from tunekit.errors import UsageError
+from tunekit.spec import ExperimentSpec
+
+from conftest import REPO, RayNodes, make_mnist, progress
+
+
+def spec(**resources: object) -> ExperimentSpec:
+    return ExperimentSpec.model_validate({"name": "x", "resources": resources})
+
+
+def test_gpu_share_comes_from_the_spec_then_the_cluster_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cluster.GPUS_ENV, raising=False)
+    assert cluster.configured_gpus(spec()) is None  # automatic: decided on the cluster
+    monkeypatch.setenv(cluster.GPUS_ENV, "0.5")
+    assert cluster.configured_gpus(spec()) == cluster.Ask(1, 0.5, cluster.GPUS_ENV)
+    assert cluster.configured_gpus(spec(gpus_per_trial=0, cpus_per_trial=2)) == cluster.Ask(
+        2, 0.0, "resources.gpus_per_trial")  # the spec wins
+    for bad in ("lots", "-1", "9", "nan"):
+        monkeypatch.setenv(cluster.GPUS_ENV, bad)
+        with pytest.raises(UsageError, match=cluster.GPUS_ENV):
+            cluster.configured_gpus(spec())
+
+
+def test_autoscaler_gpus_read_from_the_cluster_config(tmp_path: Path) -> None:
+    assert cluster.autoscaler_gpus(REPO / "cluster.yaml") == ("gpu_worker", 1.0)
+    assert cluster.autoscaler_gpus(tmp_path / "none.yaml") is None
+    (tmp_path / "cpu.yaml").write_text("available_node_types:\n  w: {resources: {CPU: 4}}\n")
+    assert cluster.autoscaler_gpus(tmp_path / "cpu.yaml") is None
+    (tmp_path / "bad.yaml").write_text("available_node_types: [")
+    assert cluster.autoscaler_gpus(tmp_path / "bad.yaml") is None
+
+
+def test_dry_run_says_what_each_trial_asks_for_and_a_bad_default_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec_path = str(REPO / "experiments" / "norm_batch.yaml")
+    monkeypatch.setenv(cluster.GPUS_ENV, "0.5")
+    out = CliRunner().invoke(app, ["sweep", spec_path, "--dry-run"])
+    assert out.exit_code == 0 and "asks for 1 CPU + 0.5 GPU (TUNEKIT_GPUS_PER_TRIAL)" in " ".join(
+        out.output.split()), out.output
+    monkeypatch.setenv(cluster.GPUS_ENV, "half")
+    out = CliRunner().invoke(app, ["sweep", spec_path])
+    assert out.exit_code == 2 and "TUNEKIT_GPUS_PER_TRIAL" in out.output, out.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.ray
+def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts(
+        tmp_path: Path) -> None:
+    """A `ray up`-style head (no CPUs for trials, the autoscaler's config in ~) and a GPU worker
+    that joins once the sweep is waiting: every trial asks for a GPU share and gets the GPU."""
+    data = make_mnist(tmp_path / "data", n_train=300, n_test=100)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "cluster.yaml", home / "ray_bootstrap_config.yaml")
+    env = {**os.environ, "HOME": str(home),
+           "TUNEKIT_DATA_DIR": str(data)}
+    env.pop(cluster.GPUS_ENV, None)
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""
+        name: gpus
+        train: {epochs: 1, batch_size: 32}
+        search:
+          grid: {model.norm: [BN, GN]}
+    """))
+    nodes = RayNodes(tmp_path, env)
+    nodes.address = "127.0.0.1:6397"
+    log = tmp_path / "sweep.log"
+    try:
+        nodes.start("--head", "--port=6397", "--num-cpus=0", "--include-dashboard=false",
+                    f"--temp-dir={tempfile.mkdtemp(prefix='tk', dir='/tmp')}",
+                    "--object-store-memory=100000000", wait_for=1)
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "tunekit", "sweep", "spec.yaml", "--address", nodes.address],
+            cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "asks for" not in log.read_text() and sweep.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        time.sleep(3)  # the trials wait: no node can run them yet
+        assert sweep.poll() is None and not progress(tmp_path / "runs" / "gpus"), log.read_text()
+        nodes.start(f"--address={nodes.address}", "--num-cpus=2", "--num-gpus=1",
+                    "--object-store-memory=100000000", wait_for=2)
+        assert sweep.wait(300) == 0, log.read_text()
+    finally:
+        nodes.stop()
+    out = " ".join(log.read_text().split())
+    assert ("each trial asks for 1 CPU + 0.25 GPU (auto: the autoscaler may start 'gpu_worker' "
+            "nodes with 1 GPU(s))") in out, out
+    rows = progress(tmp_path / "runs" / "gpus")
+    assert len(rows) == 2
+    for trial in rows.values():
+        (row,) = trial
+        assert row["gpu_ids"] == "0" and row["device"] == "cpu", row  # no CUDA on this machine
+        assert "CUDA_VISIBLE_DEVICES=0" in row["warning"] and "training on the CPU" in row[
+            "warning"], row
+    assert out.count("WARNING: trial") == 2 and "2 trial(s) did not train where" in out, out

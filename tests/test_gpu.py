@@ -1,0 +1,98 @@
+"""The CUDA path end to end. Runs where torch sees an NVIDIA GPU; skipped elsewhere (CI has none).
+
+On a GPU machine, from the repository root:
+
+    TUNEKIT_DATA_DIR=/path/to/data pytest tests/test_gpu.py -v -s
+    python benchmarks/gpu.py
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunekit import data as datamod
+from tunekit.spec import TrialConfig
+from tunekit.train import fit
+
+from conftest import progress
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here: the GPU check needs an NVIDIA GPU")
+
+
+def config(device: str, root: Path, **train: object) -> TrialConfig:
+    return TrialConfig.model_validate({
+        "data": {"root": str(root)}, "model": {"norm": "GN"},
+        "train": {"epochs": 1, "batch_size": 64, "device": device, **train}})
+
+
+def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None:
+    d = datamod.load(config("cuda", real_mnist).data, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x, y = next(iter(datamod.TrainBatches(d, 64, 7.0, gen)))  # rotated on the device
+    assert x.is_cuda and y.is_cuda and d.train_images.is_cuda and d.test_images.is_cuda
+    from tunekit.model import Dropout
+    kept = Dropout(0.5).train()(torch.ones(10_000, device="cuda"))
+    assert kept.is_cuda and 0.45 < (kept > 0).float().mean().item() < 0.55
+
+
+def test_one_trial_on_cuda_reaches_the_cpu_accuracy_band(real_mnist: Path) -> None:
+    on_gpu = fit(config("cuda", real_mnist), threads=2)
+    on_cpu = fit(config("cpu", real_mnist), threads=2)
+    print(f"GN batch 64, 1 epoch: cuda {on_gpu.max_val_acc:.2f}% at "
+          f"{on_gpu.history[0].images_per_s:,.0f} img/s; cpu {on_cpu.max_val_acc:.2f}% at "
+          f"{on_cpu.history[0].images_per_s:,.0f} img/s")
+    assert on_gpu.max_val_acc >= 97.0
+    assert abs(on_gpu.max_val_acc - on_cpu.max_val_acc) < 1.0  # other kernels, same training
+
+
+def test_a_resumed_cuda_trial_continues_exactly(real_mnist: Path) -> None:
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    cfg = config("cuda", real_mnist, epochs=2).model_copy(update={
+        "data": config("cuda", real_mnist).data.model_copy(update={"subset": 6000})})
+    states: list[dict] = []
+    full = fit(cfg, lambda m, s: states.append(copy.deepcopy(s)), threads=2)
+    assert states[0]["device"] == "cuda" and "cuda_rng" in states[0]
+    torch.cuda.manual_seed(12345)  # whatever the process drew since: resume puts the trial's back
+    torch.rand(1000, device="cuda")
+    after: list[dict] = []
+    resumed = fit(cfg, lambda m, s: after.append(copy.deepcopy(s)), threads=2, resume=states[0])
+    for key in ("generator", "torch_rng", "cuda_rng"):  # the same random draws, to the last one
+        assert torch.equal(after[-1][key], states[-1][key]), key
+    # Bit-equal up to the order of float sums in GPU kernels (AdaptiveAvgPool's backward has no
+    # deterministic CUDA kernel).
+    a, b = full.history[1], resumed.history[1]
+    assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+    assert abs(a.val_acc - b.val_acc) <= 0.05
+
+
+def test_four_trials_with_a_quarter_gpu_each_share_one_device(tmp_path: Path,
+                                                               real_mnist: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""
+        name: quarter
+        train: {epochs: 2, batch_size: 64}
+        search:
+          grid: {train.seed: [1, 2, 3, 4]}
+        resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}
+        sweep: {max_concurrent: 4}
+    """))
+    out = subprocess.run([sys.executable, "-m", "tunekit", "sweep", "spec.yaml"], cwd=tmp_path,
+                         text=True, capture_output=True, timeout=600,
+                         env={**os.environ, "TUNEKIT_DATA_DIR": str(real_mnist)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = progress(tmp_path / "runs" / "quarter")
+    assert len(rows) == 4
+    last = [trial[-1] for trial in rows.values()]
+    assert {r["device"] for r in last} == {"cuda"} and len({r["gpu_ids"] for r in last}) == 1
+    assert not any(r["warning"] for r in last)
+    spans = [(float(r["timestamp"]) - float(r["time_total_s"]), float(r["timestamp"]))
+             for r in last]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # all four at once
