@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunekit import cluster, sweep
+from tunekit import cluster, storage, sweep
 from tunekit.plan import Plan, load_plan, make_plan
 from tunekit.spec import ExperimentSpec
 
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 def timed(plan: Plan) -> tuple[float, list[sweep.TrialState], list[float]]:
     """Wall seconds of the sweep, its trials, and each trial's own seconds as Ray measured them."""
     totals: list[float] = []
-    sweep.prepare(plan)
+    storage.check(plan)
+    storage.record(plan)
     start = time.perf_counter()
     trials = sweep.run(plan)
     wall = time.perf_counter() - start
@@ -55,10 +56,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12000, help="training images per packing trial")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
-    storage = tempfile.mkdtemp(prefix="tunekit-bench-")
+    results = tempfile.mkdtemp(prefix="tunekit-bench-")
     cluster.start_ray(None)
 
-    smoke = load_plan(REPO / "experiments" / "smoke.yaml", {"sweep.storage": storage}).spec
+    smoke = load_plan(REPO / "experiments" / "smoke.yaml", {"sweep.storage": results}).spec
     wall, trials, totals = timed(make_plan(smoke))
     slots = min(cores // smoke.resources.cpus_per_trial, len(trials))
     ideal = makespan(totals, slots)
@@ -77,7 +78,7 @@ def main() -> None:
             "train": {"epochs": 2, "batch_size": 64, "scheduler": {"name": "none"}},
             "search": {"grid": {"train.seed": [1, 2]}},
             "resources": {"cpus_per_trial": cpus, "gpus_per_trial": 0},
-            "sweep": {"storage": storage, "max_concurrent": cap}})
+            "sweep": {"storage": results, "max_concurrent": cap}})
         _, trials, _ = timed(make_plan(spec))
         per_trial = [t.history[-1]["images_per_s"] for t in trials]
         rates[cpus] = sum(per_trial) if cpus == 1 else statistics.mean(per_trial)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import socket
+import time
+import urllib.request
+from contextlib import contextmanager
 import gzip
 import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -98,7 +103,6 @@ class RayNodes:
         self.procs.append(subprocess.Popen(
             [self.ray, "start", "--block", "--disable-usage-stats", *args], env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        import time
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert all(p.poll() is None for p in self.procs), (self.tmp / log.name).read_text()
@@ -113,7 +117,6 @@ class RayNodes:
 
     def stop(self) -> None:
         import signal
-        import time
         for proc in reversed(self.procs):
             for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
                 try:
@@ -129,3 +132,36 @@ class RayNodes:
                 os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
             except ProcessLookupError:
                 pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_mlflow(root: Path) -> Iterator[str]:
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, artifacts served from `root`)."""
+    port = free_port()
+    root.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None, (root / "server.log").read_text()
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)

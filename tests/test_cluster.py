@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tunekit import cluster
@@ -62,6 +63,29 @@ def test_dry_run_says_what_each_trial_asks_for_and_a_bad_default_is_refused(
     out = CliRunner().invoke(app, ["sweep", spec_path])
     assert out.exit_code == 2 and "TUNEKIT_GPUS_PER_TRIAL" in out.output, out.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_cluster_yaml_passes_rays_own_validation_and_wires_storage_and_tracking() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    # what `ray up` does before it talks to the cloud: fill in defaults, check the JSON schema
+    validate_config(prepare_config(config))
+    broken = {**config, "head_node_typo": "head"}
+    with pytest.raises(Exception, match="head_node_typo"):  # the check does reject bad configs
+        validate_config(prepare_config(broken))
+    workers = [n for n in config["available_node_types"].values()
+               if n.get("min_workers", 0) == 0 and n.get("resources", {}).get("GPU")]
+    assert workers, "an autoscaling GPU worker group starting at 0"
+    assert all(w["node_config"].get("IamInstanceProfile") for w in workers)  # S3 without keys
+    head_setup = " ".join(config["head_setup_commands"])
+    assert "TUNEKIT_STORAGE=s3://" in head_setup and "MLFLOW_TRACKING_URI=http" in head_setup
+    assert "TUNEKIT_GPUS_PER_TRIAL=" in head_setup
+    start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert start.index("tunekit.env") < start.index("ray start")  # Ray jobs get the settings too
+    assert "mlflow server" in " ".join(config["head_start_ray_commands"])
+    workers_see = " ".join(config["setup_commands"] + config["worker_start_ray_commands"])
+    assert "MLFLOW" not in workers_see and "AWS_" not in workers_see
+    assert "pip install" in " ".join(config["setup_commands"])
 
 
 @pytest.mark.ray

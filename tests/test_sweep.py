@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import ray
-import yaml
 from typer.testing import CliRunner
 
 from tunekit.cli import app
@@ -256,23 +255,6 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
     assert not {r["node_id"] for r in mine_rows["trial_0000"]} & nodes_used  # its own Ray
 
 
-def test_cluster_yaml_passes_rays_own_validation() -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    # what `ray up` does before it talks to the cloud: fill in defaults, check the JSON schema
-    validate_config(prepare_config(config))
-    broken = {**config, "head_node_typo": "head"}
-    with pytest.raises(Exception, match="head_node_typo"):  # the check does reject bad configs
-        validate_config(prepare_config(broken))
-    assert config["max_workers"] >= 1 and config["available_node_types"]
-    workers = [n for n in config["available_node_types"].values()
-               if n.get("min_workers", 0) == 0 and n.get("resources", {}).get("GPU")]
-    assert workers, "an autoscaling GPU worker group starting at 0"
-    setup = " ".join(config["setup_commands"] + config.get("head_setup_commands", []))
-    assert "pip install" in setup and "mlflow server" in " ".join(
-        config.get("head_start_ray_commands", []) + config.get("head_setup_commands", []))
-
-
 def test_asha_stops_weak_trials_early(tmp_path: Path, tiny_data: Path) -> None:
     spec = spec_file(tmp_path, """
         name: asha
@@ -373,3 +355,26 @@ def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path
         else:
             assert t.state == optuna.trial.TrialState.COMPLETE
             assert t.value == pytest.approx(r.data.metrics["max_val_acc"])
+
+
+def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
+    from tunekit.sweep import _exception
+    ray_text = textwrap.dedent("""\
+        Failure # 1 (occurred at 2026-11-25_17-08-32)
+        ray::ImplicitFunc.train() (pid=1834, ip=192.0.2.2, actor_id=0c00, repr=_train)
+          File "/venv/ray/tune/trainable/trainable.py", line 331, in train
+            raise skipped from exception_cause(skipped)
+        RuntimeError: Unable to set up cluster storage with the following settings:
+        StorageContext<
+          storage_filesystem='local',
+          storage_fs_path='/home/ray/runs',
+        >
+        Check that all nodes in the cluster have read/write access to the configured storage path.
+        """)
+    assert _exception(ray_text) == ("RuntimeError: Unable to set up cluster storage with the "
+                                    "following settings:\nStorageContext<\n  storage_filesystem="
+                                    "'local',\n  storage_fs_path='/home/ray/runs',\n>\nCheck "
+                                    "that all nodes in the cluster have read/write access to the "
+                                    "configured storage path.")
+    assert _exception("tunekit.errors.DivergedError: loss became nan in epoch 2\n") == (
+        "DivergedError: loss became nan in epoch 2")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tunekit.model import Net
 
-from conftest import REPO, progress, run_tunekit as tunekit
+from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_mlflow
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -84,38 +83,10 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
     assert "Norm" in out.stdout and "Max Val Acc" in out.stdout and "MLflow run id" in out.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    """A real MLflow tracking server on 127.0.0.1 with a SQLite store and artifact serving."""
-    port = free_port()
-    root = tmp_path / "server"
-    root.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, (root / "server.log").read_text()
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with serve_mlflow(tmp_path / "server") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:

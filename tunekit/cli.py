@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 import yaml
 
-from tunekit.errors import SpecError, TunekitError, UsageError
+from tunekit.errors import TunekitError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of small vision models: YAML spec in, table out.")
@@ -160,10 +160,12 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             report.console.print(report.resources_line(plan.spec, plan.size, asks))
             return
         s = plan.spec
-        from tunekit import sweep as sweeps, track
+        from tunekit import storage, sweep as sweeps, track
         uri = track.tracking_uri(s, tracking_uri)
         client = track.connect(uri)  # an unreachable server stops us before any trial starts
-        path = sweeps.prepare(plan, resume=resume, restart=restart)
+        storage.check(plan, resume=resume, restart=restart)
+        sweeps.start(plan, address)  # storage writable here and readable on every trial node
+        path = storage.record(plan, resume=resume, restart=restart)
         if restart:
             report.console.print(f"starting {s.name} over: the earlier sweep's results were set "
                                  f"aside, its MLflow runs are kept", highlight=False)

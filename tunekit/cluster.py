@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import yaml
@@ -27,6 +28,9 @@ GPUS_ENV = "TUNEKIT_GPUS_PER_TRIAL"  # the cluster's default for resources.gpus_
 BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster config on the head
 
 
+_joined = ""  # what start_ray joined, in words
+
+
 class ClusterError(TunekitError):
     """The Ray cluster cannot be reached or cannot run the sweep: nothing was started."""
     exit_code = 2
@@ -34,8 +38,9 @@ class ClusterError(TunekitError):
 
 def start_ray(address: str | None) -> str:
     """Connect to `address`, or start a quiet Ray of our own; returns what it joined, in words."""
+    global _joined
     if ray.is_initialized():
-        return "Ray already running in this process"
+        return _joined or "the Ray this process already started"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune logs each failed trial's traceback; tunekit shows the reason and Ray keeps the
     # traceback in the trial's error.txt.
@@ -52,11 +57,36 @@ def start_ray(address: str | None) -> str:
     if address is None:
         kwargs["include_dashboard"] = False
         joined = "a local Ray of its own"
+    else:
+        _answers(address)
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    _joined = joined
     return joined
+
+
+def _answers(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, in one line, where Ray would retry a dead address for minutes."""
+    target = address.removeprefix("ray://")
+    if not address.startswith("ray://"):
+        try:  # "auto": the cluster `ray start` last started on this machine
+            from ray._private.services import canonicalize_bootstrap_address
+            target = canonicalize_bootstrap_address(address) or ""
+        except Exception as e:  # noqa: BLE001 (Ray's own words for what it could not find)
+            raise ClusterError(f"--address {address}: {_first_line(e)}") from None
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"--address {address}: no Ray cluster answers at {target or address} "
+                           f"({_first_line(e)}); start it (ray start --head / ray up) or leave "
+                           "out --address for a local Ray") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def stop_ray() -> None:
@@ -152,3 +182,35 @@ def given(device: str) -> tuple[str, str | None]:
         return "", (f"this node has {fmt(here)} GPU(s) but the trial asked Ray for none: training "
                     f"on the CPU (set resources.gpus_per_trial or {GPUS_ENV})")
     return ",".join(ids), None
+
+
+def trial_nodes() -> list[dict[str, Any]]:
+    """The live nodes that can take trials (they offer CPUs or GPUs)."""
+    return [n for n in ray.nodes() if n["Alive"] and (
+        n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
+
+
+def failing_nodes(check: Callable[..., str | None], *args: Any,
+                  timeout: float = 60.0) -> dict[str, str]:
+    """Run `check(*args)` on every node that can take trials except this one; {node: why} for
+    each node where it returned a reason, failed, or did not answer within `timeout` s."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in trial_nodes() if n["NodeID"] != here]
+    task = ray.remote(num_cpus=0, max_retries=0)(check)
+    refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(*args): n for n in nodes}
+    done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    failing = {}
+    for ref, node in refs.items():
+        name = f"node {node['NodeID'][:8]} ({node['NodeManagerAddress']})"
+        if ref not in done:
+            failing[name] = f"did not answer within {timeout:.0f} s"
+            continue
+        try:
+            why = ray.get(ref)
+        except Exception as e:  # noqa: BLE001
+            why = f"the check could not run there: {_first_line(e)}"
+        if why:
+            failing[name] = why
+    return failing

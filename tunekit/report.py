@@ -170,6 +170,14 @@ class SweepView:
     def trial_started(self, trial: TrialState) -> None:
         self._update(trial)
 
+    def trial_retried(self, trial: TrialState) -> None:
+        done = trial.history[-1]["epoch"] if trial.history else 0
+        reason = (trial.error or "").splitlines()[0] if trial.error else "no reason recorded"
+        self._say(f"{'[yellow]↻[/]' if self.live else 'retrying:'} trial {trial.index} "
+                  f"({trial.label}) failed after epoch {done} ({reason}); retry {trial.retries}, "
+                  "from its last checkpoint")
+        self._update(trial)
+
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None:
         if trial.warning and trial.index not in self.warned:
             self.warned.add(trial.index)
@@ -244,10 +252,11 @@ def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialSt
                       f"[/], e.g. trial {warned[0].index}: {warned[0].warning}", highlight=False,
                       soft_wrap=True)
     if failed:
-        console.print(f"[red]{len(failed)} of {planned} trial(s) failed[/] (tracebacks: error.txt "
-                      f"in each trial's folder under {path}):", highlight=False)
+        console.print(f"[red]{len(failed)} of {planned} trial(s) failed:[/]", highlight=False)
+        folder = path.partition("?")[0]  # a URI's options are not part of its files' paths
         for t in failed:
-            console.print(f"  trial {t.index} ({t.label}): {t.error}", highlight=False,
+            console.print(f"  trial {t.index} ({t.label}): {t.error}\n    traceback: "
+                          f"{folder}/trial_{t.index:04d}/error.txt", highlight=False,
                           soft_wrap=True)
     return 130 if unfinished else 1 if failed else 0
 
@@ -357,7 +366,7 @@ def _versus(row: ResultRow, best: ResultRow | None) -> str:
 
 
 def _cells(row: ResultRow, best: ResultRow | None = None) -> list[str]:
-    error = row.errors[0] if row.errors else ""
+    error = row.errors[0].strip().splitlines()[0] if row.errors else ""  # the whole is in MLflow
     status = row.status + (f": {error[:77]}…" if len(error) > 80 else f": {error}" if error else "")
     return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)),
             _interval(row.summary, 2), str(len(row.run_ids)), _versus(row, best),

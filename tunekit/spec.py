@@ -259,7 +259,8 @@ class AshaSpec(_Strict):
 
 
 class SweepSpec(_Strict):
-    storage: str | None = None  # results folder or URI (s3://bucket/prefix); None: ./runs
+    storage: str | None = None  # results folder or URI (s3://bucket/prefix) every node reaches;
+    #                             None: $TUNEKIT_STORAGE (a cluster's default), else ./runs
     max_concurrent: PositiveInt | None = None  # trials at once; None: as many as resources allow
     max_failures: NonNegativeInt = 0  # retries of a failed trial, from its last checkpoint
     max_trials: PositiveInt = 5000  # a plan of more trials is refused (a typo'd grid, say)

@@ -9,18 +9,15 @@ checkpoint, so an interrupted sweep resumes from the last finished epoch.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -28,21 +25,15 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tunekit import cluster
+from tunekit import cluster, storage
 from tunekit.data import data_root
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
-from tunekit.plan import OBJECTIVE, Plan, differences, label
+from tunekit.plan import OBJECTIVE, Plan, label
 from tunekit.spec import Distribution
 from tunekit.train import fit, pick_device
 
 STATE_FILE = "state.pt"
-PLAN_FILE = "tunekit_plan.json"  # the plan a sweep runs, beside Ray's experiment state
-
-
-class SweepError(TunekitError):
-    """The sweep could not start (no such run to resume, results in the way, no cluster)."""
-    exit_code = 2
 
 
 class InvalidProposalError(TunekitError):
@@ -62,6 +53,7 @@ class TrialState:
     device: str | None = None  # what it trained on (cpu, cuda) and the GPUs Ray gave it
     gpu_ids: str = ""
     warning: str | None = None  # its resources and its device disagree (a GPU left unused)
+    retries: int = 0  # times it failed and went on from its last checkpoint (sweep.max_failures)
     ray_id: str | None = None
     path: str | None = None  # the trial's folder in the sweep's storage
     best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
@@ -80,6 +72,7 @@ class Listener(Protocol):
     """Follows a sweep from the driver: the live view, the tracker."""
     def sweep_started(self, joined: str, asks: cluster.Ask) -> None: ...
     def trial_started(self, trial: TrialState) -> None: ...
+    def trial_retried(self, trial: TrialState) -> None: ...
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None: ...
     def trial_ended(self, trial: TrialState) -> None: ...
 
@@ -226,6 +219,13 @@ class _Relay(tune.Callback):
         epochs = _active.plan.spec.train.epochs if _active else None
         self._end(trial, "stopped" if last is not None and last < (epochs or 0) else "done", None)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        t, listeners = self._state(trial)  # it failed (its node lost, say) and goes on from its
+        t.retries += 1  # last checkpoint, on whichever node has room
+        t.error = _reason(trial)
+        for listener in listeners:
+            listener.trial_retried(t)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = _reason(trial)
         self._end(trial, "invalid" if reason.startswith("InvalidProposal") else "failed", reason)
@@ -245,17 +245,18 @@ def _best_of(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
 
 
 def _reason(trial: Any) -> str:
-    """The exception a failed trial raised, from the error file Ray keeps for it."""
+    """The exception a failed trial raised, from the error file Ray keeps for it on the driver."""
     path = getattr(trial, "error_file", None) or ""
-    return _last_line(Path(path).read_text() if path and os.path.exists(path) else "")
+    return _exception(Path(path).read_text() if path and os.path.exists(path) else "")
 
 
-def _last_line(text: str) -> str:
-    """'DivergedError: training loss became nan ...' from a traceback: the last exception line."""
-    found = _EXCEPTION_LINE.findall(text)
+def _exception(text: str) -> str:
+    """'DivergedError: training loss became nan ...' from a traceback: the last exception, its
+    message whole (Ray's storage errors run over several lines)."""
+    found = list(_EXCEPTION_LINE.finditer(text))
     if found:
-        name, message = found[-1]
-        return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
+        name, message = found[-1].group(1), text[found[-1].start(2):].strip()
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
 
@@ -263,74 +264,24 @@ def _last_line(text: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\w*): (.*)$", re.M)
 
 
-def storage_root(spec: Any) -> str:
-    return spec.sweep.storage or str(Path("runs").resolve())
-
-
-def sweep_path(spec: Any) -> str:
-    """Where Ray keeps this spec's sweep: <storage>/<name> (before a URI's ?options)."""
-    root, q, options = storage_root(spec).partition("?")
-    return f"{root.rstrip('/')}/{spec.name}{q}{options}"
-
-
-def _location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The sweep's filesystem and folder in it (URI options such as endpoint_override apply to the
-    storage root, so the sweep's name is joined to the path, not to the URI)."""
-    root = storage_root(spec)
-    fs, path = pyarrow.fs.FileSystem.from_uri(root if "://" in root else str(Path(root).resolve()))
-    return fs, f"{path.rstrip('/')}/{spec.name}"
-
-
-def stored_plan(spec: Any) -> dict[str, Any] | None:
-    """The plan identity this spec's sweep was started with, or None if there is no sweep."""
-    fs, path = _location(spec)
-    try:
-        with fs.open_input_stream(f"{path}/{PLAN_FILE}") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _store_plan(plan: Plan) -> None:
-    fs, path = _location(plan.spec)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{PLAN_FILE}") as f:
-        f.write(json.dumps(plan.identity(), indent=1).encode())
-
-
-def prepare(plan: Plan, *, resume: bool = False, restart: bool = False) -> str:
-    """Check that the sweep can start (or resume) and record its plan; returns its path.
-
-    New: the storage must hold no earlier sweep of this name, unless `restart`, which moves the
-    old one aside (local) or deletes it (remote); its MLflow runs stay. Resume: the stored plan
-    must be this plan. Starts nothing, so a refusal leaves everything as it was.
-    """
-    spec, path = plan.spec, sweep_path(plan.spec)
-    stored = stored_plan(spec)
-    fs, folder = _location(spec)
-    exists = stored is not None or fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
-    if resume:
-        if stored is None:
-            raise SweepError(f"nothing to resume at {path}: run the sweep without --resume first")
-        changed = differences(stored, plan.identity())
-        if changed:
-            shown = "\n  ".join(changed[:12]) + (f"\n  ... {len(changed) - 12} more"
-                                                if len(changed) > 12 else "")
-            raise SweepError(f"the spec no longer gives the plan the sweep at {path} was started "
-                             f"with; --resume only carries on the same plan. Differences (stored "
-                             f"-> now):\n  {shown}\nUndo the change to resume, or start over with "
-                             "--restart (the earlier sweep's MLflow runs are kept).")
-        return path
-    if exists and not restart:
-        raise SweepError(f"{path} holds an earlier sweep of {spec.name!r}: --resume carries it "
-                         "on, --restart starts over (the earlier sweep's MLflow runs are kept), "
-                         "or set another name or sweep.storage")
-    if exists and isinstance(fs, pyarrow.fs.LocalFileSystem):
-        fs.move(folder, f"{folder}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    elif exists:  # cloud storage has no cheap move
-        fs.delete_dir(folder)
-    _store_plan(plan)
-    return path
+def start(plan: Plan, address: str | None) -> str:
+    """All that can refuse a sweep before its first trial, in order: the storage takes the
+    driver's writes, Ray is up, and every other node that runs trials reads what the driver wrote
+    there. Returns the Ray it joined, in words."""
+    spec = plan.spec
+    with storage.probe(spec) as probe:
+        joined = cluster.start_ray(address)
+        failing = cluster.failing_nodes(storage.readable, storage.root(spec), probe)
+    if failing:
+        cluster.stop_ray()
+        nodes = "\n  ".join(f"{node}: {why}" for node, why in failing.items())
+        raise storage.StorageError(
+            f"{storage.source(spec)}: {len(failing)} node(s) that run trials cannot read "
+            f"{storage.root(spec)}, where this driver keeps the sweep's results:\n  {nodes}\n"
+            f"Trials on other nodes need storage every node reaches: set sweep.storage in the "
+            f"spec, or {storage.STORAGE_ENV} for the whole cluster, to a cloud URI such as "
+            f"{storage.EXAMPLE} or a folder every node mounts. Nothing was started.")
+    return joined
 
 
 def run(plan: Plan, *, address: str | None = None, resume: bool = False,
@@ -341,7 +292,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     `interrupted` (set by the caller's Ctrl-C handler) stops the sweep at the next safe point:
     before Ray starts, or through Tune's own handler once Tune is running.
     """
-    spec, path = plan.spec, sweep_path(plan.spec)
+    spec, path = plan.spec, storage.sweep_path(plan.spec)
     interrupted = interrupted or threading.Event()
     if "://" not in path:  # save Ray's experiment state every 2 s (default 10 s): less to redo
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -375,7 +326,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
                 search_alg=_searcher(plan), trial_dirname_creator=trial_dirname,
                 trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage_root(spec), verbose=0, callbacks=[_Relay()],
+                name=spec.name, storage_path=storage.root(spec), verbose=0, callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     ours = signal.getsignal(signal.SIGINT)
@@ -422,7 +373,7 @@ def _final_state(active: _Active, result: Any) -> TrialState | None:
                        path=result.path, best_state=_best_of(result.checkpoint))
     epochs = active.plan.spec.train.epochs
     if result.error is not None:
-        state.error = _last_line(str(result.error))
+        state.error = _exception(str(result.error))
         state.status = "invalid" if state.error.startswith("InvalidProposal") else "failed"
     elif len(history) == epochs:
         state.status = "done"

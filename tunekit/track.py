@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
@@ -71,6 +72,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     for name in ("mlflow", "alembic"):  # no INFO lines about database migrations
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet downloads
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # tunekit says where
     local = _local_store(uri)
     if not create and local is not None and not local.exists():
         raise TrackingError(f"no MLflow store at {local.resolve()} (from {uri}); run the sweep "
@@ -201,6 +203,9 @@ class Tracker:
     def epoch_done(self, trial: Any, metrics: dict[str, Any]) -> None:
         self._log_epochs(self._run(trial), [metrics])
 
+    def trial_retried(self, trial: Any) -> None:
+        self.client.set_tag(self._run(trial), f"{TAG}retries", str(trial.retries))
+
     def trial_ended(self, trial: Any) -> None:
         pass  # the final state, with the checkpointed weights, is recorded by `finish`
 
@@ -219,8 +224,10 @@ class Tracker:
                     f" (GPU {trial.gpu_ids})" if trial.gpu_ids else "")))
             if trial.warning:
                 tags.append(RunTag(f"{TAG}warning", trial.warning))
-            if trial.error:
-                tags.append(RunTag(f"{TAG}error", trial.error[:5000]))
+            if trial.error:  # whole; past MLflow's tag limit, whole in error.txt
+                tags.append(RunTag(f"{TAG}error", trial.error[:MAX_TAG_VAL_LENGTH]))
+                if len(trial.error) > MAX_TAG_VAL_LENGTH:
+                    self._log_text(run, trial.error, "error.txt")
             best = trial.best
             summary = [] if best is None else [
                 Metric("max_val_acc", best["val_acc"], _now(), 0),
