@@ -47,6 +47,7 @@ def start_ray(address: str | None) -> str:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     env = {k: os.environ[k] for k in ("TUNEKIT_DATA_DIR", "TUNEKIT_CACHE_DIR") if k in os.environ}
     env["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    address = None if address == "local" else address
     joined = f"the Ray cluster at {address}"
     if address is None and os.environ.get("RAY_ADDRESS"):  # inside a Ray job: its cluster
         address = os.environ["RAY_ADDRESS"]
