@@ -91,8 +91,8 @@ def test_fit_reports_every_epoch_and_learns(tiny_data: Path) -> None:
     seen = []
     result = fit(config(epochs=4), lambda m, state: seen.append((m, sorted(state))), threads=1)
     assert [m.epoch for m, _ in seen] == [1, 2, 3, 4]
-    assert seen[0][1] == ["best", "device", "generator", "history", "model", "optimizer",
-                          "scheduler", "torch_rng"]
+    assert seen[0][1] == ["best", "device", "failed", "generator", "history", "model",
+                          "optimizer", "scheduler", "torch_rng"]
     assert result.history == [m for m, _ in seen]
     best = max(result.history, key=lambda m: m.val_acc)
     assert (result.best_epoch, result.max_val_acc) == (best.epoch, best.val_acc)

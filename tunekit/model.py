@@ -23,26 +23,36 @@ def make_norm(kind: str, channels: int, groups: int = 4) -> nn.Module:
 
 
 class Dropout(nn.Module):
-    """Element-wise dropout, as nn.Dropout, with a cheaper mask on CPU.
+    """Element-wise dropout, as nn.Dropout, with a cheaper mask on CPU and a generator of its own.
 
     On CPU, torch's Bernoulli sampler draws one 64-bit random number per element and costs a third
     of a training step here; this draws one per four elements and compares 16-bit slices of it
-    with p (exact to 1/65536). On other devices it is F.dropout.
+    with p (exact to 1/65536). On other devices the mask is torch's Bernoulli draw. Masks come
+    from `generator` (None: torch's default), so each trial of a pack draws its own.
     """
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
         self._threshold = -(2**15) + round(p * 2**16)  # int16 slices below this are dropped
+        self.generator: torch.Generator | None = None
+
+    def mask(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """The kept elements of a tensor of `shape`, scaled by 1 / (1 - p)."""
+        n = shape.numel()
+        if like.device.type == "cpu":
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(
+                -(2**63), None, generator=self.generator)
+            keep = bits.view(torch.int16)[:n].view(shape) >= self._threshold
+        else:
+            keep = torch.empty(shape, device=like.device).bernoulli_(
+                1 - self.p, generator=self.generator)
+        return keep.to(like.dtype) * (1 / (1 - self.p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self._threshold
-        return x * (keep.to(x.dtype) * (1 / (1 - self.p)))
+        return x * self.mask(x.shape, x)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

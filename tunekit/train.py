@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ from torch import nn
 from tunekit import data as datamod
 from tunekit.errors import DivergedError
 from tunekit.metrics import METRICS, EpochMetrics  # noqa: F401 (METRICS: for callers)
-from tunekit.model import Net
+from tunekit.model import Dropout, Net
+from tunekit.pack import Packed, cat, member_state, pack_key
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 
 
@@ -84,30 +85,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every random state a trial draws from: its data generator (batch order, rotation angles),
-    torch's CPU RNG (initial weights, dropout on the CPU) and, on a GPU, the CUDA RNG (dropout)."""
-    states: dict[str, Any] = {"device": device.type, "generator": gen.get_state(),
-                              "torch_rng": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return states
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, d: datamod.Data, batch_size: int) -> tuple[float, float, torch.Tensor,
-                                                                          torch.Tensor]:
-    """(mean loss, accuracy %, indices of wrong test images, their predictions)."""
+def evaluate(model: Packed, d: datamod.Data, batch_size: int) -> list[tuple[float, float,
+                                                                            torch.Tensor,
+                                                                            torch.Tensor]]:
+    """Per member: (mean loss, accuracy %, indices of wrong test images, their predictions)."""
     model.eval()
-    loss, preds = torch.zeros((), device=d.test_labels.device), []
+    k = model.k
+    loss, preds = torch.zeros(k, device=d.test_labels.device), []
     for x, y in datamod.test_batches(d, batch_size):
-        out = model(x)
-        loss += F.nll_loss(out, y, reduction="sum")
-        preds.append(out.argmax(1))
+        out = model(x.expand(-1, k, -1, -1))  # every member sees the same test images
+        for m in range(k):  # as a trial alone sums them
+            loss[m] += F.nll_loss(out[:, m], y, reduction="sum")
+        preds.append(out.argmax(2))
     pred = torch.cat(preds)
-    wrong = (pred != d.test_labels).nonzero().flatten()
-    n = len(d.test_labels)
-    return loss.item() / n, 100.0 * (n - len(wrong)) / n, wrong, pred[wrong]
+    n, found = len(d.test_labels), []
+    for m in range(k):
+        wrong = (pred[:, m] != d.test_labels).nonzero().flatten()
+        found.append((loss[m].item() / n, 100.0 * (n - len(wrong)) / n, wrong, pred[wrong, m]))
+    return found
 
 
 def build_optimizer(model: nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
@@ -118,86 +114,171 @@ def build_optimizer(model: nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=t.optimizer.lr, momentum=t.optimizer.momentum)
 
 
-def fit(config: TrialConfig, report: Report | None = None, *, threads: int | None = None,
-        resume: dict[str, Any] | None = None) -> FitResult:
-    """Train `config` and return its history, best epoch, best weights and misclassified digits.
+class _Member:
+    """One trial of a pack: its net, RNGs, optimizer, schedule, history and best epoch."""
 
-    After every epoch, `report(metrics, state)` is called; `state` is what `resume` takes to carry
-    on after that epoch (weights, optimizer, scheduler, every RNG state, history so far); resumed
-    on the same kind of device, the trial continues exactly as if it had never stopped.
-    Raises DivergedError when the training loss becomes NaN or infinite.
+    def __init__(self, config: TrialConfig, data: datamod.Data, device: torch.device):
+        self.config, t = config, config.train
+        torch.manual_seed(t.seed)  # the initial weights: as a trial alone draws them
+        self.net = Net(config.model.norm, config.model.groups, config.model.dropout)
+        # dropout draws on from where the initial weights left torch's RNG, as it would alone
+        self.dropout_rng = torch.Generator().set_state(torch.get_rng_state())
+        self.cuda_rng = torch.Generator(device).manual_seed(t.seed) \
+            if device.type == "cuda" else None
+        self.net.to(device)
+        for layer in self.net.features:
+            if isinstance(layer, Dropout):
+                layer.generator = self.cuda_rng or self.dropout_rng
+        self.gen = torch.Generator(device=device).manual_seed(t.seed)  # batch order, rotations
+        self.batches = datamod.TrainBatches(data, t.batch_size, config.data.rotation, self.gen)
+        self.opt = build_optimizer(self.net, t)
+        self.sched, self.per_batch = make_scheduler(t.scheduler, self.opt, t.epochs,
+                                                    len(self.batches))
+        self.l1_params = penalized(self.net, t.penalize)[0] if t.l1 else []
+        self.history: list[EpochMetrics] = []
+        self.best: dict[str, Any] = {"epoch": 0, "acc": -1.0}
+        self.failed: str | None = None  # why it stopped training (its loss diverged)
+
+    def state(self, device: torch.device) -> dict[str, Any]:
+        """What `restore` takes to carry on after this epoch: every RNG state included."""
+        state = {"model": member_state(self.net), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "device": device.type,
+                 "generator": self.gen.get_state(), "torch_rng": self.dropout_rng.get_state(),
+                 "history": [m.as_dict() for m in self.history], "best": self.best,
+                 "failed": self.failed}
+        if self.cuda_rng is not None:
+            state["cuda_rng"] = self.cuda_rng.get_state()
+        return state
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.best, self.failed = state["best"], state.get("failed")
+        if state.get("device", "cpu") == device.type:  # every RNG the trial draws from
+            self.gen.set_state(state["generator"])
+            self.dropout_rng.set_state(state["torch_rng"])
+            if self.cuda_rng is not None:
+                self.cuda_rng.set_state(state["cuda_rng"])
+        else:  # another kind of device has other RNGs: carry on, reseeded (not bit-exact)
+            for rng in (self.gen, self.dropout_rng, self.cuda_rng):
+                if rng is not None:
+                    rng.manual_seed(self.config.train.seed + len(self.history))
+
+    def result(self) -> FitResult | DivergedError:
+        if self.failed:
+            return DivergedError(self.failed)
+        return FitResult(self.history, self.best["epoch"], self.best["acc"], self.best["model"],
+                         Misclassified(**self.best["wrong"]))
+
+
+PackReport = Callable[[list[EpochMetrics | None], dict[str, Any]], None]
+
+
+def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *,
+             threads: int | None = None,
+             resume: dict[str, Any] | None = None) -> list[FitResult | DivergedError]:
+    """Train trials that share a shape (`pack.pack_key`) as one fused network; per member, its
+    result, or the DivergedError that stopped it while the others trained on.
+
+    After every epoch, `report(metrics, state)` is called with each member's metrics (None once it
+    has failed); `state` is what `resume` takes to carry on after that epoch. Each member is the
+    trial it would be alone: its own initial weights, batch order, rotations, dropout masks, lr,
+    momentum, L1, L2 and optimizer state; resumed on the same kind of device, it continues
+    exactly as if it had never stopped.
     """
-    t = config.train
+    keys = {pack_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError("a pack's trials must share data, model and every training setting but "
+                         "seed, optimizer, l1, l2 and penalize")
+    first = configs[0].train
     if threads:
         torch.set_num_threads(threads)
-    device = pick_device(t.device)
-    torch.manual_seed(t.seed)
-    gen = torch.Generator(device=device).manual_seed(t.seed)
-    d = datamod.load(config.data, device)
-    model = Net(config.model.norm, config.model.groups, config.model.dropout).to(device)
-    opt = build_optimizer(model, t)
-    batches = datamod.TrainBatches(d, t.batch_size, config.data.rotation, gen)
-    sched, per_batch = make_scheduler(t.scheduler, opt, t.epochs, len(batches))
-    l1_params = penalized(model, t.penalize)[0] if t.l1 else []
-
-    history: list[EpochMetrics] = []
-    best: dict[str, Any] = {"epoch": 0, "acc": -1.0}
+    device = pick_device(first.device)
+    d = datamod.load(configs[0].data, device)
+    members = [_Member(c, d, device) for c in configs]
+    model = Packed([m.net for m in members])
     if resume:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        if resume.get("device", "cpu") == device.type:  # every RNG the trial draws from
-            gen.set_state(resume["generator"])
-            torch.set_rng_state(resume["torch_rng"])
-            if device.type == "cuda":
-                torch.cuda.set_rng_state(resume["cuda_rng"], device)
-        else:  # another kind of device has other RNGs: carry on, reseeded (not bit-exact)
-            gen.manual_seed(t.seed + len(resume["history"]))
-            torch.manual_seed(t.seed + len(resume["history"]))
-        history = [EpochMetrics(**m) for m in resume["history"]]
-        best = resume["best"]
+        for member, state in zip(members, resume["members"]):
+            member.restore(state, device)
 
-    for epoch in range(len(history) + 1, t.epochs + 1):
+    for epoch in range(len(members[0].history) + 1, first.epochs + 1):
         model.train()
-        lr = opt.param_groups[0]["lr"]
+        live = [m for m in members if not m.failed]
+        lrs = [m.opt.param_groups[0]["lr"] for m in members]
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros(len(members), device=device)
+        correct = torch.zeros(len(members), dtype=torch.long, device=device)
         n = 0
-        for x, y in batches:
+        for batch in zip(*(m.batches for m in members)):
+            x = cat([b[0] for b in batch], 1)  # member k's images in channel k
+            y = torch.stack([b[1] for b in batch], 1)
             out = model(x)
-            loss = F.nll_loss(out, y)
-            objective = loss + l1_penalty(l1_params, t.l1) if t.l1 else loss
-            opt.zero_grad(set_to_none=True)
+            losses = [F.nll_loss(out[:, i], y[:, i]) for i in range(len(members))]
+            objective = sum(losses[i] + l1_penalty(m.l1_params, m.config.train.l1)
+                            if m.config.train.l1 else losses[i]
+                            for i, m in enumerate(members) if not m.failed)
+            for m in live:
+                m.opt.zero_grad(set_to_none=True)
             objective.backward()
-            opt.step()
-            if per_batch:
-                sched.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
+            for m in live:
+                m.opt.step()
+                if m.per_batch:
+                    m.sched.step()
+            loss_sum += torch.stack(losses).detach() * len(y)
+            correct += (out.argmax(2) == y).sum(0)
             n += len(y)
-        if not per_batch:
-            sched.step()
-        train_loss = loss_sum.item() / n  # .item() waits for the device: time the epoch after it
+        for m in live:
+            if not m.per_batch:
+                m.sched.step()
+        train_loss = [v / n for v in loss_sum.tolist()]  # waits for the device: time after it
         seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch} "
-                                f"(lr {lr:g}, l1 {t.l1:g}, l2 {t.l2:g})")
-        val_loss, val_acc, wrong, wrong_pred = evaluate(model, d, t.eval_batch_size)
-        metrics = EpochMetrics(epoch, train_loss, 100.0 * correct.item() / n, val_loss, val_acc,
-                               lr, seconds, n / seconds)
-        history.append(metrics)
-        if val_acc > best["acc"]:
-            keep = wrong[:MAX_WRONG]
-            best = {"epoch": epoch, "acc": val_acc,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "wrong": {"indices": keep.cpu(), "images": d.test_images[keep].cpu(),
-                              "labels": d.test_labels[keep].cpu(),
-                              "preds": wrong_pred[:MAX_WRONG].cpu(), "total": len(wrong)}}
+        for i, m in enumerate(members):
+            if not m.failed and not math.isfinite(train_loss[i]):
+                t = m.config.train
+                m.failed = (f"training loss became {train_loss[i]} in epoch {epoch} (lr "
+                            f"{lrs[i]:g}, l1 {t.l1:g}, l2 {t.l2:g})")
+        found = evaluate(model, d, first.eval_batch_size)
+        reported: list[EpochMetrics | None] = []
+        for i, m in enumerate(members):
+            if m.failed:
+                reported.append(None)
+                continue
+            val_loss, val_acc, wrong, wrong_pred = found[i]
+            metrics = EpochMetrics(epoch, train_loss[i], 100.0 * correct[i].item() / n, val_loss,
+                                   val_acc, lrs[i], seconds, n / seconds)
+            m.history.append(metrics)
+            reported.append(metrics)
+            if val_acc > m.best["acc"]:
+                keep = wrong[:MAX_WRONG]
+                m.best = {"epoch": epoch, "acc": val_acc, "model": member_state(m.net),
+                          "wrong": {"indices": keep.cpu(), "images": d.test_images[keep].cpu(),
+                                    "labels": d.test_labels[keep].cpu(),
+                                    "preds": wrong_pred[:MAX_WRONG].cpu(),
+                                    "total": len(wrong)}}
         if report:
-            report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), **rng_states(gen, device),
-                             "history": [m.as_dict() for m in history], "best": best})
+            report(reported, {"members": [m.state(device) for m in members]})
+        if all(m.failed for m in members):
+            break
+    return [m.result() for m in members]
 
-    return FitResult(history, best["epoch"], best["acc"], best["model"],
-                     Misclassified(**best["wrong"]))
+
+def fit(config: TrialConfig, report: Report | None = None, *, threads: int | None = None,
+        resume: dict[str, Any] | None = None) -> FitResult:
+    """Train one trial (a pack of one) and return its history, best epoch, best weights and
+    misclassified digits.
+
+    After every epoch, `report(metrics, state)` is called; `state` is what `resume` takes to carry
+    on after that epoch (weights, optimizer, scheduler, every RNG state, history so far).
+    Raises DivergedError when the training loss becomes NaN or infinite.
+    """
+    def one(metrics: list[EpochMetrics | None], state: dict[str, Any]) -> None:
+        if report and metrics[0] is not None:
+            report(metrics[0], state["members"][0])
+
+    (result,) = fit_pack([config], one, threads=threads,
+                         resume={"members": [resume]} if resume else None)
+    if isinstance(result, DivergedError):
+        raise result
+    return result

@@ -1,0 +1,105 @@
+"""Packed training: K trials as one fused network are the K trials trained alone."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunekit.errors import DivergedError
+from tunekit.model import Net
+from tunekit.pack import Packed
+from tunekit.spec import TrialConfig
+from tunekit.train import fit, fit_pack
+
+
+def config(norm: str = "GN", seed: int = 1, lr: float = 0.04, **train: object) -> TrialConfig:
+    return TrialConfig.model_validate({
+        "model": {"norm": norm},
+        "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "device": "cpu",
+                  "seed": seed, "optimizer": {"lr": lr}, **train}})
+
+
+MEMBERS = [dict(seed=1, lr=0.04),
+           dict(seed=2, lr=0.02, l1=1e-4),
+           dict(seed=3, lr=0.06, l1=1e-5, l2=5e-4, penalize="weights")]
+
+
+@pytest.fixture
+def exact():
+    """oneDNN picks other kernels for grouped and single convolutions (their float sums round
+    differently, ~1e-7, and SGD amplifies that over steps); torch's own kernels do the same sums,
+    so the comparison is exact."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
+
+
+def same(a, b) -> None:
+    assert [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in a.history] == \
+        [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in b.history]
+    assert a.best_epoch == b.best_epoch and a.best_state.keys() == b.best_state.keys()
+    for k in a.best_state:
+        assert torch.equal(a.best_state[k], b.best_state[k]), k
+    assert torch.equal(a.misclassified.indices, b.misclassified.indices)
+
+
+@pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
+def test_a_pack_of_three_is_the_three_trials_alone(tiny_data: Path, exact, norm: str) -> None:
+    configs = [config(norm, **m) for m in MEMBERS]
+    packed = fit_pack(configs, threads=1)
+    for result, cfg in zip(packed, configs):
+        same(result, fit(cfg, threads=1))
+        Net(norm).load_state_dict(result.best_state)  # a plain Net's weights
+
+
+@pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
+def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: str) -> None:
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(Net(norm, dropout=0.0).eval())
+    x = torch.randn(8, 3, 28, 28)
+    out = Packed(nets).eval()(x)
+    for k, net in enumerate(nets):
+        assert torch.allclose(out[:, k], net(x[:, k:k + 1]), atol=1e-5)
+
+
+def test_a_member_with_lr_0_does_not_move_and_the_others_train_on(tiny_data: Path,
+                                                                     exact) -> None:
+    still = config(seed=1, l2=1e-3, l1=1e-4)  # lr 0 is no valid spec: set it past validation
+    still = still.model_copy(update={"train": still.train.model_copy(update={
+        "optimizer": still.train.optimizer.model_copy(update={"lr": 0.0})})})
+    configs = [still, config(seed=2, lr=0.05)]
+    torch.manual_seed(1)
+    start = Net("GN").state_dict()
+    still, moving = fit_pack(configs, threads=1)
+    assert all(torch.equal(still.best_state[k], v) for k, v in start.items())
+    same(moving, fit(configs[1], threads=1))
+
+
+def test_a_member_that_diverges_fails_alone(tiny_data: Path, exact) -> None:
+    configs = [config(seed=1), config(seed=2, lr=1e30), config(seed=3, lr=0.02)]
+    first, diverged, third = fit_pack(configs, threads=1)
+    assert isinstance(diverged, DivergedError) and "epoch 1" in str(diverged)
+    same(first, fit(configs[0], threads=1))
+    same(third, fit(configs[2], threads=1))
+
+
+def test_a_pack_resumed_from_its_checkpoint_continues_exactly(tiny_data: Path) -> None:
+    configs = [config(norm="BN", epochs=3, **m) for m in MEMBERS]
+    states: list[dict] = []
+    full = fit_pack(configs, lambda metrics, state: states.append(copy.deepcopy(state)),
+                    threads=1)
+    torch.manual_seed(999)
+    resumed = fit_pack(configs, threads=1, resume=states[0])
+    for a, b in zip(full, resumed):
+        same(a, b)
+
+
+def test_trials_of_other_shapes_are_not_packed() -> None:
+    with pytest.raises(ValueError, match="share"):
+        fit_pack([config(batch_size=32), config(batch_size=64)])
