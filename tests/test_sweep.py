@@ -378,3 +378,46 @@ def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
                                     "configured storage path.")
     assert _exception("tunekit.errors.DivergedError: loss became nan in epoch 2\n") == (
         "DivergedError: loss became nan in epoch 2")
+
+
+def test_a_sweep_of_packs_records_every_trial_as_its_own_and_resumes(tmp_path: Path) -> None:
+    """Six trials in two packs of three; one member diverges and fails alone; the driver is
+    killed mid-sweep and resumed: MLflow holds one run per trial with every epoch once."""
+    data = make_mnist(tmp_path / "data", n_train=3000, n_test=200)
+    spec = spec_file(tmp_path, """
+        name: packs
+        train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
+        search:
+          grid: {train.seed: [1, 2, 3], train.optimizer.lr: [0.03, 1.0e+30]}
+        sweep: {pack: 3}
+    """)
+    log = tmp_path / "packs.log"
+    run = [sys.executable, "-m", "tunekit", "sweep", str(spec)]
+    env = {**os.environ, "TUNEKIT_DATA_DIR": str(data)}
+    proc = subprocess.Popen(run, cwd=tmp_path, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while "epoch 1/3" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    out = subprocess.run([*run, "--resume"], cwd=tmp_path, env=env, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 1, log.read_text() + out.stdout + out.stderr  # the diverged ones
+    assert sorted(p.name for p in (tmp_path / "runs" / "packs").glob("pack_*")) == [
+        "pack_0000", "pack_0003"]
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("packs")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in
+            r.data.tags]
+    assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(6))
+    for r in runs:
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
+        if float(r.data.params["train.optimizer.lr"]) > 1:
+            assert r.data.tags["tunekit.status"] == "failed" and steps == []
+            assert "training loss became" in r.data.tags["tunekit.error"]
+        else:
+            assert r.data.tags["tunekit.status"] == "done" and steps == [1, 2, 3], steps
+    assert "Max Val Acc" in out.stdout and "3 of 6 trial(s) failed" in out.stdout

@@ -24,6 +24,8 @@ from tunekit.errors import TunekitError, UsageError
 from tunekit.spec import ExperimentSpec, fmt
 
 AUTO_GPU_SHARE = 0.25  # a GPU shared by four trials: one small CNN cannot keep a GPU busy
+AUTO_PACK = 16  # trials per pack where they get a GPU (sweep.pack: auto); GPU figures: not
+#                measured yet, so a cap rather than a size chosen from measured memory
 GPUS_ENV = "TUNEKIT_GPUS_PER_TRIAL"  # the cluster's default for resources.gpus_per_trial
 BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster config on the head
 
@@ -141,9 +143,26 @@ def autoscaler_gpus(config: str | Path = BOOTSTRAP) -> tuple[str, float] | None:
     return None
 
 
-def ask(spec: ExperimentSpec) -> Ask:
-    """What each trial asks for: the configured share, else (automatic) a GPU share when the
-    cluster has GPUs up or its autoscaler may start GPU nodes, else no GPU. Needs Ray started."""
+def pack_size(spec: ExperimentSpec, asks: Ask) -> int:
+    """Trials per pack: sweep.pack, or (auto) AUTO_PACK where trials get a GPU, else 1 (on CPUs
+    a pack trains no faster than its members one after another: benchmarks/pack.py)."""
+    if spec.sweep.pack != "auto":
+        return spec.sweep.pack
+    return AUTO_PACK if asks.gpus > 0 else 1
+
+
+def ask(spec: ExperimentSpec, pack: int = 1) -> Ask:
+    """What each Ray trial asks for: the configured share, else (automatic) a GPU share when the
+    cluster has GPUs up or its autoscaler may start GPU nodes, else no GPU; a pack of K trials
+    asks for K shares, up to one GPU. Needs Ray started."""
+    one = _ask(spec)
+    if pack <= 1:
+        return one
+    gpus = min(1.0, one.gpus * pack) if one.gpus < 1 else one.gpus
+    return Ask(one.cpus, gpus, f"{one.why}; per pack of up to {pack} trials")
+
+
+def _ask(spec: ExperimentSpec) -> Ask:
     configured = configured_gpus(spec)
     if configured is not None:
         return configured

@@ -18,16 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunekit.model import Dropout, Net
-from tunekit.spec import TrialConfig
-
-
-def pack_key(config: TrialConfig) -> str:
-    """What the trials of one pack must share: everything but seed, optimizer, L1, L2 and the
-    penalised set (and the device, which the pack decides)."""
-    train = config.train.model_dump(mode="json", exclude={"seed", "optimizer", "l1", "l2",
-                                                          "penalize", "device"})
-    return repr((config.data.model_dump(mode="json"), config.model.model_dump(mode="json"),
-                 sorted(train.items())))
 
 
 class Packed(nn.Module):

@@ -80,6 +80,18 @@ class Plan:
         return {"method": "grid", "trials": [{"trial": t.index, "config": t.record()["config"]}
                                              for t in self.trials]}
 
+    def packs(self, size: int) -> list[list[int]]:
+        """The trials grouped into packs of at most `size` that share a shape (`pack_key`), in
+        plan order; a TPE plan's trials are proposed one at a time, so never packed."""
+        if self.adaptive or size <= 1:
+            return [[t.index] for t in self.trials]
+        shapes: dict[str, list[int]] = {}
+        for t in self.trials:
+            shapes.setdefault(pack_key(t.config), []).append(t.index)
+        packs = [group[i:i + size] for group in shapes.values()
+                 for i in range(0, len(group), size)]
+        return sorted(packs)
+
     def as_json(self) -> dict[str, Any]:
         s = self.spec
         out: dict[str, Any] = {"name": s.name, "method": s.search.method, "size": self.size,
@@ -89,6 +101,15 @@ class Plan:
             out["objective"] = {"metric": OBJECTIVE[0], "mode": OBJECTIVE[1], "at": "last epoch"}
         out["trials"] = [t.record() for t in self.trials]
         return out
+
+
+def pack_key(config: TrialConfig) -> str:
+    """What the trials of one pack must share: everything but seed, optimizer, L1, L2 and the
+    penalised set (and the device, which the pack decides)."""
+    train = config.train.model_dump(mode="json", exclude={"seed", "optimizer", "l1", "l2",
+                                                          "penalize", "device"})
+    return repr((config.data.model_dump(mode="json"), config.model.model_dump(mode="json"),
+                 sorted(train.items())))
 
 
 def plan_size(spec: ExperimentSpec) -> int:

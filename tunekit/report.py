@@ -116,8 +116,11 @@ def fit_summary(result: FitResult) -> str:
 
 def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
     cap = spec.sweep.max_concurrent or "as many as the cluster's CPUs/GPUs allow"
+    pack = {"auto": "packs: auto (1 on CPUs, up to 16 trials per pack where they get a GPU)",
+            1: "no packs"}.get(spec.sweep.pack, f"packs of up to {spec.sweep.pack} trials of "
+                                                "one shape, each pack one Ray trial")
     return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial asks for {asks}; "
-            f"{spec.resources.cpus_per_trial} torch thread(s) per trial; at once: {cap}")
+            f"{spec.resources.cpus_per_trial} torch thread(s) per trial; {pack}; at once: {cap}")
 
 
 class SweepView:

@@ -265,6 +265,8 @@ class SweepSpec(_Strict):
     max_failures: NonNegativeInt = 0  # retries of a failed trial, from its last checkpoint
     max_trials: PositiveInt = 5000  # a plan of more trials is refused (a typo'd grid, say)
     asha: AshaSpec | None = None  # stop weak trials early on val_acc; None: run every epoch
+    pack: Literal["auto"] | PositiveInt = "auto"  # trials of one shape trained as one fused
+    #     network per Ray trial (grid plans); auto: 1 on CPUs, up to 16 where trials get a GPU
 
 
 class TrackingSpec(_Strict):

@@ -30,8 +30,8 @@ from tunekit.data import data_root
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan, label
-from tunekit.spec import Distribution
-from tunekit.train import fit, pick_device
+from tunekit.spec import Distribution, TrialConfig
+from tunekit.train import fit, fit_pack, pick_device
 
 STATE_FILE = "state.pt"
 
@@ -77,11 +77,19 @@ class Listener(Protocol):
     def trial_ended(self, trial: TrialState) -> None: ...
 
 
-def param_space(plan: Plan) -> dict[str, Any]:
-    """Grid: the trial numbers; TPE: the spec's distributions (the searcher adds the number)."""
-    if not plan.adaptive:
-        return {"trial": tune.grid_search(list(range(len(plan.trials))))}
-    return {path: _domain(d) for path, d in plan.spec.search.sample.items()}
+def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
+    """Grid: the trial numbers, or the packs' lists of them; TPE: the spec's distributions (the
+    searcher adds the number)."""
+    if plan.adaptive:
+        return {path: _domain(d) for path, d in plan.spec.search.sample.items()}
+    if any(len(p) > 1 for p in packs):
+        return {"pack": tune.grid_search(packs)}
+    return {"trial": tune.grid_search([p[0] for p in packs])}
+
+
+def members(config: dict[str, Any]) -> list[int]:
+    """The plan trials a Ray trial trains: its pack, or its one trial."""
+    return list(config["pack"]) if "pack" in config else [config["trial"]]
 
 
 def _domain(d: Distribution) -> Any:
@@ -120,41 +128,81 @@ def _searcher(plan: Plan) -> Any:
 
 
 def trial_dirname(trial: Any) -> str:
-    """trial_0003: a trial's folder (and Ray's name for it) is its plan number."""
+    """trial_0003: a trial's folder (and Ray's name for it) is its plan number; pack_0003: a
+    pack's, its first trial's."""
+    if "pack" in trial.config:
+        return f"pack_{trial.config['pack'][0]:04d}"
     return f"trial_{trial.config['trial']:04d}"
 
 
-def _index_of(path: str | None) -> int | None:
-    match = re.search(r"trial_(\d+)$", (path or "").rstrip("/"))
-    return int(match.group(1)) if match else None
+def _index_of(path: str | None) -> tuple[str, int] | None:
+    match = re.search(r"(trial|pack)_(\d+)$", (path or "").rstrip("/"))
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
+    if root and cfg.data.root is None:  # trials run in other working directories
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
+    return cfg
 
 
 def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
-    """The Ray trainable: plan trial config['trial'], resumed from its last checkpoint if any."""
+    """The Ray trainable: plan trial config['trial'] (or the pack config['pack']), resumed from
+    its last checkpoint if any."""
+    if "pack" in config:
+        return _train_pack(config["pack"], plan, root)
     params = {k: v for k, v in config.items() if k != "trial"}
     try:
         trial = plan.trial(config["trial"], params)
     except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
         raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
-    cfg = trial.config
-    if root and cfg.data.root is None:  # trials run in other working directories
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
-    node = ray.get_runtime_context().get_node_id()
-    device = pick_device(cfg.train.device).type
-    gpu_ids, warning = cluster.given(device)
-    where = {"node_id": node, "device": device, "gpu_ids": gpu_ids, "warning": warning or ""}
-    resume = None
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    cfg = _rooted(trial.config, root)
+    where, resume = _placement(cfg), _resume()
 
     def report(metrics: Any, state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / STATE_FILE)
-            tune.report({**metrics.as_dict(), **where},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+        _report({**metrics.as_dict(), **where}, state)
 
     fit(cfg, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
+
+
+def _train_pack(indices: list[int], plan: Plan, root: str | None) -> None:
+    """A pack of plan trials as one fused network: one result per epoch with each member's
+    metrics under m<trial>/ (or why it failed), the best member's val_acc for ASHA."""
+    configs = [_rooted(plan.trials[i].config, root) for i in indices]
+    where, resume = _placement(configs[0]), _resume()
+
+    def report(metrics: list[Any], state: dict[str, Any]) -> None:
+        live = [m for m in metrics if m is not None]
+        out: dict[str, Any] = {
+            "epoch": max(len(s["history"]) for s in state["members"]),
+            OBJECTIVE[0]: max((m.val_acc for m in live), default=0.0), **where}
+        for i, m, s in zip(indices, metrics, state["members"]):
+            out[f"m{i}"] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
+        _report(out, state)
+
+    fit_pack(configs, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
+
+
+def _placement(cfg: TrialConfig) -> dict[str, Any]:
+    """Where a Ray trial runs and on what: its node, device and GPUs, and a warning if these
+    disagree."""
+    device = pick_device(cfg.train.device).type
+    gpu_ids, warning = cluster.given(device)
+    return {"node_id": ray.get_runtime_context().get_node_id(), "device": device,
+            "gpu_ids": gpu_ids, "warning": warning or ""}
+
+
+def _resume() -> dict[str, Any] | None:
+    if (checkpoint := tune.get_checkpoint()) is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, weights_only=True)
+
+
+def _report(result: dict[str, Any], state: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, Path(d) / STATE_FILE)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass
@@ -164,6 +212,7 @@ class _Active:
     plan: Plan
     listeners: list[Listener]
     interrupted: threading.Event
+    packs: list[list[int]] = field(default_factory=list)
     trials: dict[int, TrialState] = field(default_factory=dict)
     forwarded: bool = False
 
@@ -171,19 +220,37 @@ class _Active:
 _active: _Active | None = None
 
 
-class _Relay(tune.Callback):
-    """Turns Ray Tune's driver-side events into TrialState updates for the listeners."""
+def _member_metrics(result: dict[str, Any], index: int, packed: bool) -> dict[str, Any] | None:
+    """Trial `index`'s part of a Ray result: its metrics, {'failed': why}, or None if absent.
+    A pack's result holds each member under m<index> (flattened to m<index>/... in Ray's files)."""
+    if not packed:
+        return {k: result[k] for k in METRICS} if all(k in result for k in METRICS) else None
+    if isinstance(result.get(f"m{index}"), dict):
+        return result[f"m{index}"]
+    prefix = f"m{index}/"
+    found = {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)
+             and v == v and v is not None}  # NaN: the column of a member that had failed
+    if found.get("failed"):
+        return {"failed": found["failed"]}
+    return {k: found[k] for k in METRICS} if all(k in found for k in METRICS) else None
 
-    def _state(self, trial: Any) -> tuple[TrialState, list[Listener]]:
+
+class _Relay(tune.Callback):
+    """Turns Ray Tune's driver-side events into TrialState updates for the listeners, one state
+    per plan trial (a pack's Ray trial updates each of its members)."""
+
+    def _states(self, trial: Any) -> tuple[list[TrialState], list[Listener]]:
         assert _active is not None
-        index = trial.config["trial"]
-        if index not in _active.trials:
-            params = {k: v for k, v in trial.config.items() if k != "trial"}
-            _active.trials[index] = TrialState(
-                index, params if _active.plan.adaptive else _active.plan.trials[index].params)
-        state = _active.trials[index]
-        state.ray_id = trial.trial_id
-        return state, _active.listeners
+        states = []
+        for index in members(trial.config):
+            if index not in _active.trials:
+                params = {k: v for k, v in trial.config.items() if k != "trial"}
+                _active.trials[index] = TrialState(
+                    index, params if _active.plan.adaptive else _active.plan.trials[index].params)
+            state = _active.trials[index]
+            state.ray_id = trial.trial_id
+            states.append(state)
+        return states, _active.listeners
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         # A Ctrl-C that came while Tune was still setting up reached tunekit's handler, not
@@ -194,54 +261,76 @@ class _Relay(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         for trial in trials:  # know every trial Tune has, started or not (TPE: its params)
-            if trial.config.get("trial") is not None:
-                self._state(trial)
+            if trial.config.get("trial") is not None or "pack" in trial.config:
+                self._states(trial)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t, listeners = self._state(trial)
-        t.status = "running"
-        for listener in listeners:
-            listener.trial_started(t)
+        states, listeners = self._states(trial)
+        for t in states:
+            if t.status in ("failed", "done"):
+                continue
+            t.status = "running"
+            for listener in listeners:
+                listener.trial_started(t)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
-        t, listeners = self._state(trial)
-        metrics = {k: result[k] for k in METRICS}
-        t.history = [m for m in t.history if m["epoch"] < metrics["epoch"]] + [metrics]
-        t.node_ids.add(result["node_id"])
-        t.device, t.gpu_ids, t.warning = result["device"], result["gpu_ids"], result["warning"] or None
-        for listener in listeners:
-            listener.epoch_done(t, metrics)
+        states, listeners = self._states(trial)
+        for t in states:
+            metrics = _member_metrics(result, t.index, "pack" in trial.config)
+            if metrics is None or t.status == "failed":
+                continue
+            t.node_ids.add(result["node_id"])
+            t.device, t.gpu_ids = result["device"], result["gpu_ids"]
+            t.warning = result["warning"] or None
+            if "failed" in metrics:  # a pack member that diverged: the others train on
+                t.status, t.error = "failed", f"DivergedError: {metrics['failed']}"
+                for listener in listeners:
+                    listener.trial_ended(t)
+                continue
+            t.history = [m for m in t.history if m["epoch"] < metrics["epoch"]] + [metrics]
+            for listener in listeners:
+                listener.epoch_done(t, metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t, _ = self._state(trial)
-        last = t.history[-1]["epoch"] if t.history else None  # None: done in an earlier session
-        epochs = _active.plan.spec.train.epochs if _active else None
-        self._end(trial, "stopped" if last is not None and last < (epochs or 0) else "done", None)
+        states, _ = self._states(trial)
+        epochs = _active.plan.spec.train.epochs if _active else 0
+        for t in states:
+            last = t.history[-1]["epoch"] if t.history else None  # None: an earlier session's
+            if t.status != "failed":
+                self._end(t, "stopped" if last is not None and last < epochs else "done", None)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        t, listeners = self._state(trial)  # it failed (its node lost, say) and goes on from its
-        t.retries += 1  # last checkpoint, on whichever node has room
-        t.error = _reason(trial)
-        for listener in listeners:
-            listener.trial_retried(t)
+        states, listeners = self._states(trial)  # it failed (its node lost, say) and goes on
+        reason = _reason(trial)  # from its last checkpoint, on whichever node has room
+        for t in states:
+            t.retries += 1
+            t.error = reason
+            for listener in listeners:
+                listener.trial_retried(t)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = _reason(trial)
-        self._end(trial, "invalid" if reason.startswith("InvalidProposal") else "failed", reason)
+        states, _ = self._states(trial)
+        for t in states:
+            if t.status != "failed":
+                self._end(t, "invalid" if reason.startswith("InvalidProposal") else "failed",
+                          reason)
 
-    def _end(self, trial: Any, status: str, error: str | None) -> None:
-        t, listeners = self._state(trial)
+    def _end(self, t: TrialState, status: str, error: str | None) -> None:
+        assert _active is not None
         t.status, t.error = status, error
-        for listener in listeners:
+        for listener in _active.listeners:
             listener.trial_ended(t)
 
 
-def _best_of(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+def _checkpointed(checkpoint: tune.Checkpoint | None) -> list[dict[str, Any]]:
+    """Each member's state in a Ray trial's last checkpoint (one for a lone trial)."""
     if checkpoint is None:
-        return None
+        return []
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, weights_only=True)["best"]
+        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    return state["members"] if "members" in state else [state]
 
 
 def _reason(trial: Any) -> str:
@@ -299,9 +388,10 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     joined = cluster.start_ray(address)
     if interrupted.is_set():
         return []
-    asks = cluster.ask(spec)
+    size = 1 if plan.adaptive else cluster.pack_size(spec, cluster.ask(spec))
+    asks = cluster.ask(spec, pack=size)
     global _active
-    _active = _Active(plan, list(listeners or []), interrupted)
+    _active = _Active(plan, list(listeners or []), interrupted, plan.packs(size))
     for listener in _active.listeners:
         listener.sweep_started(joined, asks)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
@@ -317,7 +407,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
                                   reduction_factor=asha.reduction_factor) if asha else None
         metric = plan.adaptive or asha
         tuner = tune.Tuner(
-            trainable, param_space=param_space(plan),
+            trainable, param_space=param_space(plan, _active.packs),
             tune_config=tune.TuneConfig(
                 num_samples=spec.search.budget if plan.adaptive else 1, scheduler=scheduler,
                 metric=OBJECTIVE[0] if metric else None, mode=OBJECTIVE[1] if metric else None,
@@ -342,37 +432,61 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
                 interrupted.set()
             elif tune_catches:
                 signal.signal(signal.SIGINT, ours)
-        states = [s for s in (_final_state(_active, r) for r in grid) if s is not None]
+        states = [s for r in grid for s in _final_states(_active, r)]
     finally:
         _active = None
     return sorted(states, key=lambda t: t.index)
 
 
-def _final_state(active: _Active, result: Any) -> TrialState | None:
-    """A trial as its stored results show it (earlier sessions included); identity from the plan.
+def _final_states(active: _Active, result: Any) -> list[TrialState]:
+    """A Ray trial's plan trials as its stored results show them (earlier sessions included);
+    identity from the plan.
 
     None for a TPE trial Tune created but never started in a session of this driver: its
     parameters are known only to Tune, which will run it on --resume.
     """
     config = result.config or {}  # empty (or None) for a trial that never reported
-    index = config.get("trial", _index_of(result.path))
+    if "pack" in config or "trial" in config:
+        indices = members(config)
+    elif (found := _index_of(result.path)) is None:
+        return []
+    elif found[0] == "pack":
+        indices = next((p for p in active.packs if p[0] == found[1]), [found[1]])
+    else:
+        indices = [found[1]]
+    if active.plan.adaptive and not config and indices[0] not in active.trials:
+        return []
+    df = result.metrics_dataframe
+    rows = [] if df is None or df.empty else df.to_dict("records")
+    saved = _checkpointed(result.checkpoint)
+    packed = len(indices) > 1 or "pack" in config
+    return [_final_state(active, result, index, rows, saved[i] if i < len(saved) else None,
+                         packed) for i, index in enumerate(indices)]
+
+
+def _final_state(active: _Active, result: Any, index: int, rows: list[dict[str, Any]],
+                 saved: dict[str, Any] | None, packed: bool) -> TrialState:
     known = active.trials.get(index)
-    if index is None or (known is None and active.plan.adaptive and not config):
-        return None
+    config = result.config or {}
     params = (known.params if known else
               {k: v for k, v in config.items() if k != "trial"} if active.plan.adaptive
               else active.plan.trials[index].params)
-    df = result.metrics_dataframe
-    rows = [] if df is None or df.empty else df.to_dict("records")
-    history = list({r["epoch"]: {k: r[k] for k in METRICS} for r in rows}.values())
+    mine = [(r, m) for r in rows if (m := _member_metrics(r, index, packed)) is not None]
+    history = list({m["epoch"]: m for r, m in mine if "failed" not in m}.values())
     last = rows[-1] if rows else {}
-    state = TrialState(index, params, history=history, node_ids={r["node_id"] for r in rows},
+    state = TrialState(index, params, history=history, node_ids={r["node_id"] for r, _ in mine},
                        device=last.get("device"), gpu_ids=str(last.get("gpu_ids") or ""),
                        warning=last.get("warning") or None,
                        ray_id=known.ray_id if known else result.metrics.get("trial_id"),
-                       path=result.path, best_state=_best_of(result.checkpoint))
+                       path=result.path, best_state=saved["best"] if saved else None)
+    if state.best_state is not None and "model" not in state.best_state:
+        state.best_state = None  # failed before its first epoch ended
+    diverged = next((m["failed"] for _, m in mine if "failed" in m), None) or (
+        saved or {}).get("failed")
     epochs = active.plan.spec.train.epochs
-    if result.error is not None:
+    if diverged:
+        state.status, state.error = "failed", f"DivergedError: {diverged}"
+    elif result.error is not None:
         state.error = _exception(str(result.error))
         state.status = "invalid" if state.error.startswith("InvalidProposal") else "failed"
     elif len(history) == epochs:

@@ -19,7 +19,8 @@ from tunekit import data as datamod
 from tunekit.errors import DivergedError
 from tunekit.metrics import METRICS, EpochMetrics  # noqa: F401 (METRICS: for callers)
 from tunekit.model import Dropout, Net
-from tunekit.pack import Packed, cat, member_state, pack_key
+from tunekit.pack import Packed, cat, member_state
+from tunekit.plan import pack_key
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 
 
