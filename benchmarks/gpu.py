@@ -1,5 +1,6 @@
-"""GPU throughput: one trial alone on a GPU, and four trials sharing it (0.25 GPU each, as a sweep
-with the automatic share runs them), in training images/s.
+"""GPU throughput: one trial alone on a GPU, four trials sharing it (0.25 GPU each, as a sweep
+with the automatic share runs them), and the same four packed into one fused network, in training
+images/s.
 
 Each trial is `train.fit` on real MNIST (GN, batch 64, data resident on the device); a trial's
 figure is its last epoch's images/s. The four run at once as Ray tasks that ask for 0.25 GPU each;
@@ -21,7 +22,7 @@ import ray
 import torch
 
 from tunekit.spec import TrialConfig
-from tunekit.train import fit
+from tunekit.train import fit, fit_pack
 
 
 def config(images: int, epochs: int, device: str, seed: int) -> TrialConfig:
@@ -63,7 +64,13 @@ def main() -> None:
     print(f"{args.share} trials × {gpu:g} GPU: {total:10,.0f} img/s in all "
           f"({', '.join(f'{r:,.0f}' for r in rates)} each; {wall:.0f} s wall, start-up included)")
     print(f"sharing vs alone:         {total / alone:10.2f}×")
-    print("packed training (K trials fused into one network): not built yet")
+    configs = [config(args.images, args.epochs, args.device, seed)
+               for seed in range(1, args.share + 1)]
+    packed = fit_pack(configs, threads=1)
+    rate = sum(r.history[-1].images_per_s for r in packed)
+    print(f"{args.share} trials packed:         {rate:10,.0f} img/s in all (one process, one "
+          "fused network)")
+    print(f"packed vs alone:          {rate / alone:10.2f}×")
 
 
 if __name__ == "__main__":

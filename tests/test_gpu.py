@@ -20,7 +20,7 @@ import torch
 
 from tunekit import data as datamod
 from tunekit.spec import TrialConfig
-from tunekit.train import fit
+from tunekit.train import fit, fit_pack
 
 from conftest import progress
 
@@ -96,3 +96,17 @@ def test_four_trials_with_a_quarter_gpu_each_share_one_device(tmp_path: Path,
     spans = [(float(r["timestamp"]) - float(r["time_total_s"]), float(r["timestamp"]))
              for r in last]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # all four at once
+
+
+def test_a_pack_on_cuda_is_its_members_alone(real_mnist: Path) -> None:
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    configs = [config("cuda", real_mnist, seed=s, l1=l1, optimizer={"lr": lr}).model_copy(
+        update={"data": config("cuda", real_mnist).data.model_copy(update={"subset": 6000})})
+        for s, lr, l1 in ((1, 0.04, 0.0), (2, 0.02, 1e-4), (3, 0.06, 0.0))]
+    for packed, cfg in zip(fit_pack(configs, threads=2), configs):
+        alone = fit(cfg, threads=2)
+        # cuDNN picks other kernels for grouped and single convolutions: equal up to float
+        # rounding after one epoch
+        assert packed.history[0].train_loss == pytest.approx(alone.history[0].train_loss,
+                                                             rel=1e-3)
+        assert abs(packed.max_val_acc - alone.max_val_acc) <= 0.2

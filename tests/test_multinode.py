@@ -257,43 +257,46 @@ def test_s3_storage_runs_every_trial_on_the_workers_with_artifacts_in_mlflow(
 
 
 def test_driver_killed_mid_sweep_resumes_from_s3(cluster: Cluster) -> None:
-    spec = write_spec(cluster.driver, "driverkill", GRID.replace("EPOCHS", "4"))
-    storage = ["--set", f"sweep.storage={cluster.s3.uri('kills')}"]
-    log = cluster.driver / "driverkill.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec), "--address",
-                             cluster.address, *storage], cwd=cluster.driver, env=cluster.env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    spec, storage, log, proc = start_sweep(cluster, "driverkill", 4, "kills")
     wait_for(lambda: "epoch 2/4" in log.read_text(), proc, log)
     proc.kill()
     proc.wait(30)
     out = sweep(cluster, str(spec), "--address", cluster.address, *storage, "--resume")
     assert out.returncode == 0, log.read_text() + out.stdout + out.stderr
-    runs = trial_runs(cluster, "driverkill")
+    each_trial_once(cluster, "driverkill", 4)
+
+
+def start_sweep(c: Cluster, name: str, epochs: int, prefix: str):
+    """A 4-trial sweep on the cluster with S3 storage, running in the background."""
+    spec = write_spec(c.driver, name, GRID.replace("EPOCHS", str(epochs)))
+    storage = ["--set", f"sweep.storage={c.s3.uri(prefix)}"]
+    log = c.driver / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec), "--address",
+                             c.address, *storage], cwd=c.driver, env=c.env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return spec, storage, log, proc
+
+
+def each_trial_once(c: Cluster, name: str, epochs: int) -> list:
+    """MLflow holds one finished run per trial, with every epoch once; returns the runs."""
+    runs = trial_runs(c, name)
     assert len(runs) == 4 and len({r.data.tags["tunekit.trial"] for r in runs}) == 4
     for run in runs:
         assert run.data.tags["tunekit.status"] == "done"
-        assert epochs_logged(cluster, run.info.run_id) == [1, 2, 3, 4], run.info.run_name
+        assert epochs_logged(c, run.info.run_id) == list(range(1, epochs + 1)), run.info.run_name
+    return runs
 
 
 def test_a_lost_worker_node_s_trials_resume_on_the_other_from_their_s3_checkpoints(
         cluster: Cluster) -> None:
-    spec = write_spec(cluster.driver, "nodeloss", GRID.replace("EPOCHS", "6"))
-    storage = ["--set", f"sweep.storage={cluster.s3.uri('losses')}"]
-    log = cluster.driver / "nodeloss.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec), "--address",
-                             cluster.address, *storage], cwd=cluster.driver, env=cluster.env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    _, _, log, proc = start_sweep(cluster, "nodeloss", 6, "losses")
     wait_for(lambda: log.read_text().count("epoch 2/6") >= 2, proc, log)  # one on each worker
     cluster.kill_raylet("worker2")
     assert proc.wait(600) == 0, log.read_text()
     assert "retrying: trial" in log.read_text() and "View run" not in log.read_text()
-    runs = trial_runs(cluster, "nodeloss")
-    assert len(runs) == 4 and len({r.data.tags["tunekit.trial"] for r in runs}) == 4
+    runs = each_trial_once(cluster, "nodeloss", 6)
     moved = [r for r in runs if len(r.data.tags["tunekit.nodes"].split(",")) == 2]
     assert moved, "no trial ran on both workers"
-    for run in runs:
-        assert run.data.tags["tunekit.status"] == "done"
-        assert epochs_logged(cluster, run.info.run_id) == [1, 2, 3, 4, 5, 6], run.info.run_name
     for run in moved:  # it went on from its checkpoint, not from epoch 1
         trial = f"trial_{int(run.data.tags['tunekit.trial']):04d}"
         rows = progress_rows(cluster.s3.read(f"losses/nodeloss/{trial}/progress.csv"))

@@ -103,3 +103,29 @@ def test_a_pack_resumed_from_its_checkpoint_continues_exactly(tiny_data: Path) -
 def test_trials_of_other_shapes_are_not_packed() -> None:
     with pytest.raises(ValueError, match="share"):
         fit_pack([config(batch_size=32), config(batch_size=64)])
+
+
+def test_the_plan_packs_trials_of_one_shape_in_plan_order() -> None:
+    from tunekit.plan import make_plan
+    from tunekit.spec import ExperimentSpec
+    spec = ExperimentSpec.model_validate({"name": "p", "search": {"grid": {
+        "train.batch_size": [32, 64], "train.seed": [1, 2, 3], "train.l1": [0.0, 1e-4]}}})
+    plan = make_plan(spec)
+    packs = plan.packs(4)
+    assert sorted(i for p in packs for i in p) == list(range(12))  # every trial, once
+    for p in packs:
+        assert len({plan.trials[i].config.train.batch_size for i in p}) == 1 and len(p) <= 4
+    assert [len(p) for p in packs] == [4, 2, 4, 2]
+    assert plan.packs(1) == [[i] for i in range(12)]
+
+
+def test_a_pack_asks_for_its_members_gpu_shares_up_to_one_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunekit import cluster
+    from tunekit.spec import ExperimentSpec
+    spec = ExperimentSpec.model_validate({"name": "p"})
+    monkeypatch.setenv(cluster.GPUS_ENV, "0.25")
+    assert cluster.ask(spec, pack=2).gpus == 0.5 and cluster.ask(spec, pack=16).gpus == 1.0
+    assert cluster.pack_size(spec, cluster.ask(spec)) == cluster.AUTO_PACK
+    monkeypatch.setenv(cluster.GPUS_ENV, "0")
+    assert cluster.pack_size(spec, cluster.ask(spec)) == 1  # CPUs: packing is no faster

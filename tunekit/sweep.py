@@ -388,10 +388,10 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     joined = cluster.start_ray(address)
     if interrupted.is_set():
         return []
-    size = 1 if plan.adaptive else cluster.pack_size(spec, cluster.ask(spec))
-    asks = cluster.ask(spec, pack=size)
+    packs = plan.packs(1 if plan.adaptive else cluster.pack_size(spec, cluster.ask(spec)))
+    asks = cluster.ask(spec, pack=max((len(p) for p in packs), default=1))
     global _active
-    _active = _Active(plan, list(listeners or []), interrupted, plan.packs(size))
+    _active = _Active(plan, list(listeners or []), interrupted, packs)
     for listener in _active.listeners:
         listener.sweep_started(joined, asks)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
