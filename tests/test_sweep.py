@@ -421,3 +421,5 @@ def test_a_sweep_of_packs_records_every_trial_as_its_own_and_resumes(tmp_path: P
         else:
             assert r.data.tags["tunekit.status"] == "done" and steps == [1, 2, 3], steps
     assert "Max Val Acc" in out.stdout and "3 of 6 trial(s) failed" in out.stdout
+    shown = tunekit("report", str(spec), cwd=tmp_path, data=data)
+    assert "trial 1 failed: DivergedError: training loss became nan in epoch 1" in shown.stdout

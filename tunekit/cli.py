@@ -246,7 +246,7 @@ def report_(name_or_spec: str = NAME,
         else:
             report.console.print(table)
         if format in ("table", "markdown"):
-            for line in report.findings(rows):
+            for line in report.findings(rows) + report.failures(records):
                 typer.echo(("- " if format == "markdown" else "") + line)
 
 

@@ -257,10 +257,13 @@ def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialSt
     if failed:
         console.print(f"[red]{len(failed)} of {planned} trial(s) failed:[/]", highlight=False)
         folder = path.partition("?")[0]  # a URI's options are not part of its files' paths
-        for t in failed:
-            console.print(f"  trial {t.index} ({t.label}): {t.error}\n    traceback: "
-                          f"{folder}/trial_{t.index:04d}/error.txt", highlight=False,
-                          soft_wrap=True)
+        for t in failed:  # a pack member's Ray folder is its pack's (pack_NNNN)
+            where = t.path.rstrip("/").rsplit("/", 1)[-1] if t.path else f"trial_{t.index:04d}"
+            alone = not (where.startswith("pack_")  # a diverged member raised nothing
+                         and (t.error or "").startswith("DivergedError"))
+            console.print(f"  trial {t.index} ({t.label}): {t.error}" + (
+                f"\n    traceback: {folder}/{where}/error.txt" if alone else ""),
+                highlight=False, soft_wrap=True)
     return 130 if unfinished else 1 if failed else 0
 
 
@@ -415,6 +418,12 @@ def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") 
     for r in rows:
         table.add_row(*_cells(r, best))
     return table
+
+
+def failures(records: Sequence[Any]) -> list[str]:
+    """Each failed trial's reason, whole (the table shows its first line)."""
+    return [f"trial {r.trial} failed: {r.error}" for r in sorted(records, key=lambda r: r.trial)
+            if r.error]
 
 
 def findings(rows: Sequence[ResultRow]) -> list[str]:
