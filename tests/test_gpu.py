@@ -99,14 +99,20 @@ def test_four_trials_with_a_quarter_gpu_each_share_one_device(tmp_path: Path,
 
 
 def test_a_pack_on_cuda_is_its_members_alone(real_mnist: Path) -> None:
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    configs = [config("cuda", real_mnist, seed=s, l1=l1, optimizer={"lr": lr}).model_copy(
-        update={"data": config("cuda", real_mnist).data.model_copy(update={"subset": 6000})})
-        for s, lr, l1 in ((1, 0.04, 0.0), (2, 0.02, 1e-4), (3, 0.06, 0.0))]
-    for packed, cfg in zip(fit_pack(configs, threads=2), configs):
-        alone = fit(cfg, threads=2)
-        # cuDNN picks other kernels for grouped and single convolutions: equal up to float
-        # rounding after one epoch
-        assert packed.history[0].train_loss == pytest.approx(alone.history[0].train_loss,
-                                                             rel=1e-3)
-        assert abs(packed.max_val_acc - alone.max_val_acc) <= 0.2
+    # cuDNN picks other kernels for grouped and single convolutions (their sums round apart by
+    # ~1e-7 and SGD amplifies that over steps): compare with torch's own CUDA kernels, over a
+    # short run, leaving room only for the float atomics some backward kernels use.
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        configs = [config("cuda", real_mnist, seed=s, l1=l1, optimizer={"lr": lr}).model_copy(
+            update={"data": config("cuda", real_mnist).data.model_copy(update={"subset": 640})})
+            for s, lr, l1 in ((1, 0.04, 0.0), (2, 0.02, 1e-4), (3, 0.06, 0.0))]
+        for packed, cfg in zip(fit_pack(configs, threads=2), configs):
+            alone = fit(cfg, threads=2)
+            assert packed.history[0].train_loss == pytest.approx(alone.history[0].train_loss,
+                                                                 rel=1e-4)
+            for k, v in alone.best_state.items():
+                assert torch.allclose(packed.best_state[k].float(), v.float(), atol=1e-4), k
+    finally:
+        torch.backends.cudnn.enabled = before
