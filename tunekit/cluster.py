@@ -20,7 +20,7 @@ from typing import Any, Callable
 import ray
 import yaml
 
-from tunekit.errors import TunekitError, UsageError
+from tunekit.errors import TunekitError, UsageError, first_line
 from tunekit.spec import ExperimentSpec, fmt
 
 AUTO_GPU_SHARE = 0.25  # a GPU shared by four trials: one small CNN cannot keep a GPU busy
@@ -78,18 +78,14 @@ def _answers(address: str, timeout: float = 5.0) -> None:
             from ray._private.services import canonicalize_bootstrap_address
             target = canonicalize_bootstrap_address(address) or ""
         except Exception as e:  # noqa: BLE001 (Ray's own words for what it could not find)
-            raise ClusterError(f"--address {address}: {_first_line(e)}") from None
+            raise ClusterError(f"--address {address}: {first_line(e)}") from None
     host, _, port = target.rpartition(":")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
     except (OSError, ValueError) as e:
         raise ClusterError(f"--address {address}: no Ray cluster answers at {target or address} "
-                           f"({_first_line(e)}); start it (ray start --head / ray up) or leave "
+                           f"({first_line(e)}); start it (ray start --head / ray up) or leave "
                            "out --address for a local Ray") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def stop_ray() -> None:
@@ -230,7 +226,7 @@ def failing_nodes(check: Callable[..., str | None], *args: Any,
         try:
             why = ray.get(ref)
         except Exception as e:  # noqa: BLE001
-            why = f"the check could not run there: {_first_line(e)}"
+            why = f"the check could not run there: {first_line(e)}"
         if why:
             failing[name] = why
     return failing

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (its first), or its type's name if it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class TunekitError(Exception):
     """An error the CLI prints without a traceback, exiting with `exit_code`."""
     exit_code = 1

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pyarrow.fs
 
-from tunekit.errors import TunekitError
+from tunekit.errors import TunekitError, first_line
 from tunekit.plan import Plan, differences
 
 STORAGE_ENV = "TUNEKIT_STORAGE"
@@ -45,10 +45,6 @@ def root(spec: Any) -> str:
     return value if "://" in value else str(Path(value).expanduser().resolve())
 
 
-def is_local(spec: Any) -> bool:
-    return "://" not in root(spec) or root(spec).startswith("file://")
-
-
 def sweep_path(spec: Any) -> str:
     """Where Ray keeps this spec's sweep: <storage>/<name> (before a URI's ?options)."""
     base, q, options = root(spec).partition("?")
@@ -60,7 +56,7 @@ def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, 
     try:
         return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
     except (pyarrow.ArrowInvalid, ValueError, OSError) as e:
-        raise StorageError(f"{name}: cannot use {uri!r}: {_first_line(e)}. Give a local path "
+        raise StorageError(f"{name}: cannot use {uri!r}: {first_line(e)}. Give a local path "
                            f"or a URI such as {EXAMPLE} (S3-compatible stores: add "
                            "?endpoint_override=HOST:PORT&scheme=http)") from None
 
@@ -117,10 +113,6 @@ def _why(e: BaseException) -> str:
              (("NETWORK_CONNECTION", "Couldn't connect"), "the endpoint does not answer")]
     hint = next((h for keys, h in hints if any(k in text for k in keys)), None)
     return f"{hint} ({text})" if hint else text
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def stored_plan(spec: Any) -> dict[str, Any] | None:
