@@ -125,7 +125,7 @@ def test_a_pack_asks_for_its_members_gpu_shares_up_to_one_gpu(
     from tunekit.spec import ExperimentSpec
     spec = ExperimentSpec.model_validate({"name": "p"})
     monkeypatch.setenv(cluster.GPUS_ENV, "0.25")
-    assert cluster.ask(spec, pack=2).gpus == 0.5 and cluster.ask(spec, pack=16).gpus == 1.0
+    assert cluster.ask(spec).packed(2).gpus == 0.5 and cluster.ask(spec).packed(16).gpus == 1.0
     assert cluster.pack_size(spec, cluster.ask(spec)) == cluster.AUTO_PACK
     monkeypatch.setenv(cluster.GPUS_ENV, "0")
     assert cluster.pack_size(spec, cluster.ask(spec)) == 1  # CPUs: packing is no faster

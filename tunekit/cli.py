@@ -163,8 +163,12 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         from tunekit import storage, sweep as sweeps, track
         uri = track.tracking_uri(s, tracking_uri)
         client = track.connect(uri)  # an unreachable server stops us before any trial starts
-        storage.check(plan, resume=resume, restart=restart)
-        sweeps.start(plan, address)  # storage writable here and readable on every trial node
+        # All that can refuse the sweep, before its first trial: the storage takes this
+        # driver's writes (URI, bucket, credentials), holds no sweep in the way, and every other
+        # node that runs trials reads what the driver wrote there.
+        with storage.probe(s) as probe:
+            storage.check(plan, resume=resume, restart=restart)
+            sweeps.start(plan, address, probe)
         path = storage.record(plan, resume=resume, restart=restart)
         if restart:
             report.console.print(f"starting {s.name} over: the earlier sweep's results were set "

@@ -21,11 +21,9 @@ import ray
 import yaml
 
 from tunekit.errors import TunekitError, UsageError, first_line
-from tunekit.spec import ExperimentSpec, fmt
+from tunekit.spec import AUTO_PACK, ExperimentSpec, fmt
 
 AUTO_GPU_SHARE = 0.25  # a GPU shared by four trials: one small CNN cannot keep a GPU busy
-AUTO_PACK = 16  # trials per pack where they get a GPU (sweep.pack: auto); GPU figures: not
-#                measured yet, so a cap rather than a size chosen from measured memory
 GPUS_ENV = "TUNEKIT_GPUS_PER_TRIAL"  # the cluster's default for resources.gpus_per_trial
 BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster config on the head
 
@@ -102,6 +100,13 @@ class Ask:
     gpus: float
     why: str
 
+    def packed(self, k: int) -> Ask:
+        """What a pack of `k` such trials asks for: k GPU shares, up to one GPU."""
+        if k <= 1:
+            return self
+        gpus = min(1.0, self.gpus * k) if self.gpus < 1 else self.gpus
+        return Ask(self.cpus, gpus, f"{self.why}; per pack of up to {k} trials")
+
     def __str__(self) -> str:
         gpu = f" + {fmt(self.gpus)} GPU" if self.gpus else ", no GPU"
         return f"{self.cpus} CPU{gpu} ({self.why})"
@@ -147,18 +152,9 @@ def pack_size(spec: ExperimentSpec, asks: Ask) -> int:
     return AUTO_PACK if asks.gpus > 0 else 1
 
 
-def ask(spec: ExperimentSpec, pack: int = 1) -> Ask:
-    """What each Ray trial asks for: the configured share, else (automatic) a GPU share when the
-    cluster has GPUs up or its autoscaler may start GPU nodes, else no GPU; a pack of K trials
-    asks for K shares, up to one GPU. Needs Ray started."""
-    one = _ask(spec)
-    if pack <= 1:
-        return one
-    gpus = min(1.0, one.gpus * pack) if one.gpus < 1 else one.gpus
-    return Ask(one.cpus, gpus, f"{one.why}; per pack of up to {pack} trials")
-
-
-def _ask(spec: ExperimentSpec) -> Ask:
+def ask(spec: ExperimentSpec) -> Ask:
+    """What each trial asks for: the configured share, else (automatic) a GPU share when the
+    cluster has GPUs up or its autoscaler may start GPU nodes, else no GPU. Needs Ray started."""
     configured = configured_gpus(spec)
     if configured is not None:
         return configured

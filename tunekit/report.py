@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tunekit.spec import fmt
+from tunekit.spec import AUTO_PACK, fmt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,7 +116,8 @@ def fit_summary(result: FitResult) -> str:
 
 def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
     cap = spec.sweep.max_concurrent or "as many as the cluster's CPUs/GPUs allow"
-    pack = {"auto": "packs: auto (1 on CPUs, up to 16 trials per pack where they get a GPU)",
+    pack = {"auto": f"packs: auto (1 on CPUs, up to {AUTO_PACK} trials per pack where they get "
+                    "a GPU)",
             1: "no packs"}.get(spec.sweep.pack, f"packs of up to {spec.sweep.pack} trials of "
                                                 "one shape, each pack one Ray trial")
     return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial asks for {asks}; "

@@ -126,14 +126,11 @@ def stored_plan(spec: Any) -> dict[str, Any] | None:
 
 
 def check(plan: Plan, *, resume: bool = False, restart: bool = False) -> None:
-    """Refuse a sweep that cannot start (or resume) here, touching nothing.
-
-    The driver must be able to write to the storage. New: the storage must hold no earlier sweep of this name, unless `restart`. Resume: the stored
-    plan must be this plan.
+    """Refuse a sweep that cannot start (or resume) here, touching nothing. Call it inside
+    `probe`, which has shown the storage usable. New: the storage must hold no earlier sweep of
+    this name, unless `restart`. Resume: the stored plan must be this plan.
     """
     spec, path = plan.spec, sweep_path(plan.spec)
-    with probe(spec):  # the URI parses, the bucket exists, the credentials work
-        pass
     stored = stored_plan(spec)
     if resume:
         if stored is None:

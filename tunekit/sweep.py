@@ -157,7 +157,7 @@ def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
         raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
     cfg = _rooted(trial.config, root)
-    where, resume = _placement(cfg), _resume()
+    where, resume = _placement(cfg), _load(tune.get_checkpoint())
 
     def report(metrics: Any, state: dict[str, Any]) -> None:
         _report({**metrics.as_dict(), **where}, state)
@@ -169,7 +169,7 @@ def _train_pack(indices: list[int], plan: Plan, root: str | None) -> None:
     """A pack of plan trials as one fused network: one result per epoch with each member's
     metrics under m<trial>/ (or why it failed), the best member's val_acc for ASHA."""
     configs = [_rooted(plan.trials[i].config, root) for i in indices]
-    where, resume = _placement(configs[0]), _resume()
+    where, resume = _placement(configs[0]), _load(tune.get_checkpoint())
 
     def report(metrics: list[Any], state: dict[str, Any]) -> None:
         live = [m for m in metrics if m is not None]
@@ -192,8 +192,9 @@ def _placement(cfg: TrialConfig) -> dict[str, Any]:
             "gpu_ids": gpu_ids, "warning": warning or ""}
 
 
-def _resume() -> dict[str, Any] | None:
-    if (checkpoint := tune.get_checkpoint()) is None:
+def _load(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The training state a Ray trial saved with a checkpoint (`fit`'s or `fit_pack`'s)."""
+    if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, weights_only=True)
@@ -326,11 +327,8 @@ class _Relay(tune.Callback):
 
 def _checkpointed(checkpoint: tune.Checkpoint | None) -> list[dict[str, Any]]:
     """Each member's state in a Ray trial's last checkpoint (one for a lone trial)."""
-    if checkpoint is None:
-        return []
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-    return state["members"] if "members" in state else [state]
+    state = _load(checkpoint) or {}
+    return state.get("members", [state] if state else [])
 
 
 def _reason(trial: Any) -> str:
@@ -353,14 +351,12 @@ def _exception(text: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\w*): (.*)$", re.M)
 
 
-def start(plan: Plan, address: str | None) -> str:
-    """All that can refuse a sweep before its first trial, in order: the storage takes the
-    driver's writes, Ray is up, and every other node that runs trials reads what the driver wrote
-    there. Returns the Ray it joined, in words."""
+def start(plan: Plan, address: str | None, probe: str) -> str:
+    """Start (or join) Ray and check that every other node that runs trials reads `probe`, the
+    file the driver wrote to the storage (`storage.probe`). Returns the Ray it joined, in words."""
     spec = plan.spec
-    with storage.probe(spec) as probe:
-        joined = cluster.start_ray(address)
-        failing = cluster.failing_nodes(storage.readable, storage.root(spec), probe)
+    joined = cluster.start_ray(address)
+    failing = cluster.failing_nodes(storage.readable, storage.root(spec), probe)
     if failing:
         cluster.stop_ray()
         nodes = "\n  ".join(f"{node}: {why}" for node, why in failing.items())
@@ -388,8 +384,9 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     joined = cluster.start_ray(address)
     if interrupted.is_set():
         return []
-    packs = plan.packs(1 if plan.adaptive else cluster.pack_size(spec, cluster.ask(spec)))
-    asks = cluster.ask(spec, pack=max((len(p) for p in packs), default=1))
+    one = cluster.ask(spec)
+    packs = plan.packs(1 if plan.adaptive else cluster.pack_size(spec, one))
+    asks = one.packed(max((len(p) for p in packs), default=1))
     global _active
     _active = _Active(plan, list(listeners or []), interrupted, packs)
     for listener in _active.listeners:
