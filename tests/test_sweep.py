@@ -160,37 +160,40 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
         search:
           grid: {model.norm: [BN, GN, LN], train.seed: [1, 2]}
     """)
-    run_dir = tmp_path / "runs" / "killed"
+    run_dir, log = tmp_path / "runs" / "killed", tmp_path / "killed.log"
     driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=tmp_path,
                               env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # Ray saves which trials finished every 2 s (TUNE_GLOBAL_CHECKPOINT_S): a trial that ended
+    # in the last 2 s before a kill may redo its last epoch. Finished = ended 3 s before the kill.
+    deadline, ended = time.monotonic() + 240, {}
     try:
         while time.monotonic() < deadline:
             rows = progress(run_dir)
-            done = [name for name, r in rows.items() if len(r) == 3]
-            if done and sum(len(r) for r in rows.values()) < 6 * 3 - 3:
+            now = time.monotonic()
+            ended.update({n: now for n, r in rows.items() if len(r) == 3 and n not in ended})
+            finished = [name for name, t in ended.items() if now - t >= 3]
+            if finished and sum(len(r) for r in rows.values()) < 6 * 3 - 3:
                 break
-            assert driver.poll() is None, "the sweep ended before it could be killed"
+            assert driver.poll() is None, "the sweep ended unkilled:\n" + log.read_text()
             time.sleep(0.2)
         else:
-            pytest.fail("no trial finished in time")
+            pytest.fail("no trial finished in time:\n" + log.read_text())
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     finally:
         driver.kill()
     before = {name: (run_dir / name / "progress.csv").read_text() for name in progress(run_dir)}
-    finished_before = [name for name in done]
     time.sleep(3)  # let the dead driver's Ray workers go
 
     out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, log.read_text() + out.stdout + out.stderr
     after = progress(run_dir)
     assert len(after) == 6
     # Ray's progress.csv may repeat an epoch that it reran after the kill; none is missing, and
     # MLflow (below) holds each epoch exactly once
     assert all({int(r["epoch"]) for r in t} == {1, 2, 3} for t in after.values()), after
-    for name in finished_before:
+    for name in finished:
         assert (run_dir / name / "progress.csv").read_text() == before[name]
     # MLflow: still exactly one run per trial, each with every epoch once
     from mlflow.tracking import MlflowClient
@@ -292,24 +295,28 @@ def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path
     assert shown.returncode == 0 and "TPE search, budget 8 trial(s)" in shown.stdout
     assert "loguniform 0.001 0.2" in shown.stdout
 
-    run_dir = tmp_path / "runs" / "tpe"
+    run_dir, log = tmp_path / "runs" / "tpe", tmp_path / "tpe.log"
     driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=tmp_path,
                               env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while len([t for t in progress(run_dir).values() if t]) < 3:
-            assert driver.poll() is None and time.monotonic() < deadline
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:  # finished = ended 3 s before the kill (Ray saves its state every 2 s)
+        deadline, ended = time.monotonic() + 240, {}
+        while True:
+            rows, now = progress(run_dir), time.monotonic()
+            ended.update({n: now for n, r in rows.items() if r and n not in ended})
+            finished = [name for name, t in ended.items() if now - t >= 3]
+            if len(ended) >= 3 and finished:
+                break
+            assert driver.poll() is None and now < deadline, log.read_text()
             time.sleep(0.2)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     finally:
         driver.kill()
-    before = {name: (run_dir / name / "progress.csv").read_text()
-              for name, rows in progress(run_dir).items() if rows}
+    before = {name: (run_dir / name / "progress.csv").read_text() for name in finished}
     time.sleep(3)
     out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
-    assert out.returncode == 0, out.stdout + out.stderr  # invalid proposals are not failures
+    assert out.returncode == 0, log.read_text() + out.stdout + out.stderr  # invalid: no failure
 
     # 8 trials in all, numbered 0..7; those done before the kill were not run again
     params = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("trial_*/params.json")}
