@@ -130,6 +130,9 @@ def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts
     out = " ".join(log.read_text().split())
     assert ("each trial asks for 1 CPU + 0.25 GPU (auto: the autoscaler may start 'gpu_worker' "
             "nodes with 1 GPU(s))") in out, out
+    # the storage is a folder, and no node that runs trials was up to check that it reads it
+    assert (f"WARNING: no node that runs trials is up yet, so none was checked to read "
+            f"{tmp_path / 'runs'}") in out, out
     rows = progress(tmp_path / "runs" / "gpus")
     assert len(rows) == 2
     for trial in rows.values():

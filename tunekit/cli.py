@@ -168,7 +168,9 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         # node that runs trials reads what the driver wrote there.
         with storage.probe(s) as probe:
             storage.check(plan, resume=resume, restart=restart)
-            sweeps.start(plan, address, probe)
+            unchecked = sweeps.start(plan, address, probe)
+        if unchecked:
+            report.console.print(f"WARNING: {unchecked}", markup=False, highlight=False)
         path = storage.record(plan, resume=resume, restart=restart)
         if restart:
             report.console.print(f"starting {s.name} over: the earlier sweep's results were set "

@@ -351,11 +351,13 @@ def _exception(text: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\w*): (.*)$", re.M)
 
 
-def start(plan: Plan, address: str | None, probe: str) -> str:
+def start(plan: Plan, address: str | None, probe: str) -> str | None:
     """Start (or join) Ray and check that every other node that runs trials reads `probe`, the
-    file the driver wrote to the storage (`storage.probe`). Returns the Ray it joined, in words."""
+    file the driver wrote to the storage (`storage.probe`). Returns a warning when nothing could
+    be checked: a folder as storage, and no node that runs trials up yet (an autoscaling
+    cluster before its first worker)."""
     spec = plan.spec
-    joined = cluster.start_ray(address)
+    cluster.start_ray(address)
     failing = cluster.failing_nodes(storage.readable, storage.root(spec), probe)
     if failing:
         cluster.stop_ray()
@@ -366,7 +368,12 @@ def start(plan: Plan, address: str | None, probe: str) -> str:
             f"Trials on other nodes need storage every node reaches: set sweep.storage in the "
             f"spec, or {storage.STORAGE_ENV} for the whole cluster, to a cloud URI such as "
             f"{storage.EXAMPLE} or a folder every node mounts. Nothing was started.")
-    return joined
+    if "://" not in storage.root(spec) and not cluster.trial_nodes():
+        return (f"no node that runs trials is up yet, so none was checked to read "
+                f"{storage.root(spec)} ({storage.source(spec)}); trials on nodes that cannot will "
+                f"fail. On a cluster, set sweep.storage or {storage.STORAGE_ENV} to a cloud URI "
+                f"such as {storage.EXAMPLE}, or a folder every node mounts.")
+    return None
 
 
 def run(plan: Plan, *, address: str | None = None, resume: bool = False,
