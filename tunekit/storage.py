@@ -5,7 +5,7 @@ A local folder (one machine), a folder every node mounts, or cloud storage: `s3:
 (`s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`). The spec's `sweep.storage` wins
 over $TUNEKIT_STORAGE (a cluster's default), which wins over ./runs. Before anything starts, the
 driver checks that it can write there, and the sweep checks that every node that runs trials can
-read what the driver wrote (`cluster.unreadable_on`).
+read what the driver wrote (`sweep.start`, through `cluster.failing_nodes`).
 """
 
 from __future__ import annotations

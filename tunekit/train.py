@@ -180,7 +180,7 @@ PackReport = Callable[[list[EpochMetrics | None], dict[str, Any]], None]
 def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *,
              threads: int | None = None,
              resume: dict[str, Any] | None = None) -> list[FitResult | DivergedError]:
-    """Train trials that share a shape (`pack.pack_key`) as one fused network; per member, its
+    """Train trials that share a shape (`plan.pack_key`) as one fused network; per member, its
     result, or the DivergedError that stopped it while the others trained on.
 
     After every epoch, `report(metrics, state)` is called with each member's metrics (None once it
