@@ -39,10 +39,15 @@ def source(spec: Any) -> str:
         STORAGE_ENV) else "sweep.storage (default ./runs)"
 
 
+def is_uri(location: str) -> bool:
+    """A URI (s3://, gs://, ...) rather than a folder."""
+    return "://" in location
+
+
 def root(spec: Any) -> str:
     """The storage root: a URI as given, a local path made absolute (nodes share no cwd)."""
     value = spec.sweep.storage or os.environ.get(STORAGE_ENV) or "runs"
-    return value if "://" in value else str(Path(value).expanduser().resolve())
+    return value if is_uri(value) else str(Path(value).expanduser().resolve())
 
 
 def sweep_path(spec: Any) -> str:
@@ -52,9 +57,10 @@ def sweep_path(spec: Any) -> str:
 
 
 def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, str]:
-    """pyarrow's filesystem and path for a storage root; StorageError if it does not parse."""
+    """pyarrow's filesystem and path for a storage root (`root`: a URI or an absolute path);
+    StorageError if it does not parse."""
     try:
-        return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        return pyarrow.fs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowInvalid, ValueError, OSError) as e:
         raise StorageError(f"{name}: cannot use {uri!r}: {first_line(e)}. Give a local path "
                            f"or a URI such as {EXAMPLE} (S3-compatible stores: add "

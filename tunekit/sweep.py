@@ -368,7 +368,7 @@ def start(plan: Plan, address: str | None, probe: str) -> str | None:
             f"Trials on other nodes need storage every node reaches: set sweep.storage in the "
             f"spec, or {storage.STORAGE_ENV} for the whole cluster, to a cloud URI such as "
             f"{storage.EXAMPLE} or a folder every node mounts. Nothing was started.")
-    if "://" not in storage.root(spec) and not cluster.trial_nodes():
+    if not storage.is_uri(storage.root(spec)) and not cluster.trial_nodes():
         return (f"no node that runs trials is up yet, so none was checked to read "
                 f"{storage.root(spec)} ({storage.source(spec)}); trials on nodes that cannot will "
                 f"fail. On a cluster, set sweep.storage or {storage.STORAGE_ENV} to a cloud URI "
@@ -386,7 +386,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     """
     spec, path = plan.spec, storage.sweep_path(plan.spec)
     interrupted = interrupted or threading.Event()
-    if "://" not in path:  # save Ray's experiment state every 2 s (default 10 s): less to redo
+    if not storage.is_uri(path):  # save Ray's experiment state every 2 s (default 10 s): less to redo
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     joined = cluster.start_ray(address)
     if interrupted.is_set():
