@@ -227,9 +227,8 @@ class SweepView:
             table.add_column(col)
         for t in self._counts()["running"]:
             last = t.history[-1] if t.history else None
-            on = (t.device or "") + (f" (GPU {t.gpu_ids})" if t.gpu_ids else "")
             table.add_row(str(t.index), t.label, f"{last['epoch'] if last else 0}/{self.epochs}",
-                          f"{last['val_acc']:.2f}%" if last else "", on)
+                          f"{last['val_acc']:.2f}%" if last else "", t.on)
         return Group(Text(self._summary()), Text(self.asks, style="dim"), table)
 
 

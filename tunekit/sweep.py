@@ -67,6 +67,11 @@ class TrialState:
     def label(self) -> str:
         return label(self.params)
 
+    @property
+    def on(self) -> str:
+        """What it trained on: 'cuda (GPU 0)', 'cpu', or '' before its first epoch."""
+        return (self.device or "") + (f" (GPU {self.gpu_ids})" if self.gpu_ids else "")
+
 
 class Listener(Protocol):
     """Follows a sweep from the driver: the live view, the tracker."""

@@ -220,8 +220,7 @@ class Tracker:
             if trial.ray_id:
                 tags.append(RunTag(f"{TAG}ray_trial_id", trial.ray_id))
             if trial.device:
-                tags.append(RunTag(f"{TAG}device", trial.device + (
-                    f" (GPU {trial.gpu_ids})" if trial.gpu_ids else "")))
+                tags.append(RunTag(f"{TAG}device", trial.on))
             if trial.warning:
                 tags.append(RunTag(f"{TAG}warning", trial.warning))
             if trial.error:  # whole; past MLflow's tag limit, whole in error.txt
