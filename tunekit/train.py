@@ -20,7 +20,7 @@ from tunekit.errors import DivergedError
 from tunekit.metrics import METRICS, EpochMetrics  # noqa: F401 (METRICS: for callers)
 from tunekit.model import Dropout, Net
 from tunekit.pack import Packed, cat, member_state
-from tunekit.plan import pack_key
+from tunekit.plan import PER_MEMBER, pack_key
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 
 
@@ -192,7 +192,7 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
     keys = {pack_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError("a pack's trials must share data, model and every training setting but "
-                         "seed, optimizer, l1, l2 and penalize")
+                         + ", ".join(PER_MEMBER))
     first = configs[0].train
     if threads:
         torch.set_num_threads(threads)
