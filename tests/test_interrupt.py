@@ -161,6 +161,13 @@ def test_resume_with_another_plan_is_refused_and_restart_starts_over(
     again = tunekit("sweep", "spec.yaml", cwd=tmp_path, data=tiny_data)
     assert again.returncode == 2 and "--restart starts over" in again.stderr
 
+    # Ray's state cut short, as a kill while writing it left it before tunekit wrote whole files
+    (tmp_path / "runs" / "chaos" / "tuner.pkl").write_bytes(b"")
+    cut = tunekit("sweep", "spec.yaml", "--resume", "--set", "train.epochs=1", cwd=tmp_path,
+                  data=tiny_data)
+    assert cut.returncode == 2 and "Aborted" not in cut.stdout, cut.stdout + cut.stderr
+    assert "tuner.pkl) cannot be read" in cut.stderr and "--restart" in cut.stderr
+
     restart = tunekit("sweep", "spec.yaml", "--restart", "--set", "train.epochs=2", cwd=tmp_path,
                       data=tiny_data)
     assert restart.returncode == 0, restart.stdout + restart.stderr

@@ -184,6 +184,7 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     finally:
         driver.kill()
     before = {name: (run_dir / name / "progress.csv").read_text() for name in progress(run_dir)}
+    os.link(run_dir / "tuner.pkl", tmp_path / "tuner.pkl.killed")  # holds the file as it was
     time.sleep(3)  # let the dead driver's Ray workers go
 
     out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
@@ -195,6 +196,9 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     assert all({int(r["epoch"]) for r in t} == {1, 2, 3} for t in after.values()), after
     for name in finished:
         assert (run_dir / name / "progress.csv").read_text() == before[name]
+    # The resumed driver copied Ray's state (tuner.pkl with it) into the storage again: as new
+    # files renamed into place, never rewritten in place, where a kill would leave one cut short
+    assert not os.path.samefile(run_dir / "tuner.pkl", tmp_path / "tuner.pkl.killed")
     # MLflow: still exactly one run per trial, each with every epoch once
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import pyarrow.fs
 
+from tunekit import wholefiles
 from tunekit.errors import TunekitError, first_line
 from tunekit.plan import Plan, differences
 
@@ -56,9 +57,18 @@ def sweep_path(spec: Any) -> str:
     return f"{base.rstrip('/')}/{spec.name}{q}{options}"
 
 
+def for_ray(spec: Any) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Ray's storage_path and storage_filesystem: a URI as it is (Ray makes its filesystem from
+    it, options included), a folder through `wholefiles` so that a killed driver cuts no file."""
+    location = root(spec)
+    return location, None if is_uri(location) else wholefiles.filesystem()
+
+
 def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, str]:
     """pyarrow's filesystem and path for a storage root (`root`: a URI or an absolute path);
-    StorageError if it does not parse."""
+    StorageError if it does not parse. A folder's files are written whole (`wholefiles`)."""
+    if not is_uri(uri):
+        return wholefiles.filesystem(), uri
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowInvalid, ValueError, OSError) as e:
@@ -80,7 +90,7 @@ def probe(spec: Any) -> Iterator[str]:
     its path for nodes to read (`readable`); remove it, and any folder made for it, afterwards."""
     fs, base = filesystem(root(spec), source(spec))
     path = f"{base.rstrip('/')}/.tunekit-probe-{uuid.uuid4().hex[:12]}"
-    made = isinstance(fs, pyarrow.fs.LocalFileSystem) and not Path(base).exists()
+    made = not is_uri(root(spec)) and not Path(base).exists()
     try:
         fs.create_dir(base, recursive=True)
         with fs.open_output_stream(path) as f:
@@ -169,7 +179,7 @@ def record(plan: Plan, *, resume: bool = False, restart: bool = False) -> str:
     if not resume:
         fs, folder = location(spec)
         if restart and _exists(spec, stored_plan(spec)):
-            if isinstance(fs, pyarrow.fs.LocalFileSystem):
+            if not is_uri(root(spec)):
                 fs.move(folder, f"{folder}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
             else:  # cloud storage has no cheap move
                 fs.delete_dir(folder)

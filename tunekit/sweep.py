@@ -10,6 +10,7 @@ checkpoint, so an interrupted sweep resumes from the last finished epoch.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import signal
 import tempfile
@@ -407,8 +408,16 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     root = str(data_root(spec.data).resolve()) if on_cluster_node else None
     trainable = tune.with_resources(tune.with_parameters(_train, plan=plan, root=root),
                                     {"cpu": asks.cpus, "gpu": asks.gpus})
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    storage_path, fs = storage.for_ray(spec)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        try:
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=fs)
+        except (EOFError, pickle.UnpicklingError) as e:  # cut short by a kill, before wholefiles
+            raise storage.StorageError(
+                f"Ray's saved state of the sweep at {path} (tuner.pkl) cannot be read "
+                f"({type(e).__name__}: {e}), as when a driver is killed while writing it. "
+                "Start over with --restart (the earlier sweep's MLflow runs are kept).")
     else:  # new, or resumed before Tune had saved anything
         asha = spec.sweep.asha
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs,
@@ -425,7 +434,8 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
                 search_alg=_searcher(plan), trial_dirname_creator=trial_dirname,
                 trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage.root(spec), verbose=0, callbacks=[_Relay()],
+                name=spec.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
+                callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     ours = signal.getsignal(signal.SIGINT)
