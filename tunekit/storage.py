@@ -61,7 +61,7 @@ def for_ray(spec: Any) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """Ray's storage_path and storage_filesystem: a URI as it is (Ray makes its filesystem from
     it, options included), a folder through `wholefiles` so that a killed driver cuts no file."""
     location = root(spec)
-    return location, None if is_uri(location) else wholefiles.filesystem()
+    return location, None if is_uri(location) else filesystem(location)[0]
 
 
 def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, str]:
