@@ -392,7 +392,8 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     """
     spec, path = plan.spec, storage.sweep_path(plan.spec)
     interrupted = interrupted or threading.Event()
-    if not storage.is_uri(path):  # save Ray's experiment state every 2 s (default 10 s): less to redo
+    # A folder: Ray saves its experiment state every 2 s (default 10 s), less to redo after a kill
+    if not storage.is_uri(path):
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     joined = cluster.start_ray(address)
     if interrupted.is_set():

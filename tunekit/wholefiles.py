@@ -54,9 +54,6 @@ class WholeFiles(pyarrow.fs.FileSystemHandler):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WholeFiles)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     def __reduce__(self):  # a trial's node gets its own (pyarrow's LocalFileSystem pickles so)
         return WholeFiles, ()
 
@@ -91,7 +88,8 @@ class WholeFiles(pyarrow.fs.FileSystemHandler):
         self.local.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
-        with self.local.open_input_stream(src) as source, self.open_output_stream(dest, None) as out:
+        with self.local.open_input_stream(src) as source, \
+                self.open_output_stream(dest, None) as out:
             while chunk := source.read(1 << 20):
                 out.write(chunk)
 
