@@ -97,27 +97,44 @@ def test_rotation_by_zero_is_identity_and_keeps_shape() -> None:
     assert abs(r - 14) <= 1 and c in (1, 2, 3, 24, 25, 26)
 
 
-def test_batches_cover_every_image_once_and_are_seeded(tiny_data: Path) -> None:
+def _epoch_labels(d: data.Data, seeds: list[int], number: int) -> list[torch.Tensor]:
+    draws = data.epoch(d, torch.tensor(seeds, dtype=torch.int32), number, 0.0)
+    return [data.train_batch(d, draws, start, size)[1]
+            for start, size in data.steps(len(d.train_labels), 50)]
+
+
+def test_batches_cover_every_image_once_per_member_and_are_seeded(tiny_data: Path) -> None:
     d = data.load(DataSpec(rotation=0.0))
-
-    def epoch(seed: int) -> list[torch.Tensor]:
-        gen = torch.Generator().manual_seed(seed)
-        return [y for _, y in data.TrainBatches(d, 50, 0.0, gen)]
-
-    a = epoch(1)
-    assert [len(y) for y in a] == [50] * 5 + [6]
-    assert sorted(torch.cat(a).tolist()) == sorted(d.train_labels.tolist())
-    assert all(torch.equal(u, v) for u, v in zip(a, epoch(1)))
-    assert not all(torch.equal(u, v) for u, v in zip(a, epoch(2)))
+    a = _epoch_labels(d, [1, 2], 1)
+    assert [y.shape for y in a] == [(50, 2)] * 5 + [(6, 2)]  # the last six images too
+    for k in range(2):
+        assert sorted(torch.cat(a)[:, k].tolist()) == sorted(d.train_labels.tolist())
+    assert all(torch.equal(u, v) for u, v in zip(a, _epoch_labels(d, [1, 2], 1)))
+    assert not all(torch.equal(u, v) for u, v in zip(a, _epoch_labels(d, [1, 2], 2)))  # epoch
+    assert not torch.equal(torch.cat(a)[:, 0], torch.cat(a)[:, 1])  # each member its own order
 
 
-def test_batches_are_normalized_and_drop_a_last_single_image(tiny_data: Path) -> None:
+def test_a_member_s_batches_do_not_depend_on_its_pack_mates(tiny_data: Path) -> None:
+    d = data.load(DataSpec(rotation=7.0))
+    alone = data.epoch(d, torch.tensor([7], dtype=torch.int32), 3, 7.0)
+    packed = data.epoch(d, torch.tensor([1, 7, 2], dtype=torch.int32), 3, 7.0)
+    assert torch.equal(alone.order[0], packed.order[1])
+    assert torch.equal(alone.angles[0], packed.angles[1])
+    x1, y1 = data.train_batch(d, alone, 64, 64)
+    x3, y3 = data.train_batch(d, packed, 64, 64)
+    assert torch.equal(x1[:, 0], x3[:, 1]) and torch.equal(y1[:, 0], y3[:, 1])
+    assert alone.angles.abs().max() <= 7.0 and alone.angles.std() > 3.0  # uniform on ±7°
+
+
+def test_batches_are_normalized_rotated_and_keep_every_image(tiny_data: Path) -> None:
     d = data.load(DataSpec(subset=65))
-    batches = data.TrainBatches(d, 64, 7.0, torch.Generator().manual_seed(0))
-    assert len(batches) == 1
-    (x, y), = list(batches)
-    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    assert data.steps(65, 64) == [(0, 64), (64, 1)]  # a last batch of one image is trained on
+    draws = data.epoch(d, torch.tensor([0], dtype=torch.int32), 1, 7.0)
+    x, y = data.train_batch(d, draws, 0, 64)
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (64, 1)
     assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)  # black stays black
+    plain = d.normalize(d.train_images[draws.order[0, :64]])
+    assert not torch.equal(x, plain)  # rotated
 
 
 def test_a_failed_download_leaves_nothing_behind(tmp_path: Path,

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunekit import counter, schedule
+from tunekit import data as datamod
 from tunekit.errors import DivergedError
 from tunekit.model import Net
+from tunekit.opcount import OpCounter
 from tunekit.pack import Packed
+from tunekit.sgd import FusedSGD
 from tunekit.spec import TrialConfig
-from tunekit.train import fit, fit_pack
+from tunekit.train import fit, fit_pack, train_step
 
 
 def config(norm: str = "GN", seed: int = 1, lr: float = 0.04, **train: object) -> TrialConfig:
@@ -39,6 +43,7 @@ def exact():
 
 
 def same(a, b) -> None:
+    """Every epoch's metrics and every weight of the best epoch, bit for bit."""
     assert [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in a.history] == \
         [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in b.history]
     assert a.best_epoch == b.best_epoch and a.best_state.keys() == b.best_state.keys()
@@ -48,12 +53,17 @@ def same(a, b) -> None:
 
 
 @pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
-def test_a_pack_of_three_is_the_three_trials_alone(tiny_data: Path, exact, norm: str) -> None:
+def test_a_pack_of_three_is_the_three_trials_alone_in_any_order_and_company(
+        tiny_data: Path, exact, norm: str) -> None:
     configs = [config(norm, **m) for m in MEMBERS]
     packed = fit_pack(configs, threads=1)
     for result, cfg in zip(packed, configs):
         same(result, fit(cfg, threads=1))
         Net(norm).load_state_dict(result.best_state)  # a plain Net's weights
+    for result, again in zip(packed, reversed(fit_pack(configs[::-1], threads=1))):
+        same(result, again)  # another place in the pack
+    others = [config(norm, seed=8, lr=0.01, l2=1e-3), config(norm, seed=9, lr=0.07)]
+    same(packed[1], fit_pack([others[0], configs[1], others[1]], threads=1)[1])  # other mates
 
 
 @pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
@@ -63,9 +73,15 @@ def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: s
         torch.manual_seed(seed)
         nets.append(Net(norm, dropout=0.0).eval())
     x = torch.randn(8, 3, 28, 28)
-    out = Packed(nets).eval()(x)
+    pack = Packed(nets).eval()
+    out = pack(pack.params, x)
     for k, net in enumerate(nets):
         assert torch.allclose(out[:, k], net(x[:, k:k + 1]), atol=1e-5)
+        view = pack.member_net(k).eval()  # the stack seen as member k's Net
+        assert torch.allclose(view(x[:, k:k + 1]), net(x[:, k:k + 1]), atol=1e-5)
+    with torch.no_grad():
+        pack.params.mul_(0.5)  # trained in the pack, seen by the member's Net
+    assert torch.equal(pack.member_net(1).features[0].weight, nets[1].features[0].weight * 0.5)
 
 
 def test_a_member_with_lr_0_does_not_move_and_the_others_train_on(tiny_data: Path,
@@ -77,7 +93,8 @@ def test_a_member_with_lr_0_does_not_move_and_the_others_train_on(tiny_data: Pat
     torch.manual_seed(1)
     start = Net("GN").state_dict()
     still, moving = fit_pack(configs, threads=1)
-    assert all(torch.equal(still.best_state[k], v) for k, v in start.items())
+    assert all(torch.equal(still.best_state[k], v) for k, v in start.items()
+               if "running" not in k and "tracked" not in k)
     same(moving, fit(configs[1], threads=1))
 
 
@@ -129,3 +146,51 @@ def test_a_pack_asks_for_its_members_gpu_shares_up_to_one_gpu(
     assert cluster.pack_size(spec, cluster.ask(spec)) == cluster.AUTO_PACK
     monkeypatch.setenv(cluster.GPUS_ENV, "0")
     assert cluster.pack_size(spec, cluster.ask(spec)) == 1  # CPUs: packing is no faster
+
+
+def step_of(k: int, norm: str, l1: float, batch: int = 32):
+    """One training step of a pack of k trials on the tiny data, ready to call with a step
+    number, and the inputs it takes (for counting and compiling)."""
+    configs = [config(norm, seed=s, l1=l1, batch_size=batch) for s in range(1, k + 1)]
+    d = datamod.load(configs[0].data)
+    nets = []
+    for c in configs:
+        torch.manual_seed(c.train.seed)
+        nets.append(Net(norm))
+    pack = Packed(nets)
+    sgd = FusedSGD(pack, [c.train for c in configs])
+    seeds = torch.arange(1, k + 1, dtype=torch.int32)
+    draws = datamod.epoch(d, seeds, 1, 7.0)
+    lr, momentum, _ = schedule.table([c.train for c in configs], 1, 8, "cpu")
+    keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)
+
+    def inputs(s: int) -> tuple:
+        x, y = datamod.train_batch(d, draws, s * batch, batch)
+        return pack, sgd, x, y, keys, torch.tensor(s, dtype=torch.int32), lr[s], momentum[s], live
+    return inputs
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN"])
+@pytest.mark.parametrize("l1", [0.0, 1e-4])
+def test_a_step_launches_about_as_many_kernels_for_16_members_as_for_one(
+        tiny_data: Path, norm: str, l1: float) -> None:
+    counts = {}
+    for k in (1, 16):
+        inputs = step_of(k, norm, l1)
+        train_step(*inputs(0))  # warm: first-call set-up is not a step's cost
+        with OpCounter() as ops:
+            train_step(*inputs(1))  # the batch's gather and rotation counted in
+        counts[k] = ops.launches
+        assert ops.syncs == {}, ops.syncs  # nothing waits for the device inside a step
+    print(f"{norm}, l1 {l1}: {counts[1]} launches per step at K=1, {counts[16]} at K=16")
+    assert counts[16] <= 1.3 * counts[1], counts
+
+
+def test_the_step_compiles_whole(tiny_data: Path) -> None:
+    import torch._dynamo
+    inputs = step_of(2, "BN", 1e-4)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        explained = torch._dynamo.explain(train_step)(*inputs(0))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

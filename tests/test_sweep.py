@@ -434,3 +434,54 @@ def test_a_sweep_of_packs_records_every_trial_as_its_own_and_resumes(tmp_path: P
     assert "Max Val Acc" in out.stdout and "3 of 6 trial(s) failed" in out.stdout
     shown = tunekit("report", str(spec), cwd=tmp_path, data=data)
     assert "trial 1 failed: DivergedError: training loss became nan in epoch 1" in shown.stdout
+
+
+def forge_cuda(path: Path) -> None:
+    """Rewrite a torch file as a GPU worker writes it: every tensor tagged for cuda:0."""
+    import torch
+    import torch.serialization
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(state, path)
+    finally:
+        torch.serialization.location_tag = tag
+
+
+def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(tmp_path: Path,
+                                                                   tiny_data: Path) -> None:
+    """The cluster's head has no GPU: it reads checkpoints and artifacts GPU workers wrote."""
+    import torch
+    from tunekit import sweep
+    from tunekit.spec import TrialConfig
+    from tunekit.train import fit
+    spec = spec_file(tmp_path, """
+        name: gpu_written
+        train: {epochs: 2, batch_size: 32}
+        search: {grid: {train.seed: [1, 2]}}
+        sweep: {pack: 1}
+    """)
+    assert tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data).returncode == 0
+    states = sorted((tmp_path / "runs" / "gpu_written").glob("trial_*/checkpoint_*/state.pt"))
+    artifacts = sorted((tmp_path / "mlruns").rglob("*.pt"))
+    assert states and artifacts
+    for path in states + artifacts:
+        forge_cuda(path)
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        torch.load(states[0], weights_only=True)  # the failure the head used to hit
+
+    # a trial resumed on a CPU node from a GPU node's checkpoint (the trainable's loader)
+    first = min(states, key=lambda p: p.parent.name)
+    state = sweep._load(ray.tune.Checkpoint.from_directory(str(first.parent)))
+    assert state["model"]["features.0.weight"].device.type == "cpu"
+    cfg = TrialConfig.model_validate({"train": {"epochs": 2, "batch_size": 32, "seed": 1}})
+    assert len(fit(cfg, resume=state, threads=1).history) == 2
+
+    resumed = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=tiny_data)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr  # the driver reads them
+    assert "Max Val Acc" in resumed.stdout
+    shown = tunekit("report", str(spec), cwd=tmp_path, data=tiny_data)
+    assert shown.returncode == 0 and "Max Val Acc" in shown.stdout, shown.stdout + shown.stderr
+    plotted = tunekit("plot", str(spec), "--out", "plots", cwd=tmp_path, data=tiny_data)
+    assert plotted.returncode == 0, plotted.stdout + plotted.stderr  # misclassified.pt read

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tunekit import data
+from tunekit import data, schedule
 from tunekit.errors import DivergedError
 from tunekit.model import Net
+from tunekit.pack import Packed
+from tunekit.sgd import FusedSGD
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
-from tunekit.train import build_optimizer, fit, l1_penalty, make_scheduler, penalized
+from tunekit.train import fit
 
 
 def config(**train) -> TrialConfig:
@@ -20,79 +24,91 @@ def config(**train) -> TrialConfig:
                                                  "eval_batch_size": 64, **train}})
 
 
-def test_l1_penalty_value_and_gradient() -> None:
-    a = torch.tensor([1.0, -2.0], requires_grad=True)
-    b = torch.tensor([[-0.5, 0.0]], requires_grad=True)
-    value = l1_penalty([a, b], 0.1)
-    assert value.item() == pytest.approx(0.1 * 3.5)
-    value.backward()
-    assert a.grad.tolist() == pytest.approx([0.1, -0.1])
-    assert b.grad.flatten().tolist() == pytest.approx([-0.1, 0.0])
-
-
-def test_penalties_cover_all_parameters_or_only_conv_kernels() -> None:
+def sgd_against_torch(train: TrainSpec, steps: int = 3) -> tuple[Packed, Net]:
+    """The fused step and torch.optim.SGD (with the L1 term added to the loss, as the seed meant
+    it) from the same weights and gradients; returns both after `steps` updates."""
+    torch.manual_seed(0)
     net = Net("GN")
-    every, none = penalized(net, "all")
-    assert len(every) == len(list(net.parameters())) and none == []
-    kernels, exempt = penalized(net, "weights")
-    assert all(p.ndim == 4 for p in kernels) and len(kernels) == 7  # six blocks and the head
-    assert {p.ndim for p in exempt} == {1}  # norm scales/shifts and the head bias
+    pack = Packed([copy.deepcopy(net)])
+    sgd = FusedSGD(pack, [train])
+    kernels = [p for p in net.parameters() if p.ndim == 4]
+    covered = kernels if train.penalize == "weights" else list(net.parameters())
+    exempt = [p for p in net.parameters() if all(p is not q for q in covered)]
+    groups = [{"params": covered, "weight_decay": train.l2}]
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0})
+    ref = torch.optim.SGD(groups, lr=train.optimizer.lr, momentum=train.optimizer.momentum)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    one = torch.ones(1, dtype=torch.bool)
+    for _ in range(steps):
+        ref.zero_grad()
+        loss = F.nll_loss(net(x), y) + train.l1 * sum(p.abs().sum() for p in covered)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() - train.l1 * p.sign().flatten()
+                          if any(p is q for q in covered) else p.grad.flatten()
+                          for p in net.parameters()])
+        ref.step()
+        sgd.step(pack.params, grad, torch.tensor([train.optimizer.lr]),
+                 torch.tensor([train.optimizer.momentum]), one)
+    return pack, net
 
 
-@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.0, 0.01), (0.01, 0.0), (0.01, 0.01)])
-def test_l2_is_weight_decay_whether_or_not_l1_is_set(l1: float, l2: float) -> None:
+@pytest.mark.parametrize("l1,l2,penalize", [(0.0, 0.0, "all"), (0.0, 0.01, "all"),
+                                            (0.01, 0.0, "all"), (0.01, 0.01, "weights")])
+def test_the_fused_step_is_torch_sgd_with_l2_as_decay_and_the_l1_gradient(
+        l1: float, l2: float, penalize: str) -> None:
+    pack, net = sgd_against_torch(TrainSpec(l1=l1, l2=l2, penalize=penalize))
+    for name, value in net.state_dict().items():
+        if name in pack.slots:
+            assert torch.allclose(pack.member_state(0)[name], value, atol=1e-6), name
+
+
+def test_l2_applies_whether_or_not_l1_is_set_and_covers_what_penalize_says() -> None:
     net = Net("GN")
-    opt = build_optimizer(net, TrainSpec(l1=l1, l2=l2, penalize="weights"))
-    assert [g["weight_decay"] for g in opt.param_groups] == [l2, 0.0]
+    pack = Packed([net, net])
+    sgd = FusedSGD(pack, [TrainSpec(l2=0.01, penalize="weights"), TrainSpec(l1=0.1)])
+    kernels = torch.cat([torch.full((s.numel,), len(s.shape) == 4) for s in pack.slots.values()
+                         for _ in range(2)])
+    mine = pack.owner == 0
+    assert torch.all(sgd.l2[mine & kernels] == 0.01) and torch.all(sgd.l2[mine & ~kernels] == 0)
+    assert torch.all(sgd.l2[~mine] == 0) and torch.allclose(sgd.l1[~mine], torch.tensor(0.1))
+    assert torch.all(sgd.l1[mine] == 0)  # l1 only for the member that set it, on every parameter
 
 
 def test_step_schedule_starts_after_start_epoch() -> None:
-    net = Net("BN")
-    opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    sched, per_batch = make_scheduler(SchedulerSpec(step_size=2, gamma=0.1, start_epoch=3),
-                                      opt, epochs=9, steps_per_epoch=10)
-    lrs = []
-    for _ in range(9):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert not per_batch
+    t = TrainSpec(optimizer={"lr": 1.0}, scheduler=SchedulerSpec(step_size=2, gamma=0.1,
+                                                                 start_epoch=3))
+    lrs = [schedule.epoch_values(t, e, 10)[0][0] for e in range(1, 10)]
     assert lrs == pytest.approx([1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
-def test_onecycle_steps_per_batch_and_peaks_at_max_lr() -> None:
+def test_onecycle_is_torch_s_one_cycle_in_lr_and_momentum() -> None:
+    t = TrainSpec(epochs=3, optimizer={"lr": 0.1, "momentum": 0.9},
+                  scheduler=SchedulerSpec(name="onecycle", pct_start=0.4))
     opt = torch.optim.SGD(Net("BN").parameters(), lr=0.1, momentum=0.9)
-    sched, per_batch = make_scheduler(SchedulerSpec(name="onecycle", pct_start=0.5), opt, 2, 10)
-    lrs = []
-    for _ in range(20):
-        lrs.append(opt.param_groups[0]["lr"])
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, epochs=3, steps_per_epoch=7,
+                                              pct_start=0.4)
+    expected = []
+    for _ in range(21):
+        expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
         opt.step()
-        sched.step()
-    assert per_batch and max(lrs) == pytest.approx(0.1, rel=0.02) and lrs[0] < 0.01
+        ref.step()
+    got = [pair for e in (1, 2, 3) for pair in zip(*schedule.epoch_values(t, e, 7))]
+    assert [v for pair in got for v in pair] == pytest.approx(
+        [v for pair in expected for v in pair], rel=1e-12)
 
 
-def test_two_training_steps_give_a_finite_loss(tiny_data: Path) -> None:
-    torch.manual_seed(0)
-    cfg = config(l1=1e-4, l2=1e-4)
-    d = data.load(cfg.data)
-    net = Net("GN")
-    opt = build_optimizer(net, cfg.train)
-    losses = []
-    for (x, y), _ in zip(data.TrainBatches(d, 32, 7.0, torch.Generator().manual_seed(0)), range(2)):
-        loss = F.nll_loss(net(x), y) + l1_penalty(net.parameters(), 1e-4)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+def test_fit_trains_on_every_image_and_reports_finite_losses(tiny_data: Path) -> None:
+    result = fit(config(epochs=1, batch_size=100, l1=1e-4, l2=1e-4), threads=1)  # 256 images
+    assert math.isfinite(result.history[0].train_loss)
+    assert result.history[0].images_per_s * result.history[0].seconds == pytest.approx(256)
 
 
 def test_fit_reports_every_epoch_and_learns(tiny_data: Path) -> None:
     seen = []
     result = fit(config(epochs=4), lambda m, state: seen.append((m, sorted(state))), threads=1)
     assert [m.epoch for m, _ in seen] == [1, 2, 3, 4]
-    assert seen[0][1] == ["best", "device", "failed", "generator", "history", "model",
-                          "optimizer", "scheduler", "torch_rng"]
+    assert seen[0][1] == ["best", "device", "failed", "history", "model", "momentum"]
     assert result.history == [m for m, _ in seen]
     best = max(result.history, key=lambda m: m.val_acc)
     assert (result.best_epoch, result.max_val_acc) == (best.epoch, best.val_acc)
@@ -133,20 +149,24 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data: Path) -> None:
         assert (a.train_loss, a.val_loss, a.val_acc) == (b.train_loss, b.val_loss, b.val_acc)
 
 
-def test_checkpoint_holds_every_rng_the_trial_draws_from_and_resume_restores_them(
+def test_resume_needs_no_generator_state_whatever_the_process_drew_since(
         tiny_data: Path) -> None:
     states = []
-    cfg = config(epochs=2, seed=3)  # dropout on: torch's RNG is drawn from in every step
+    cfg = config(epochs=2, seed=3)  # dropout, rotations and batch order: all drawn every step
     full = fit(cfg, lambda m, s: states.append(_copy(s)), threads=1)
-    first = states[0]
-    assert first["device"] == "cpu" and {"generator", "torch_rng"} <= set(first)
-    torch.manual_seed(12345)  # whatever the process drew since: resume puts the trial's back
+    torch.manual_seed(12345)  # whatever the process drew since: draws are counter-based
     torch.rand(1000)
-    after = []
-    resumed = fit(cfg, lambda m, s: after.append(_copy(s)), threads=1, resume=first)
+    resumed = fit(cfg, threads=1, resume=states[0])
     assert resumed.history[1].train_loss == full.history[1].train_loss
-    for key in ("generator", "torch_rng"):  # the same draws, to the last one
-        assert torch.equal(after[-1][key], states[-1][key]), key
+    assert all(torch.equal(full.best_state[k], v) for k, v in resumed.best_state.items())
+
+
+def test_a_checkpoint_of_an_earlier_trainer_is_refused_with_a_clear_reason(
+        tiny_data: Path) -> None:
+    from tunekit.errors import TunekitError
+    old = {"model": Net("GN").state_dict(), "optimizer": {}, "history": [], "best": {}}
+    with pytest.raises(TunekitError, match="--restart"):
+        fit(config(epochs=2), threads=1, resume=old)
 
 
 def _copy(state: dict) -> dict:
@@ -180,11 +200,6 @@ def test_default_schedule_is_the_published_one() -> None:
         expected.append(ref_opt.param_groups[0]["lr"])
         if epoch >= 13:
             ref.step()
-    opt = torch.optim.SGD(Net("GN").parameters(), lr=base.optimizer.lr)
-    sched, per_batch = make_scheduler(base.scheduler, opt, 25, 100)
-    got = []
-    for _ in range(25):
-        got.append(opt.param_groups[0]["lr"])
-        sched.step()
-    assert not per_batch and got == pytest.approx(expected, rel=1e-12)
+    got = [schedule.epoch_values(base, e, 100)[0][0] for e in range(1, 26)]
+    assert got == pytest.approx(expected, rel=1e-12)
     assert got[13] == pytest.approx(0.04104) and got[14] == pytest.approx(0.04104 * 0.09)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets
 
+from tunekit import counter
 from tunekit.errors import DataError
 from tunekit.spec import DataSpec
 
@@ -149,33 +150,41 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-class TrainBatches:
-    """Shuffled, augmented training batches drawn from the resident uint8 tensor.
+def steps(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, size) of each training batch of an epoch: full batches, then the rest (every
+    image is trained on; the last batch is smaller when batch_size does not divide n)."""
+    return [(i, min(batch_size, n - i)) for i in range(0, n, batch_size)]
 
-    One seeded permutation per epoch; every image of a batch gets its own uniform random rotation
-    in [-rotation, rotation] degrees (applied before normalisation, so the fill is black). A last
-    batch of a single image is dropped: BatchNorm cannot train on it.
-    """
 
-    def __init__(self, data: Data, batch_size: int, rotation: float, generator: torch.Generator):
-        self.data, self.batch_size, self.rotation, self.gen = data, batch_size, rotation, generator
+@dataclass(frozen=True)
+class Epoch:
+    """Every member's batch order and rotation angles for one epoch, drawn from its own keys
+    (`counter`), so each is what the member draws alone, whatever its pack-mates."""
+    order: torch.Tensor  # [K, n] image indices
+    angles: torch.Tensor | None  # [K, n] degrees, None without rotation
 
-    def __len__(self) -> int:
-        n, b = len(self.data.train_labels), self.batch_size
-        return n // b + (n % b > 1)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        d, device = self.data, self.data.train_labels.device
-        order = torch.randperm(len(d.train_labels), generator=self.gen, device=self.gen.device)
-        order = order.to(device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = d.train_images[idx].unsqueeze(1).float().div_(255)
-            if self.rotation:
-                angles = torch.empty(len(idx), device=self.gen.device).uniform_(
-                    -self.rotation, self.rotation, generator=self.gen)
-                x = rotate(x, angles.to(device))
-            yield x.sub_(d.mean).div_(d.std), d.train_labels[idx]
+def epoch(data: Data, seeds: torch.Tensor, number: int, rotation: float) -> Epoch:
+    """Epoch `number`'s draws for members with `seeds` (int32, one per member)."""
+    n = len(data.train_labels)
+    order = counter.permutation(counter.keys(seeds, counter.ORDER, number), n)
+    angles = None
+    if rotation:
+        u = counter.uniform(counter.keys(seeds, counter.ROTATION, number), n)
+        angles = (u * 2 - 1) * rotation
+    return Epoch(order, angles)
+
+
+def train_batch(data: Data, e: Epoch, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images N×K×H×W (member k's in channel k: augmented, normalised) and labels N×K of one
+    step, for all members in one gather and one rotation."""
+    idx = e.order[:, start:start + size]  # [K, N]
+    k = idx.shape[0]
+    x = data.train_images[idx].view(k * size, 1, *data.train_images.shape[1:]).float().div_(255)
+    if e.angles is not None:
+        x = rotate(x, e.angles[:, start:start + size].reshape(-1))
+    x = x.sub_(data.mean).div_(data.std).view(k, size, *x.shape[2:])
+    return x.transpose(0, 1).contiguous(), data.train_labels[idx].t().contiguous()
 
 
 def test_batches(data: Data, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

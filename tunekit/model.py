@@ -22,40 +22,15 @@ def make_norm(kind: str, channels: int, groups: int = 4) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; valid: 'BN', 'GN', 'LN'")
 
 
-class Dropout(nn.Module):
-    """Element-wise dropout, as nn.Dropout, with a cheaper mask on CPU and a generator of its own.
+class Dropout(nn.Dropout):
+    """nn.Dropout, as a Net used alone draws it. In training, a pack draws each member's mask
+    from that member's key instead (`pack.Packed`): 16 random bits per element, dropped below
+    `threshold`, so p is exact to 1/65536."""
 
-    On CPU, torch's Bernoulli sampler draws one 64-bit random number per element and costs a third
-    of a training step here; this draws one per four elements and compares 16-bit slices of it
-    with p (exact to 1/65536). On other devices the mask is torch's Bernoulli draw. Masks come
-    from `generator` (None: torch's default), so each trial of a pack draws its own.
-    """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-        self._threshold = -(2**15) + round(p * 2**16)  # int16 slices below this are dropped
-        self.generator: torch.Generator | None = None
-
-    def mask(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """The kept elements of a tensor of `shape`, scaled by 1 / (1 - p)."""
-        n = shape.numel()
-        if like.device.type == "cpu":
-            bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(
-                -(2**63), None, generator=self.generator)
-            keep = bits.view(torch.int16)[:n].view(shape) >= self._threshold
-        else:
-            keep = torch.empty(shape, device=like.device).bernoulli_(
-                1 - self.p, generator=self.generator)
-        return keep.to(like.dtype) * (1 / (1 - self.p))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return x * self.mask(x.shape, x)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    @property
+    def threshold(self) -> int:
+        """int16 values below this are dropped (a fraction p of them)."""
+        return -(2**15) + round(self.p * 2**16)
 
 
 class Net(nn.Module):

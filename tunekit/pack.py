@@ -1,80 +1,180 @@
-"""Packed training: K trials of the same shape trained as one fused network (horizontal fusion,
-as in HFTA), K = 1 being an ordinary trial.
+"""Packed training: K trials of the same shape as one fused network (horizontal fusion, as in
+HFTA), K = 1 being an ordinary trial.
 
-For this CNN the fusion is exact: the members' Conv3×3 and 1×1 head become one convolution with
-`groups=K` over their kernels side by side, BatchNorm over K·C channels is each member's own
-BatchNorm, GroupNorm(g) becomes GroupNorm(K·g) and LayerNorm = GroupNorm(K); ReLU and pooling act
-per channel, and each member's dropout mask comes from its own generator. Each member keeps its
-own `Net` (its parameters are the leaves its optimizer steps), so what a member learns, and its
-exported weights, are its alone.
+The members' weights are stacked: one flat tensor holds, parameter by parameter, the K members'
+copies side by side, and the fused layers read it through views, so a forward pass is one kernel
+per layer whatever K is, and the optimizer steps every member at once (`sgd.FusedSGD`). For this
+CNN the fusion is exact: a Conv3×3 or the 1×1 head over K members is one convolution with
+`groups=K`, BatchNorm over K·C channels is each member's own BatchNorm, GroupNorm(g) becomes
+GroupNorm(K·g) and LayerNorm = GroupNorm(K); ReLU and pooling act per channel, and each member's
+dropout mask is drawn from its own key (`counter`). A member's weights come out as a plain `Net`
+state dict (`member_state`) or as a `Net` whose tensors are views of the stack (`member_net`).
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunekit import counter
 from tunekit.model import Dropout, Net
 
 
-class Packed(nn.Module):
-    """The members' nets run as one: input N×K×28×28 (member k's images in channel k), output
-    N×K×10 log-probabilities (member k's in [:, k])."""
+@dataclass(frozen=True)
+class Slot:
+    """Where one parameter of the Net lives in the flat stack: K copies from `offset` on."""
+    name: str  # its name in a Net's state dict
+    shape: tuple[int, ...]  # one member's shape
+    offset: int
+    numel: int  # one member's element count
 
-    def __init__(self, nets: Sequence[Net]):
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-        self.k = len(nets)
-        # BatchNorm running statistics: one fused buffer per layer, which each member's buffers
-        # view, so the fused update is every member's own update.
-        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for i, layer in enumerate(nets[0].features):
-            if isinstance(layer, nn.BatchNorm2d):
-                c = layer.num_features
-                fused = [torch.cat([getattr(n.features[i], name) for n in nets])
-                         for name in ("running_mean", "running_var")]
-                for k, n in enumerate(nets):
-                    for name, buffer in zip(("running_mean", "running_var"), fused):
-                        n.features[i]._buffers[name] = buffer[k * c:(k + 1) * c]
-                self._stats[i] = (fused[0], fused[1])
+    def of(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """Member k's copy, a view of `flat`."""
+        start = self.offset + k * self.numel
+        return flat[start:start + self.numel].view(self.shape)
 
-    def _cat(self, i: int, name: str) -> torch.Tensor:
-        return cat([getattr(n.features[i], name) for n in self.nets])
+    def fused(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """All K copies as one tensor of K·shape[0] rows, a view of `flat`."""
+        return flat[self.offset:self.offset + k * self.numel].view(k * self.shape[0],
+                                                                   *self.shape[1:])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, k = x, self.k
-        for i, layer in enumerate(self.nets[0].features):
+
+class Packed:
+    """K nets of one shape, trained as one. Input N×K×28×28 (member k's images in channel k),
+    output N×K×10 log-probabilities (member k's in [:, k])."""
+
+    def __init__(self, nets: Sequence[Net], device: torch.device | str = "cpu"):
+        self.k, self.template = len(nets), nets[0]
+        self.slots: dict[str, Slot] = {}
+        size = 0
+        for name, p in self.template.named_parameters():
+            self.slots[name] = Slot(name, tuple(p.shape), size, p.numel())
+            size += self.k * p.numel()
+        # the trained tensor, every member's weights: the leaf autograd differentiates
+        self.params = torch.empty(size, device=device, requires_grad=True)
+        self.buffers = {name: torch.empty(self.k * b.numel(), device=device)  # BN statistics
+                        for name, b in self.template.named_buffers() if b.is_floating_point()}
+        self.batches_tracked = 0  # BatchNorm's counter (kept for a Net's state dict)
+        self.training = True
+        self._counters: dict[tuple[int, int], torch.Tensor] = {}
+        for k, net in enumerate(nets):
+            self.load(k, net.state_dict())
+
+    @property
+    def owner(self) -> torch.Tensor:
+        """The member each element of `params` belongs to (int64, same length)."""
+        parts = [torch.arange(self.k, device=self.params.device).repeat_interleave(s.numel)
+                 for s in self.slots.values()]
+        return torch.cat(parts)
+
+    def weights(self) -> torch.Tensor:
+        """Elements of `params` that are conv kernels (penalize: weights): a bool mask."""
+        return torch.cat([torch.full((self.k * s.numel,), len(s.shape) == 4,
+                                     device=self.params.device) for s in self.slots.values()])
+
+    # --- one member in and out
+
+    def load(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        """Put a plain Net state dict into member k's place."""
+        with torch.no_grad():
+            for name, slot in self.slots.items():
+                slot.of(self.params, k).copy_(state[name])
+            for name, buffer in self.buffers.items():
+                n = buffer.numel() // self.k
+                buffer[k * n:(k + 1) * n].copy_(state[name])
+        tracked = [v for name, v in state.items() if name.endswith("num_batches_tracked")]
+        if tracked:
+            self.batches_tracked = int(tracked[0])
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's weights as a plain Net state dict of CPU tensors of its own."""
+        out = {}
+        for name, value in self.template.state_dict().items():
+            if name in self.slots:
+                out[name] = self.slots[name].of(self.params, k).detach().cpu().clone()
+            elif name in self.buffers:
+                n = self.buffers[name].numel() // self.k
+                out[name] = self.buffers[name][k * n:(k + 1) * n].cpu().clone()
+            else:
+                out[name] = torch.tensor(self.batches_tracked)
+        return out
+
+    def member_net(self, k: int) -> Net:
+        """Member k as a Net whose parameters and BN statistics are views of the stack: what
+        training changes in the pack, the Net sees."""
+        net = copy.deepcopy(self.template)
+        for name, slot in self.slots.items():
+            module, _, attr = name.rpartition(".")
+            net.get_submodule(module)._parameters[attr] = nn.Parameter(slot.of(self.params.detach(), k),
+                                                                       requires_grad=False)
+        for name, buffer in self.buffers.items():
+            module, _, attr = name.rpartition(".")
+            n = buffer.numel() // self.k
+            net.get_submodule(module)._buffers[attr] = buffer[k * n:(k + 1) * n]
+        return net
+
+    # --- the fused forward
+
+    def train(self, mode: bool = True) -> Packed:
+        self.training = mode
+        return self
+
+    def eval(self) -> Packed:
+        return self.train(False)
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor,
+                dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The K members' log-probabilities for `x` (N×K×H×W), with weights `params` (the stack,
+        or what autograd traces in its place) and, in training, each member's dropout key."""
+        h, k, offset = x, self.k, 0
+        for i, layer in enumerate(self.template.features):
+            name = f"features.{i}"
             if isinstance(layer, nn.Conv2d):
-                h = F.conv2d(h, self._cat(i, "weight"), padding=layer.padding, groups=k)
+                h = F.conv2d(h, self.slots[f"{name}.weight"].fused(params, k),
+                             padding=layer.padding, groups=k)
             elif isinstance(layer, nn.BatchNorm2d):
-                mean, var = self._stats[i]
-                h = F.batch_norm(h, mean, var, self._cat(i, "weight"), self._cat(i, "bias"),
+                h = F.batch_norm(h, self.buffers[f"{name}.running_mean"],
+                                 self.buffers[f"{name}.running_var"],
+                                 self.slots[f"{name}.weight"].fused(params, k).flatten(),
+                                 self.slots[f"{name}.bias"].fused(params, k).flatten(),
                                  self.training, layer.momentum, layer.eps)
-                if self.training:
-                    for n in self.nets:
-                        n.features[i].num_batches_tracked += 1
             elif isinstance(layer, nn.GroupNorm):
-                h = F.group_norm(h, layer.num_groups * k, self._cat(i, "weight"),
-                                 self._cat(i, "bias"), layer.eps)
+                h = F.group_norm(h, layer.num_groups * k,
+                                 self.slots[f"{name}.weight"].fused(params, k).flatten(),
+                                 self.slots[f"{name}.bias"].fused(params, k).flatten(),
+                                 layer.eps)
             elif isinstance(layer, Dropout):
-                if self.training and layer.p:
-                    shape = torch.Size((h.shape[0], h.shape[1] // k, *h.shape[2:]))
-                    h = h * cat([n.features[i].mask(shape, h) for n in self.nets], 1)
+                if self.training and layer.p and dropout_keys is not None:
+                    h, offset = self._dropout(h, layer, dropout_keys, i, offset)
             else:  # ReLU, MaxPool2d: per channel, as they are
                 h = layer(h)
         h = F.adaptive_avg_pool2d(h, 1)
-        h = F.conv2d(h, cat([n.head[1].weight for n in self.nets]), groups=k)
+        h = F.conv2d(h, self.slots["head.1.weight"].fused(params, k), groups=k)
         return F.log_softmax(h.view(h.shape[0], k, -1), dim=-1)
 
+    __call__ = forward
 
-def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """torch.cat, without the copy for a pack of one (an ordinary trial pays nothing for packing)."""
-    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim)
+    def _dropout(self, h: torch.Tensor, layer: Dropout, keys: torch.Tensor, i: int,
+                 offset: int) -> tuple[torch.Tensor, int]:
+        """Each member's mask from its key and the element's counter: 16 random bits per
+        element (two per hash), kept when at or above the layer's threshold (exact to 1/65536)."""
+        n, kc, height, width = h.shape
+        per_image = kc // self.k * height * width // 2  # hashes per image and member
+        counters = self._counters.get((i, n))
+        if counters is None or counters.device != h.device:
+            counters = torch.arange(offset, offset + n * per_image, dtype=torch.int32,
+                                    device=h.device).view(n, 1, per_image)
+            self._counters[(i, n)] = counters
+        keep = counter.bits(keys, counters).view(torch.int16) >= layer.threshold
+        mask = keep.view(h.shape).to(h.dtype) * (1 / (1 - layer.p))
+        return h * mask, offset + n * per_image
 
 
-def member_state(net: Net) -> dict[str, Any]:
-    """A member's weights as a plain `Net` state dict (its own tensors, not views of the pack's)."""
-    return {name: value.detach().clone() for name, value in net.state_dict().items()}
+def unpacked(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A Net state dict as plain tensors of its own (for a checkpoint or an export)."""
+    return {name: value.detach().cpu().clone() for name, value in state.items()}

@@ -109,6 +109,8 @@ class TrainSpec(_Strict):
     seed: int = 1  # seeds init, batch order, augmentation and dropout
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     eval_batch_size: PositiveInt = 1000  # images per forward pass when evaluating
+    compile: bool = False  # the training step under torch.compile(fullgraph=True), on CUDA
+    #                        captured as a CUDA graph; off: eager (as fast on CPU, no compiling)
 
 
 class TrialConfig(_Strict):

@@ -203,7 +203,9 @@ def _load(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, weights_only=True)
+        # CPU tensors whatever device wrote them: a GPU worker's checkpoint is read by a
+        # CPU-only head at the end of a sweep, or by a trial resumed on another kind of node
+        return torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
 def _report(result: dict[str, Any], state: dict[str, Any]) -> None:

@@ -346,7 +346,7 @@ def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     try:
         with tempfile.TemporaryDirectory() as d:
             path = client.download_artifacts(run_id, "misclassified.pt", d)
-            return torch.load(path, weights_only=True)
+            return torch.load(path, weights_only=True, map_location="cpu")
     except (MlflowException, OSError):  # none stored: the trial failed before its first epoch
         return None
 

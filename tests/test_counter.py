@@ -1,0 +1,63 @@
+"""Counter-based random numbers: the hash, the draws, and a member's independence from its pack."""
+
+from __future__ import annotations
+
+import torch
+
+from tunekit import counter
+from tunekit.model import Net
+from tunekit.pack import Packed
+
+
+def lowbias32(x: int) -> int:
+    """The mixer written out in Python integers, the reference for the int32 tensor version."""
+    m = 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x21F0AAAD) & m
+    x ^= x >> 15
+    x = (x * 0x735A2D97) & m
+    return x ^ (x >> 15)
+
+
+def test_the_int32_mixer_is_lowbias32_on_every_kind_of_value() -> None:
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF]
+    signed = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    got = [v & 0xFFFFFFFF for v in counter.mix_(signed.clone()).tolist()]
+    assert got == [lowbias32(v) for v in values]
+
+
+def test_uniform_draws_cover_the_unit_interval_evenly() -> None:
+    k = counter.keys(torch.tensor([1, 2], dtype=torch.int32), counter.ROTATION, 1)
+    u = counter.uniform(k, 100_000)
+    assert u.shape == (2, 100_000) and u.min() >= 0 and u.max() < 1
+    assert torch.allclose(u.mean(1), torch.full((2,), 0.5), atol=0.005)
+    deciles = torch.histc(u[0], bins=10, min=0, max=1) / 100_000
+    assert torch.all((deciles - 0.1).abs() < 0.005), deciles
+    assert abs(torch.corrcoef(u)[0, 1].item()) < 0.01  # two members: unrelated draws
+
+
+def test_keys_differ_by_seed_stream_and_epoch_and_permutations_are_permutations() -> None:
+    seeds = torch.tensor([1, 2], dtype=torch.int32)
+    found = {tuple(counter.keys(seeds, s, e).tolist()) for s in (1, 2, 3) for e in (1, 2)}
+    assert len(found) == 6 and all(a != b for a, b in found)
+    order = counter.permutation(counter.keys(seeds, counter.ORDER, 1), 1000)
+    assert all(sorted(row.tolist()) == list(range(1000)) for row in order)
+    assert not torch.equal(order[0], order[1])
+
+
+def test_dropout_masks_keep_1_minus_p_and_are_a_member_s_own() -> None:
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(Net("GN", dropout=0.3))
+    trio, alone = Packed(nets), Packed(nets[1:2])
+    layer = nets[0].features[3]
+    keys = counter.step_keys(counter.keys(torch.tensor([5, 9, 4], dtype=torch.int32),
+                                          counter.DROPOUT, 1), torch.tensor(7))
+    h = torch.ones(16, 3 * 8, 28, 28)
+    masked, _ = trio._dropout(h, layer, keys, 3, 0)
+    one, _ = alone._dropout(torch.ones(16, 8, 28, 28), layer, keys[1:2], 3, 0)
+    assert torch.equal(masked[:, 8:16], one)  # member 2's mask: its key's alone
+    kept = (masked != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.005 and torch.allclose(masked[masked != 0], torch.tensor(1 / 0.7))
+    assert (masked[:, :8] != masked[:, 8:16]).any()  # other keys, other masks
