@@ -142,6 +142,7 @@ def test_dry_run_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                                       "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "48 trial(s)" in result.output and "asks for 1 CPU" in result.output
+    assert "estimate: " in result.output  # about how long, or why there is none
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
 
 

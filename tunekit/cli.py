@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 import yaml
 
-from tunekit.errors import TunekitError, UsageError
+from tunekit.errors import TunekitError, UsageError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of small vision models: YAML spec in, table out.")
@@ -158,6 +158,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         if dry_run:
             report.console.print(report.plan_table(plan))
             report.console.print(report.resources_line(plan.spec, plan.size, asks))
+            report.console.print(_estimate(plan), highlight=False)
             return
         s = plan.spec
         from tunekit import storage, sweep as sweeps, track
@@ -192,6 +193,18 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         code = report.sweep_outcome(s.name, report.result_rows(records), states, plan.size,
                                     interrupted.is_set(), " ".join(again), path)
         raise typer.Exit(code)
+
+
+def _estimate(plan) -> str:
+    """The dry run's time estimate, or why there is none (the data missing, say)."""
+    import os
+    import torch
+    from tunekit import measure, report
+    try:
+        est = measure.estimate(plan, os.cpu_count() or 1, torch.cuda.device_count())
+    except TunekitError as e:
+        return f"estimate: none ({first_line(e)})"
+    return report.estimate_line(est)
 
 
 def _tracking(name_or_spec: str, tracking_uri: Optional[str]):

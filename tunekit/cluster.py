@@ -152,6 +152,11 @@ def pack_size(spec: ExperimentSpec, asks: Ask) -> int:
     return AUTO_PACK if asks.gpus > 0 else 1
 
 
+def pack_size_here(spec: ExperimentSpec, on_gpu: bool) -> int:
+    """The pack size a sweep on this machine would use, without Ray (for --dry-run)."""
+    return pack_size(spec, Ask(spec.resources.cpus_per_trial, 1.0 if on_gpu else 0.0, ""))
+
+
 def ask(spec: ExperimentSpec) -> Ask:
     """What each trial asks for: the configured share, else (automatic) a GPU share when the
     cluster has GPUs up or its autoscaler may start GPU nodes, else no GPU. Needs Ray started."""

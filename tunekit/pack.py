@@ -61,7 +61,6 @@ class Packed:
                         for name, b in self.template.named_buffers() if b.is_floating_point()}
         self.batches_tracked = 0  # BatchNorm's counter (kept for a Net's state dict)
         self.training = True
-        self._counters: dict[tuple[int, int], torch.Tensor] = {}
         for k, net in enumerate(nets):
             self.load(k, net.state_dict())
 
@@ -165,11 +164,8 @@ class Packed:
         element (two per hash), kept when at or above the layer's threshold (exact to 1/65536)."""
         n, kc, height, width = h.shape
         per_image = kc // self.k * height * width // 2  # hashes per image and member
-        counters = self._counters.get((i, n))
-        if counters is None or counters.device != h.device:
-            counters = torch.arange(offset, offset + n * per_image, dtype=torch.int32,
-                                    device=h.device).view(n, 1, per_image)
-            self._counters[(i, n)] = counters
+        counters = torch.arange(offset, offset + n * per_image, dtype=torch.int32,
+                                device=h.device).view(n, 1, per_image)
         keep = counter.bits(keys, counters).view(torch.int16) >= layer.threshold
         mask = keep.view(h.shape).to(h.dtype) * (1 / (1 - layer.p))
         return h * mask, offset + n * per_image

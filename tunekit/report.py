@@ -124,6 +124,29 @@ def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
             f"{spec.resources.cpus_per_trial} torch thread(s) per trial; {pack}; at once: {cap}")
 
 
+def estimate_line(est: Any) -> str:
+    """`measure.SweepEstimate` in words: the time, and what it was measured from."""
+    steps = [step for step, _ in est.shapes]
+
+    def span(values: list[float], fmt: str) -> str:
+        low, high = format(min(values), fmt), format(max(values), fmt)
+        return low if low == high else f"{low}–{high}"
+    return (f"estimate: about {_duration(est.seconds)} on this machine ({est.units} Ray "
+            f"trial(s) of {est.epochs} epoch(s), {est.at_once} at a time; timed here on "
+            f"{steps[0].device}, a few steps of each of {len(steps)} trial shape(s): "
+            f"{span([s.seconds * 1000 for s in steps], ',.1f')} ms per step of "
+            f"{span([s.k * s.batch for s in steps], ',')} images, "
+            f"{span([s.images_per_s for s in steps], ',.0f')} img/s)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class SweepView:
     """A running sweep as a person follows it. Implements sweep.Listener.
 

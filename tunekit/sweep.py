@@ -384,6 +384,23 @@ def start(plan: Plan, address: str | None, probe: str) -> str | None:
     return None
 
 
+def _packs(plan: Plan, one: cluster.Ask) -> tuple[list[list[int]], cluster.Ask]:
+    """The plan's packs and what each asks Ray for. With `sweep.pack: auto`, trials that get a
+    GPU and a driver that has one, the size and the GPU share are measured on it
+    (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs."""
+    if plan.adaptive:
+        return plan.packs(1), one
+    if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
+        from tunekit.measure import gpu_pack
+        choice = gpu_pack(_rooted(plan.trials[0].config, None), len(plan.trials))
+        torch.cuda.empty_cache()
+        return plan.packs(choice.k), cluster.Ask(one.cpus, choice.gpu_share,
+                                                 f"{one.why}; packs of up to {choice.k}, "
+                                                 f"{choice.why}")
+    packs = plan.packs(cluster.pack_size(plan.spec, one))
+    return packs, one.packed(max((len(p) for p in packs), default=1))
+
+
 def run(plan: Plan, *, address: str | None = None, resume: bool = False,
         listeners: list[Listener] | None = None,
         interrupted: threading.Event | None = None) -> list[TrialState]:
@@ -401,8 +418,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     if interrupted.is_set():
         return []
     one = cluster.ask(spec)
-    packs = plan.packs(1 if plan.adaptive else cluster.pack_size(spec, one))
-    asks = one.packed(max((len(p) for p in packs), default=1))
+    packs, asks = _packs(plan, one)
     global _active
     _active = _Active(plan, list(listeners or []), interrupted, packs)
     for listener in _active.listeners:

@@ -83,15 +83,17 @@ def train_step(pack: Packed, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
     return loss.detach(), right
 
 
-def compiled(pack: Packed, sgd: FusedSGD) -> Callable[..., Any]:
+def compiled(pack: Packed, sgd: FusedSGD, backend: str = "inductor") -> Callable[..., Any]:
     """`train_step` under torch.compile, whole (fullgraph); on CUDA as a CUDA graph, the tensors
-    it updates in place marked static so the graph replays on them."""
+    it updates in place marked static so the graph replays on them. Two shapes at most: the
+    full batch and the epoch's last, smaller one."""
     torch._dynamo.config.trace_autograd_ops = True  # else autograd.grad breaks the graph
     if pack.params.is_cuda:
         for t in (pack.params, sgd.buf, *pack.buffers.values()):
             torch._dynamo.mark_static_address(t)
-        return torch.compile(train_step, fullgraph=True, dynamic=False, mode="reduce-overhead")
-    return torch.compile(train_step, fullgraph=True, dynamic=False)
+        return torch.compile(train_step, fullgraph=True, dynamic=False, backend=backend,
+                             mode="reduce-overhead")
+    return torch.compile(train_step, fullgraph=True, dynamic=False, backend=backend)
 
 
 @torch.no_grad()
