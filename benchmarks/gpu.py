@@ -1,20 +1,23 @@
-"""GPU throughput: one trial alone on a GPU, four trials sharing it (0.25 GPU each, as a sweep
-with the automatic share runs them), and the same four packed into one fused network, in training
-images/s.
+"""GPU throughput, in aggregate training images/s: one trial alone, four trials sharing the GPU
+(0.25 GPU each, as a sweep with the automatic share runs them), and packs of 16, 64 and 256
+trials as one fused network, eager and compiled (torch.compile, captured as a CUDA graph).
 
-Each trial is `train.fit` on real MNIST (GN, batch 64, data resident on the device); a trial's
-figure is its last epoch's images/s. The four run at once as Ray tasks that ask for 0.25 GPU each;
-their sum is the aggregate the GPU delivers to a sweep.
+A trial is `train.fit` (GN, batch 64, data resident on the device). One trial's or one pack's
+figure is its last epoch's images/s. The four sharing run at once as Ray tasks asking 0.25 GPU
+each; each records when each of its epochs ended, and their aggregate is the images all four
+trained inside one common wall-clock window (from the last first-epoch end to the first last-epoch
+end), not a sum of rates that need not overlap. Also prints the memory a pack member takes.
 
-    python benchmarks/gpu.py [--images 60000] [--epochs 2] [--device cuda]
+    python benchmarks/gpu.py [--images 60000] [--epochs 2] [--packs 16,64,256] [--json FILE]
 
-`--device cpu` runs the same measurement on the CPU (a check of the script, not a GPU figure).
+`--device cpu` with small sizes checks the script on a machine without a GPU (no GPU figures).
 Needs the MNIST files: data.root, or $TUNEKIT_DATA_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -25,52 +28,97 @@ from tunekit.spec import TrialConfig
 from tunekit.train import fit, fit_pack
 
 
-def config(images: int, epochs: int, device: str, seed: int) -> TrialConfig:
+def config(images: int, epochs: int, device: str, seed: int, compile: bool = False
+           ) -> TrialConfig:
     return TrialConfig.model_validate({
         "data": {"subset": images}, "model": {"norm": "GN"},
-        "train": {"epochs": epochs, "batch_size": 64, "device": device, "seed": seed}})
+        "train": {"epochs": epochs, "batch_size": 64, "device": device, "seed": seed,
+                  "compile": compile}})
 
 
-def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> float:
-    return fit(config(images, epochs, device, seed), threads=1).history[-1].images_per_s
+def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> list[tuple[float, int]]:
+    """(wall-clock time, images trained so far) at the end of each epoch."""
+    marks = [(time.time(), 0)]
+
+    def mark(metrics, _state) -> None:
+        marks.append((time.time(), marks[-1][1] + images))
+    fit(config(images, epochs, device, seed), mark, threads=1)
+    return marks
+
+
+def common_window(runs: list[list[tuple[float, int]]]) -> tuple[float, float]:
+    """Aggregate img/s of runs over the window all of them were training in, and its length."""
+    start = max(r[1][0] for r in runs)  # all past their first epoch (start-up excluded)
+    end = min(r[-1][0] for r in runs)
+    if end <= start:
+        raise SystemExit("the sharing runs did not overlap: use more epochs")
+
+    def done(marks: list[tuple[float, int]], t: float) -> float:  # images by time t, linearly
+        for (t0, n0), (t1, n1) in zip(marks, marks[1:]):
+            if t0 <= t <= t1:
+                return n0 + (n1 - n0) * (t - t0) / (t1 - t0)
+        return marks[-1][1]
+    images = sum(done(r, end) - done(r, start) for r in runs)
+    return images / (end - start), end - start
+
+
+def pack_rate(k: int, images: int, epochs: int, device: str, compile: bool) -> float:
+    results = fit_pack([config(images, epochs, device, s, compile) for s in range(k)], threads=1)
+    return k * results[0].history[-1].images_per_s
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=60000, help="training images per epoch")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per trial (the last is timed)")
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--share", type=int, default=4, help="trials sharing the device at once")
+    ap.add_argument("--packs", default="16,64,256", help="pack sizes")
+    ap.add_argument("--pack-images", type=int, default=10000, help="images per pack member")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run this on a GPU machine (or --device cpu)")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU, 1 thread per trial"
-    print(f"{name} · torch {torch.__version__} · {args.images} images × {args.epochs} epochs")
+    print(f"{name} · torch {torch.__version__} · {args.images} images × {args.epochs} epochs",
+          flush=True)
+    out: dict[str, object] = {"device": name, "torch": torch.__version__}
 
-    alone = one_trial(args.images, args.epochs, args.device)
-    print(f"1 trial alone:            {alone:10,.0f} img/s")
+    marks = one_trial(args.images, args.epochs, args.device)
+    alone = args.images / (marks[-1][0] - marks[-2][0])
+    out["alone"] = alone
+    print(f"1 trial alone:              {alone:10,.0f} img/s", flush=True)
 
     gpu = 1 / args.share if args.device == "cuda" else 0
     env = {k: os.environ[k] for k in ("TUNEKIT_DATA_DIR",) if k in os.environ}
     ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env},
              num_cpus=max(args.share, os.cpu_count() or 1), log_to_driver=False)
     task = ray.remote(num_cpus=1, num_gpus=gpu)(one_trial)
-    start = time.perf_counter()
-    rates = ray.get([task.remote(args.images, args.epochs, args.device, seed)
-                     for seed in range(1, args.share + 1)])
-    wall = time.perf_counter() - start
+    runs = ray.get([task.remote(args.images, args.epochs + 1, args.device, seed)
+                    for seed in range(1, args.share + 1)])
     ray.shutdown()
-    total = sum(rates)
-    print(f"{args.share} trials × {gpu:g} GPU: {total:10,.0f} img/s in all "
-          f"({', '.join(f'{r:,.0f}' for r in rates)} each; {wall:.0f} s wall, start-up included)")
-    print(f"sharing vs alone:         {total / alone:10.2f}×")
-    configs = [config(args.images, args.epochs, args.device, seed)
-               for seed in range(1, args.share + 1)]
-    packed = fit_pack(configs, threads=1)
-    rate = sum(r.history[-1].images_per_s for r in packed)
-    print(f"{args.share} trials packed:         {rate:10,.0f} img/s in all (one process, one "
-          "fused network)")
-    print(f"packed vs alone:          {rate / alone:10.2f}×")
+    shared, window = common_window(runs)
+    out["shared"] = shared
+    print(f"{args.share} trials × {gpu:g} GPU:     {shared:10,.0f} img/s in all, over the "
+          f"{window:.1f} s all {args.share} trained at once ({shared / alone:.2f}× alone)",
+          flush=True)
+
+    for k in (int(x) for x in args.packs.split(",")):
+        for compile in (False, True):
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            rate = pack_rate(k, args.pack_images, args.epochs, args.device, compile)
+            mode = "compiled, CUDA graph" if compile and args.device == "cuda" else (
+                "compiled" if compile else "eager")
+            memory = ""
+            if args.device == "cuda":
+                memory = f", {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak"
+            out[f"pack{k}_{'compiled' if compile else 'eager'}"] = rate
+            print(f"pack of {k:>3} ({mode:>20}): {rate:10,.0f} img/s in all ({rate / alone:.1f}× "
+                  f"one trial alone, {rate / shared:.1f}× four sharing{memory})", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

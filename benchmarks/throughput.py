@@ -8,8 +8,11 @@ images/s of each and their ratio.
   batch-wise rotation, cheap dropout mask, one-call L1 penalty); the last epoch's images/s.
 - reference: the seed's style: torchvision DataLoader over datasets.MNIST with PIL
   RandomRotation + ToTensor + Normalize per sample, nn.Dropout, and a Python loop summing |p|.
+- baseline (with --baseline DIR): `train.fit` of another tunekit checkout (an earlier commit,
+  say `git worktree add /tmp/before <rev>`), same config, in a subprocess: today's trainer
+  against this one, side by side in the same rounds.
 
-    python benchmarks/throughput.py [--images 9600] [--rounds 3] [--threads 2]
+    python benchmarks/throughput.py [--images 9600] [--rounds 3] [--threads 2] [--baseline DIR]
 
 Needs the MNIST files: data.root, or $TUNEKIT_DATA_DIR (e.g. ../shared/data).
 """
@@ -17,7 +20,10 @@ Needs the MNIST files: data.root, or $TUNEKIT_DATA_DIR (e.g. ../shared/data).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -64,12 +70,24 @@ def seed_style(images: int, threads: int, workers: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+CONFIG = ("{'data': {'subset': %d}, 'model': {'norm': 'GN'}, 'train': {'epochs': 2, "
+          "'batch_size': %d, 'l1': %g, 'scheduler': {'name': 'none'}, 'device': 'cpu'}}")
+
+
 def tunekit_step(images: int, threads: int) -> float:
-    config = TrialConfig.model_validate({
-        "data": {"subset": images}, "model": {"norm": "GN"},
-        "train": {"epochs": 2, "batch_size": BATCH, "l1": L1, "scheduler": {"name": "none"},
-                  "device": "cpu"}})
+    config = TrialConfig.model_validate(eval(CONFIG % (images, BATCH, L1)))
     return fit(config, threads=threads).history[-1].images_per_s
+
+
+def baseline_step(folder: str, images: int, threads: int) -> float:
+    """The same measurement with the tunekit in `folder`, in a process of its own."""
+    code = ("from tunekit.spec import TrialConfig; from tunekit.train import fit; "
+            f"c = TrialConfig.model_validate({CONFIG % (images, BATCH, L1)}); "
+            f"print(fit(c, threads={threads}).history[-1].images_per_s)")
+    env = {**os.environ, "PYTHONPATH": folder}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=folder, text=True,
+                         capture_output=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -78,19 +96,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference")
+    ap.add_argument("--baseline", help="another tunekit checkout to measure side by side")
     args = ap.parse_args()
-    ref, ours = [], []
+    ref, ours, base = [], [], []
     for r in range(args.rounds):
         ref.append(seed_style(args.images, args.threads, args.workers))
         ours.append(tunekit_step(args.images, args.threads))
-        print(f"round {r + 1}: seed-style {ref[-1]:,.0f} img/s   tunekit {ours[-1]:,.0f} img/s",
-              flush=True)
+        line = f"round {r + 1}: seed-style {ref[-1]:,.0f} img/s   tunekit {ours[-1]:,.0f} img/s"
+        if args.baseline:
+            base.append(baseline_step(args.baseline, args.images, args.threads))
+            line += f"   baseline {base[-1]:,.0f} img/s"
+        print(line, flush=True)
     a, b = statistics.median(ref), statistics.median(ours)
     print(f"\nGN, batch {BATCH}, L1 {L1:g}, {args.threads} thread(s), {args.images} images/round, "
           f"median of {args.rounds} rounds")
     print(f"seed-style loop : {a:8,.0f} img/s")
+    if base:
+        print(f"baseline        : {statistics.median(base):8,.0f} img/s   ({args.baseline})")
     print(f"tunekit         : {b:8,.0f} img/s")
-    print(f"speed-up        : {b / a:8.2f}x")
+    print(f"speed-up        : {b / a:8.2f}x the seed-style loop" + (
+        f", {b / statistics.median(base):.2f}x the baseline" if base else ""))
 
 
 if __name__ == "__main__":

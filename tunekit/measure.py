@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.model import Net
+from tunekit.opcount import OpCounter
 from tunekit.plan import Plan
 from tunekit.pack import Packed
 from tunekit.sgd import FusedSGD
@@ -39,13 +40,9 @@ class StepTime:
         return self.steps_per_epoch * self.seconds + self.eval_seconds
 
 
-def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
-               threads: int | None = None) -> StepTime:
-    """Time `steps` training steps of `configs` as one pack (after `warm` untimed ones), and a
-    slice of an evaluation pass scaled to the whole test set."""
+def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Packed, datamod.Data, torch.device]:
+    """A function that runs training step s of `configs` as one pack, and the pack it trains."""
     first = configs[0].train
-    if threads:
-        torch.set_num_threads(threads)
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
     nets = []
@@ -59,18 +56,37 @@ def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, device)
     draws = datamod.epoch(d, seeds, 1, configs[0].data.rotation)
-    keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(len(configs), dtype=torch.bool,
-                                                                     device=device)
+    keys = counter.keys(seeds, counter.DROPOUT, 1)
+    live = torch.ones(len(configs), dtype=torch.bool, device=device)
     step = compiled(pack, sgd) if first.compile else train_step
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    numbers = torch.arange(64, dtype=torch.int32, device=device)  # on the device: no copy a step
 
     def run(s: int) -> None:
         start = (s * batch) % max(1, n - batch + 1)
-        x, y = datamod.train_batch(d, draws, start, batch)
-        step(pack, sgd, x, y, keys, torch.tensor(s, dtype=torch.int32, device=device), lr[0],
-             momentum[0], live)
+        x, y = datamod.train_batch(d, draws, start, batch)  # the batch's gather: part of a step
+        step(pack, sgd, x, y, keys, numbers[s % 64], lr[0], momentum[0], live)
+    return run, pack, d, device
 
+
+def launches(configs: Sequence[TrialConfig], warm: int = 2) -> OpCounter:
+    """The aten ops of one training step of `configs` as one pack, after `warm` steps."""
+    run = _stepper(configs)[0]
+    for s in range(warm):
+        run(s)
+    with OpCounter() as ops:
+        run(warm)
+    return ops
+
+
+def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
+               threads: int | None = None) -> StepTime:
+    """Time `steps` training steps of `configs` as one pack (after `warm` untimed ones), and a
+    slice of an evaluation pass scaled to the whole test set."""
+    if threads:
+        torch.set_num_threads(threads)
+    run, pack, d, device = _stepper(configs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for s in range(warm):
         run(s)
     _sync(device)
@@ -79,6 +95,7 @@ def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
         run(warm + s)
     _sync(device)
     seconds = (time.perf_counter() - begin) / steps
+    first = configs[0].train
     part = min(len(d.test_labels), 2 * first.eval_batch_size)
     small = datamod.Data(d.train_images, d.train_labels, d.test_images[:part],
                          d.test_labels[:part], d.mean, d.std)
@@ -86,6 +103,7 @@ def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
     evaluate(pack, small, first.eval_batch_size)
     eval_seconds = (time.perf_counter() - begin) * len(d.test_labels) / part
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     return StepTime(len(configs), batch, seconds, eval_seconds, len(datamod.steps(n, batch)),
                     device.type, peak)
 

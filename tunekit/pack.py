@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class Packed:
         self.params = torch.empty(size, device=device, requires_grad=True)
         self.buffers = {name: torch.empty(self.k * b.numel(), device=device)  # BN statistics
                         for name, b in self.template.named_buffers() if b.is_floating_point()}
-        self.batches_tracked = 0  # BatchNorm's counter (kept for a Net's state dict)
+        self.batches_tracked = 0  # BatchNorm's training steps (for a Net's state dict)
         self.training = True
         for k, net in enumerate(nets):
             self.load(k, net.state_dict())
@@ -170,7 +170,3 @@ class Packed:
         mask = keep.view(h.shape).to(h.dtype) * (1 / (1 - layer.p))
         return h * mask, offset + n * per_image
 
-
-def unpacked(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A Net state dict as plain tensors of its own (for a checkpoint or an export)."""
-    return {name: value.detach().cpu().clone() for name, value in state.items()}

@@ -199,6 +199,7 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
                                live)
             loss_sum += loss * size
             correct += right
+        pack.batches_tracked += len(batches)
         n = len(d.train_labels)
         train_loss = (loss_sum / n).tolist()  # waits for the device: time after it
         seconds = time.perf_counter() - start
