@@ -116,8 +116,8 @@ def fit_summary(result: FitResult) -> str:
 
 def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
     cap = spec.sweep.max_concurrent or "as many as the cluster's CPUs/GPUs allow"
-    pack = {"auto": f"packs: auto (1 on CPUs, up to {AUTO_PACK} trials per pack where they get "
-                    "a GPU)",
+    pack = {"auto": f"packs: auto (1 on CPUs; where trials get a GPU, sized on the driver's GPU, "
+                    f"else up to {AUTO_PACK} trials per pack)",
             1: "no packs"}.get(spec.sweep.pack, f"packs of up to {spec.sweep.pack} trials of "
                                                 "one shape, each pack one Ray trial")
     return (f"{trials} trial(s) × {spec.train.epochs} epoch(s); each trial asks for {asks}; "

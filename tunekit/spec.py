@@ -260,8 +260,8 @@ class AshaSpec(_Strict):
     reduction_factor: float = Field(3.0, gt=1)  # about 1 in this many trials goes on at each rung
 
 
-AUTO_PACK = 16  # sweep.pack auto: trials per pack where they get a GPU (a cap: GPU memory per
-#                member not measured yet); on CPUs, 1
+AUTO_PACK = 16  # sweep.pack auto where trials get a GPU and the driver has none to measure the
+#                pack size on (measure.gpu_pack); on CPUs, 1
 
 
 class SweepSpec(_Strict):
@@ -272,7 +272,8 @@ class SweepSpec(_Strict):
     max_trials: PositiveInt = 5000  # a plan of more trials is refused (a typo'd grid, say)
     asha: AshaSpec | None = None  # stop weak trials early on val_acc; None: run every epoch
     pack: Literal["auto"] | PositiveInt = "auto"  # trials of one shape trained as one fused
-    #     network per Ray trial (grid plans); auto: 1 on CPUs, up to AUTO_PACK on GPUs
+    #     network per Ray trial (grid plans); auto: 1 on CPUs; on GPUs measured on the
+    #     driver's GPU, else up to AUTO_PACK
 
 
 class TrackingSpec(_Strict):
