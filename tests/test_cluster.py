@@ -88,18 +88,28 @@ def test_cluster_yaml_passes_rays_own_validation_and_wires_storage_and_tracking(
     assert "pip install" in " ".join(config["setup_commands"])
 
 
-@pytest.mark.ray
-def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts(
-        tmp_path: Path) -> None:
-    """A `ray up`-style head (no CPUs for trials, the autoscaler's config in ~) and a GPU worker
-    that joins once the sweep is waiting: every trial asks for a GPU share and gets the GPU."""
+def test_cluster_yaml_binds_no_server_to_every_address() -> None:
+    """MLflow and Ray's dashboard (its job API runs whatever it is sent) listen on the head only;
+    users reach them through SSH port forwarding."""
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    commands = [c for key, value in config.items() if key.endswith("commands") for c in value]
+    assert not [c for c in commands if "0.0.0.0" in c or "::" in c.replace("::1", "")], commands
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "mlflow server --host 127.0.0.1" in head
+
+
+def late_gpu_worker(tmp_path: Path, bootstrap: bool, **env_vars: str) -> tuple[str, dict]:
+    """A head with no CPUs for trials (with `ray up`'s autoscaler config in ~, or nothing), a
+    sweep that starts on it, and a GPU worker that joins once the sweep's trials wait: the sweep's
+    output (whitespace folded) and what its trials reported."""
     data = make_mnist(tmp_path / "data", n_train=300, n_test=100)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(REPO / "cluster.yaml", home / "ray_bootstrap_config.yaml")
-    env = {**os.environ, "HOME": str(home),
-           "TUNEKIT_DATA_DIR": str(data)}
+    if bootstrap:
+        shutil.copy(REPO / "cluster.yaml", home / "ray_bootstrap_config.yaml")
+    env = {**os.environ, "HOME": str(home), "TUNEKIT_DATA_DIR": str(data)}
     env.pop(cluster.GPUS_ENV, None)
+    env.update(env_vars)
     (tmp_path / "spec.yaml").write_text(textwrap.dedent("""
         name: gpus
         train: {epochs: 1, batch_size: 32}
@@ -127,13 +137,20 @@ def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts
         assert sweep.wait(300) == 0, log.read_text()
     finally:
         nodes.stop()
-    out = " ".join(log.read_text().split())
+    return " ".join(log.read_text().split()), progress(tmp_path / "runs" / "gpus")
+
+
+@pytest.mark.ray
+def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts(
+        tmp_path: Path) -> None:
+    """A `ray up`-style head (no CPUs for trials, the autoscaler's config in ~) and a GPU worker
+    that joins once the sweep is waiting: every trial asks for a GPU share and gets the GPU."""
+    out, rows = late_gpu_worker(tmp_path, bootstrap=True)
     assert ("each trial asks for 1 CPU + 0.25 GPU (auto: the autoscaler may start 'gpu_worker' "
             "nodes with 1 GPU(s))") in out, out
     # the storage is a folder, and no node that runs trials was up to check that it reads it
     assert (f"WARNING: no node that runs trials is up yet, so none was checked to read "
             f"{tmp_path / 'runs'}") in out, out
-    rows = progress(tmp_path / "runs" / "gpus")
     assert len(rows) == 2
     for trial in rows.values():
         (row,) = trial
@@ -141,3 +158,28 @@ def test_trials_ask_for_a_gpu_share_when_gpu_workers_join_after_the_sweep_starts
         assert "CUDA_VISIBLE_DEVICES=0" in row["warning"] and "training on the CPU" in row[
             "warning"], row
     assert out.count("WARNING: trial") == 2 and "2 trial(s) did not train where" in out, out
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_a_head_that_cannot_tell_whether_gpus_will_come_says_so_before_any_trial(
+        tmp_path: Path) -> None:
+    """`ray start` with no autoscaler and no node for trials yet: the sweep does not claim that
+    no GPU can come; it warns before any trial and says what to set."""
+    out, rows = late_gpu_worker(tmp_path, bootstrap=False)
+    assert "cannot start any" not in out
+    warning = out.index("WARNING: no node that runs trials is up and no autoscaler config")
+    assert warning < out.index("epoch 1/1"), out  # before any trial trained
+    assert f"set {cluster.GPUS_ENV} (or resources.gpus_per_trial)" in out[warning:], out
+    for trial in rows.values():
+        (row,) = trial
+        assert row["gpu_ids"] == "" and "asked Ray for none" in row["warning"], row
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+def test_the_cluster_default_share_holds_where_nothing_tells_of_gpus(tmp_path: Path) -> None:
+    out, rows = late_gpu_worker(tmp_path, bootstrap=False, **{cluster.GPUS_ENV: "0.5"})
+    assert "each trial asks for 1 CPU + 0.5 GPU (TUNEKIT_GPUS_PER_TRIAL)" in out, out
+    assert "WARNING: no node that runs trials is up and no autoscaler" not in out
+    assert sorted(trial[0]["gpu_ids"] for trial in rows.values()) == ["0", "0"]

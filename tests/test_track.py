@@ -135,7 +135,26 @@ def test_unreachable_tracking_server_fails_fast_and_starts_nothing(tmp_path: Pat
     assert not (tmp_path / "runs").exists()  # no trial, not even Ray's folder
 
 
-def test_ui_serves_the_store_tunekit_used_and_stops(tmp_path: Path) -> None:
+def _left(servers: list[str]) -> list[str]:
+    """Those of `servers` (command lines) still running."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    running = set(out.splitlines())
+    return [args for args in servers if args in running]
+
+
+def _mlflow_servers(ui: subprocess.Popen) -> list[str]:
+    """The processes `tunekit ui` started (the MLflow UI, its web workers and job consumers),
+    by their process group: the one of tunekit's child."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True,
+                         text=True).stdout.splitlines()[1:]
+    rows = [line.split(None, 3) for line in out]
+    groups = {pgid for pid, ppid, pgid, _ in rows if ppid == str(ui.pid)}
+    return [args for pid, ppid, pgid, args in rows if pgid in groups and pid != str(ui.pid)]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(tmp_path: Path,
+                                                                      stop: int) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from tunekit.track import EXPERIMENT_KIND, connect
     client = connect(store)
@@ -143,17 +162,38 @@ def test_ui_serves_the_store_tunekit_used_and_stops(tmp_path: Path) -> None:
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "tunekit", "ui", "study", "--port", str(port),
                            "--tracking-uri", store], cwd=tmp_path, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         line = ui.stdout.readline()  # printed once the UI answers
-        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}" in line, line
+        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs" in line, line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.status == 200
+        servers = _mlflow_servers(ui)
+        assert any("mlflow" in args for args in servers), servers
     finally:
-        os.killpg(ui.pid, signal.SIGINT)
-        ui.wait(30)
+        ui.send_signal(stop)  # to tunekit alone, as `kill` or a process manager sends it
+        assert ui.wait(30) in (0, 130), ui.stdout.read()
+    deadline = time.monotonic() + 15
+    while _left(servers) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not _left(servers)  # no server left behind, whatever stopped tunekit
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_ui_on_a_non_local_host_says_what_it_exposes(tmp_path: Path) -> None:
+    from tunekit.track import connect, serve_ui
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    connect(store)
+    said: list[str] = []
+
+    def announce(line: str) -> None:
+        said.append(line)
+        raise KeyboardInterrupt  # stop at the first line: the warning, before any server
+    with pytest.raises(KeyboardInterrupt):
+        serve_ui(store, "0.0.0.0", free_port(), None, announce)
+    assert said[0].startswith("WARNING: --host 0.0.0.0 serves the MLflow UI") and \
+        "anyone" in said[0]
 
 
 def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: Path) -> None:

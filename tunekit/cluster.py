@@ -99,13 +99,14 @@ class Ask:
     cpus: int
     gpus: float
     why: str
+    warning: str | None = None  # what the ask could not know, for a WARNING line
 
     def packed(self, k: int) -> Ask:
         """What a pack of `k` such trials asks for: k GPU shares, up to one GPU."""
         if k <= 1:
             return self
         gpus = min(1.0, self.gpus * k) if self.gpus < 1 else self.gpus
-        return Ask(self.cpus, gpus, f"{self.why}; per pack of up to {k} trials")
+        return Ask(self.cpus, gpus, f"{self.why}; per pack of up to {k} trials", self.warning)
 
     def __str__(self) -> str:
         gpu = f" + {fmt(self.gpus)} GPU" if self.gpus else ", no GPU"
@@ -144,6 +145,18 @@ def autoscaler_gpus(config: str | Path = BOOTSTRAP) -> tuple[str, float] | None:
     return None
 
 
+def published_gpus() -> float | None:
+    """The most GPUs the autoscaler may bring up, from the cluster config it publishes to Ray's
+    GCS (autoscaler v2, KubeRay); None where nothing with GPUs is published."""
+    try:
+        from ray._private.state import state  # Ray's own reader (Ray Data uses it)
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 (a private API: absent or changed means "not published")
+        return None
+    gpus = float(most.get("GPU", 0) or 0)
+    return gpus if gpus > 0 else None
+
+
 def pack_size(spec: ExperimentSpec, asks: Ask) -> int:
     """Trials per pack: sweep.pack, or (auto) AUTO_PACK where trials get a GPU, else 1 (on CPUs
     a pack trains no faster than its members one after another: benchmarks/pack.py)."""
@@ -167,10 +180,20 @@ def ask(spec: ExperimentSpec) -> Ask:
     up = ray.cluster_resources().get("GPU", 0)
     if up > 0:
         return Ask(cpus, AUTO_GPU_SHARE, f"auto: {fmt(up)} GPU(s) up")
+    if (published := published_gpus()) is not None:
+        return Ask(cpus, AUTO_GPU_SHARE, f"auto: the autoscaler's published cluster config may "
+                                         f"bring up {fmt(published)} GPU(s)")
     if (scalable := autoscaler_gpus()) is not None:
         return Ask(cpus, AUTO_GPU_SHARE, f"auto: the autoscaler may start {scalable[0]!r} nodes "
                                          f"with {fmt(scalable[1])} GPU(s)")
-    return Ask(cpus, 0.0, "auto: the cluster has no GPUs and cannot start any")
+    if trial_nodes():
+        return Ask(cpus, 0.0, "auto: no GPU on the nodes up, and no autoscaler config names GPU "
+                              "nodes")
+    return Ask(cpus, 0.0, "auto: no GPU up, and nothing tells whether GPU nodes will come",
+               warning=f"no node that runs trials is up and no autoscaler config says what will "
+                       f"come, so tunekit cannot tell whether GPU nodes will: trials ask for no "
+                       f"GPU. If GPU nodes will join, set {GPUS_ENV} (or resources.gpus_per_trial)"
+                       f", e.g. {GPUS_ENV}=0.25 for four trials per GPU")
 
 
 def ask_before_start(spec: ExperimentSpec) -> str:

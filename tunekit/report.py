@@ -193,6 +193,8 @@ class SweepView:
     def sweep_started(self, joined: str, asks: Any) -> None:
         self.asks = f"each trial asks for {asks}"
         self._say(f"{self.name} runs on {joined}; {self.asks}")
+        if asks.warning:
+            self._say(f"WARNING: {asks.warning}")
 
     def trial_started(self, trial: TrialState) -> None:
         self._update(trial)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,22 +97,37 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     return client
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def serve_ui(uri: str, host: str, port: int, experiment: str | None,
              announce: Callable[[str], None]) -> None:
-    """Serve the MLflow UI on store `uri` until Ctrl-C; `announce` its URL (of `experiment`)."""
+    """Serve the MLflow UI on store `uri` until Ctrl-C or SIGTERM; `announce` the URL of its
+    experiment's runs table. The server and every process it starts end with it, however it
+    ends."""
     client = connect(uri, create=False)
     exp = client.get_experiment_by_name(experiment) if experiment else None
     if experiment and exp is None:
         raise TrackingError(f"no experiment {experiment!r} in the MLflow store at {uri}")
-    page = f"/#/experiments/{exp.experiment_id}" if exp else ""
+    page = f"/#/experiments/{exp.experiment_id}/runs" if exp else ""  # the runs, not "Overview"
     if uri.startswith(("http://", "https://")):  # a server already serves its own UI
         announce(f"MLflow UI: {uri.rstrip('/')}{page}")
         return
-    base = f"http://{host}:{port}"
+    if host not in LOCAL_HOSTS:
+        announce(f"WARNING: --host {host} serves the MLflow UI, with every run, parameter and "
+                 "artifact of this store and the right to change and delete them, to anyone "
+                 f"who reaches this machine's port {port}; nothing asks who they are")
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    previous = signal.getsignal(signal.SIGTERM)
     with tempfile.TemporaryFile("w+") as log:  # the server's output, shown if it fails to start
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                                    uri, "--host", host, "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def terminated(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, terminated)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and server.poll() is None:
@@ -128,12 +145,26 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
         except KeyboardInterrupt:
             pass
         finally:
-            if server.poll() is None:
-                server.terminate()
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            _end_group(server)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _end_group(server: subprocess.Popen) -> None:
+    """End the server and the workers it started (its own process group)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            os.killpg(server.pid, signal.SIGKILL)  # whatever of the group outlived its leader
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            pass
+        return
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
