@@ -51,13 +51,25 @@ def test_dropout_masks_keep_1_minus_p_and_are_a_member_s_own() -> None:
         torch.manual_seed(seed)
         nets.append(Net("GN", dropout=0.3))
     trio, alone = Packed(nets), Packed(nets[1:2])
-    layer = nets[0].features[3]
+    assert list(trio.dropped) == [3, 7, 12, 16, 21, 26]  # the six dropout layers
+    assert trio.dropped[3] == 8 * 28 * 28 // 2  # two 16-bit draws per hash
     keys = counter.step_keys(counter.keys(torch.tensor([5, 9, 4], dtype=torch.int32),
                                           counter.DROPOUT, 1), torch.tensor(7))
-    h = torch.ones(16, 3 * 8, 28, 28)
-    masked, _ = trio._dropout(h, layer, keys, 3, 0)
-    one, _ = alone._dropout(torch.ones(16, 8, 28, 28), layer, keys[1:2], 3, 0)
-    assert torch.equal(masked[:, 8:16], one)  # member 2's mask: its key's alone
-    kept = (masked != 0).float().mean().item()
-    assert abs(kept - 0.7) < 0.005 and torch.allclose(masked[masked != 0], torch.tensor(1 / 0.7))
-    assert (masked[:, :8] != masked[:, 8:16]).any()  # other keys, other masks
+    masks, one = trio._masks(16, keys), alone._masks(16, keys[1:2])
+    for i in trio.dropped:
+        assert torch.equal(masks[i][:, 1], one[i][:, 0])  # member 2's mask: its key's alone
+        assert (masks[i][:, 0] != masks[i][:, 1]).any()  # other keys, other masks
+    first = masks[3]
+    assert abs((first != 0).float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(first[first != 0], torch.tensor(1 / 0.7))
+    assert not torch.equal(masks[3][:, :, :784], masks[7][:, :, :784])  # layers draw apart
+
+
+def test_a_pack_s_forward_drops_out_with_those_masks() -> None:
+    torch.manual_seed(0)
+    pack = Packed([Net("GN", dropout=0.5)])
+    keys = counter.keys(torch.tensor([3], dtype=torch.int32), counter.DROPOUT, 1)
+    x = torch.randn(4, 1, 28, 28)
+    a, b = pack(x, keys), pack(x, keys)
+    assert torch.equal(a, b)  # the same key: the same masks
+    assert not torch.equal(a, pack(x, keys + 1)) and not torch.equal(a, pack.eval()(x))

@@ -61,9 +61,10 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
     pack = Packed([Net("GN", dropout=0.5)], "cuda")
     keys = counter.step_keys(counter.keys(seeds[:1], counter.DROPOUT, 1),
                              torch.tensor(0, device="cuda"))
-    kept, _ = pack._dropout(torch.ones(64, 8, 28, 28, device="cuda"), pack.template.features[3],
-                            keys, 3, 0)
+    kept = pack._masks(64, keys)[3]
     assert kept.is_cuda and 0.49 < (kept > 0).float().mean().item() < 0.51
+    on_cpu = Packed([Net("GN", dropout=0.5)])._masks(64, keys.cpu())[3]
+    assert torch.equal(kept.cpu(), on_cpu)  # the same masks on either device
 
 
 def test_one_trial_on_cuda_reaches_the_cpu_accuracy_band(real_mnist: Path) -> None:

@@ -74,7 +74,7 @@ def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: s
         nets.append(Net(norm, dropout=0.0).eval())
     x = torch.randn(8, 3, 28, 28)
     pack = Packed(nets).eval()
-    out = pack(pack.params, x)
+    out = pack(x)
     for k, net in enumerate(nets):
         assert torch.allclose(out[:, k], net(x[:, k:k + 1]), atol=1e-5)
         view = pack.member_net(k).eval()  # the stack seen as member k's Net

@@ -55,11 +55,27 @@ class Packed:
         for name, p in self.template.named_parameters():
             self.slots[name] = Slot(name, tuple(p.shape), size, p.numel())
             size += self.k * p.numel()
-        # the trained tensor, every member's weights: the leaf autograd differentiates
-        self.params = torch.empty(size, device=device, requires_grad=True)
+        self.params = torch.empty(size, device=device)  # the trained tensor: every member's
+        # what autograd differentiates: each parameter's K copies, a view of `params` (one grad
+        # per parameter, no zero-filled slices of the whole stack in the backward pass)
+        self.leaves = {name: slot.fused(self.params, self.k).requires_grad_()
+                       for name, slot in self.slots.items()}
         self.buffers = {name: torch.empty(self.k * b.numel(), device=device)  # BN statistics
                         for name, b in self.template.named_buffers() if b.is_floating_point()}
         self.batches_tracked = 0  # BatchNorm's training steps (for a Net's state dict)
+        self.dropped = _dropout_sizes(self.template)  # dropout layer -> hashes per image
+        drops = {layer.p for layer in self.template.features if isinstance(layer, Dropout)}
+        if len(drops) > 1:
+            raise ValueError(f"a pack draws one dropout rate for every layer, got {sorted(drops)}")
+        self.p = drops.pop() if drops else 0.0
+        self.threshold, self.scale = Dropout(self.p).threshold, 1 / (1 - self.p)
+        # per hash of one image, over the dropout layers in order: its layer's P and S, its place
+        per = [p for p in self.dropped.values() for _ in range(p)]
+        before = [sum(list(self.dropped.values())[:i]) for i, p in
+                  enumerate(self.dropped.values()) for _ in range(p)]
+        self._per = torch.tensor(per, dtype=torch.int32, device=device)
+        self._before = torch.tensor(before, dtype=torch.int32, device=device)
+        self._at = torch.arange(len(per), dtype=torch.int32, device=device) - self._before
         self.training = True
         for k, net in enumerate(nets):
             self.load(k, net.state_dict())
@@ -95,7 +111,7 @@ class Packed:
         out = {}
         for name, value in self.template.state_dict().items():
             if name in self.slots:
-                out[name] = self.slots[name].of(self.params, k).detach().cpu().clone()
+                out[name] = self.slots[name].of(self.params, k).cpu().clone()
             elif name in self.buffers:
                 n = self.buffers[name].numel() // self.k
                 out[name] = self.buffers[name][k * n:(k + 1) * n].cpu().clone()
@@ -109,7 +125,7 @@ class Packed:
         net = copy.deepcopy(self.template)
         for name, slot in self.slots.items():
             module, _, attr = name.rpartition(".")
-            net.get_submodule(module)._parameters[attr] = nn.Parameter(slot.of(self.params.detach(), k),
+            net.get_submodule(module)._parameters[attr] = nn.Parameter(slot.of(self.params, k),
                                                                        requires_grad=False)
         for name, buffer in self.buffers.items():
             module, _, attr = name.rpartition(".")
@@ -126,47 +142,68 @@ class Packed:
     def eval(self) -> Packed:
         return self.train(False)
 
-    def forward(self, params: torch.Tensor, x: torch.Tensor,
-                dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
-        """The K members' log-probabilities for `x` (N×K×H×W), with weights `params` (the stack,
-        or what autograd traces in its place) and, in training, each member's dropout key."""
-        h, k, offset = x, self.k, 0
+    def forward(self, x: torch.Tensor, dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The K members' log-probabilities for `x` (N×K×H×W) and, in training, each member's
+        dropout key."""
+        w, h, k = self.leaves, x, self.k
+        masks = self._masks(x.shape[0], dropout_keys) if self.training else {}
         for i, layer in enumerate(self.template.features):
             name = f"features.{i}"
             if isinstance(layer, nn.Conv2d):
-                h = F.conv2d(h, self.slots[f"{name}.weight"].fused(params, k),
-                             padding=layer.padding, groups=k)
+                h = F.conv2d(h, w[f"{name}.weight"], padding=layer.padding, groups=k)
             elif isinstance(layer, nn.BatchNorm2d):
                 h = F.batch_norm(h, self.buffers[f"{name}.running_mean"],
                                  self.buffers[f"{name}.running_var"],
-                                 self.slots[f"{name}.weight"].fused(params, k).flatten(),
-                                 self.slots[f"{name}.bias"].fused(params, k).flatten(),
-                                 self.training, layer.momentum, layer.eps)
+                                 w[f"{name}.weight"], w[f"{name}.bias"], self.training,
+                                 layer.momentum, layer.eps)
             elif isinstance(layer, nn.GroupNorm):
-                h = F.group_norm(h, layer.num_groups * k,
-                                 self.slots[f"{name}.weight"].fused(params, k).flatten(),
-                                 self.slots[f"{name}.bias"].fused(params, k).flatten(),
-                                 layer.eps)
+                h = F.group_norm(h, layer.num_groups * k, w[f"{name}.weight"],
+                                 w[f"{name}.bias"], layer.eps)
             elif isinstance(layer, Dropout):
-                if self.training and layer.p and dropout_keys is not None:
-                    h, offset = self._dropout(h, layer, dropout_keys, i, offset)
+                if i in masks:
+                    h = (h.view(h.shape[0], k, -1) * masks[i]).view(h.shape)
             else:  # ReLU, MaxPool2d: per channel, as they are
                 h = layer(h)
         h = F.adaptive_avg_pool2d(h, 1)
-        h = F.conv2d(h, self.slots["head.1.weight"].fused(params, k), groups=k)
+        h = F.conv2d(h, w["head.1.weight"], groups=k)
         return F.log_softmax(h.view(h.shape[0], k, -1), dim=-1)
 
     __call__ = forward
 
-    def _dropout(self, h: torch.Tensor, layer: Dropout, keys: torch.Tensor, i: int,
-                 offset: int) -> tuple[torch.Tensor, int]:
-        """Each member's mask from its key and the element's counter: 16 random bits per
-        element (two per hash), kept when at or above the layer's threshold (exact to 1/65536)."""
-        n, kc, height, width = h.shape
-        per_image = kc // self.k * height * width // 2  # hashes per image and member
-        counters = torch.arange(offset, offset + n * per_image, dtype=torch.int32,
-                                device=h.device).view(n, 1, per_image)
-        keep = counter.bits(keys, counters).view(torch.int16) >= layer.threshold
-        mask = keep.view(h.shape).to(h.dtype) * (1 / (1 - layer.p))
-        return h * mask, offset + n * per_image
+    def _masks(self, n: int, keys: torch.Tensor | None) -> dict[int, torch.Tensor]:
+        """Every dropout layer's mask for a batch of n (0, or 1 / (1 - p) where an element is
+        kept, as nn.Dropout scales), N×K×(C·H·W) slices of one draw.
 
+        Element 2j or 2j+1 of image b in dropout layer l has the counter n·S_l + b·P_l + j (P_l
+        hashes per image there, two 16-bit halves per hash; S_l the hashes per image of the
+        layers before, so the layers' counters follow each other): all layers' bits are one
+        hash, N×K×ΣP, and each member's bits depend on its key and the counter alone. An element
+        is kept when its 16 bits are at or above the layer's threshold (p exact to 1/65536).
+        """
+        if keys is None or not self.dropped:
+            return {}
+        image = torch.arange(n, dtype=torch.int32, device=keys.device).view(n, 1, 1)
+        counters = image * self._per + (self._at + n * self._before)  # N×1×ΣP
+        keep = counter.bits(keys, counters).view(torch.int16) >= self.threshold  # N×K×2ΣP
+        scaled = keep.to(self.leaves["head.1.weight"].dtype) * self.scale  # 1 / (1 - p) kept
+        masks, start = {}, 0
+        for i, per_image in self.dropped.items():
+            masks[i] = scaled[:, :, 2 * start:2 * (start + per_image)]
+            start += per_image
+        return masks
+
+
+def _dropout_sizes(net: Net, size: tuple[int, int] = (28, 28)) -> dict[int, int]:
+    """Each dropout layer that drops (p > 0) of `net.features`, by index: the 32-bit hashes one
+    image takes there (half its elements), for images of `size`."""
+    found: dict[int, int] = {}
+    h = torch.zeros(1, 1, *size)
+    with torch.no_grad():
+        for i, layer in enumerate(net.features):
+            if isinstance(layer, Dropout):
+                if layer.p:
+                    found[i] = h[0].numel() // 2
+                continue
+            if not isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):  # norms keep the shape
+                h = layer(h)
+    return found

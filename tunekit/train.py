@@ -74,12 +74,12 @@ def train_step(pack: Packed, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
     """One SGD step of every member on images x (N×K×H×W) and labels y (N×K); returns each
     member's mean loss and the images it got right. lr, momentum, live: one per member."""
     n, k = y.shape
-    out = pack(pack.params, x, counter.step_keys(dropout_keys, step))
+    out = pack(x, counter.step_keys(dropout_keys, step))
     nll = F.nll_loss(out.reshape(n * k, -1), y.reshape(-1), reduction="none")
     loss = nll.view(n, k).t().contiguous().mean(1)  # each member's row: its own sum order
     right = (out.detach().argmax(2) == y).sum(0)
-    (grad,) = torch.autograd.grad(torch.where(live, loss, 0.0).sum(), [pack.params])
-    sgd.step(pack.params, grad, lr, momentum, live)
+    grads = torch.autograd.grad(torch.where(live, loss, 0.0).sum(), list(pack.leaves.values()))
+    sgd.step(pack.params, torch.cat([g.reshape(-1) for g in grads]), lr, momentum, live)
     return loss.detach(), right
 
 
@@ -105,7 +105,7 @@ def evaluate(pack: Packed, d: datamod.Data, batch_size: int) -> list[tuple[float
     k = pack.k
     loss, preds = torch.zeros(k, device=d.test_labels.device), []
     for x, y in datamod.test_batches(d, batch_size):
-        out = pack(pack.params, x.expand(-1, k, -1, -1))  # every member sees the same images
+        out = pack(x.expand(-1, k, -1, -1))  # every member sees the same images
         nll = F.nll_loss(out.reshape(-1, out.shape[-1]), y.repeat_interleave(k),
                          reduction="none")
         loss += nll.view(-1, k).t().contiguous().sum(1)
