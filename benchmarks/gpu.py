@@ -2,11 +2,12 @@
 (0.25 GPU each, as a sweep with the automatic share runs them), and packs of 16, 64 and 256
 trials as one fused network, eager and compiled (torch.compile, captured as a CUDA graph).
 
-A trial is `train.fit` (GN, batch 64, data resident on the device). Every figure is wall clock
-over whole epochs, its test pass included: one trial's or one pack's is its last epoch's. The four sharing run at once as Ray tasks asking 0.25 GPU
-each; each records when each of its epochs ended, and their aggregate is the images all four
-trained inside one common wall-clock window (from the last first-epoch end to the first last-epoch
-end), not a sum of rates that need not overlap. Also prints the memory a pack member takes.
+A trial is `train.fit` (GN, batch 64, data resident on the device). Every figure counts training
+passes alone (the test pass after each epoch excluded): one trial's or one pack's is its last
+epoch's. The four sharing run at once as Ray tasks asking 0.25 GPU
+each; each records when its last training pass began and ended, and their aggregate is the
+images all of them trained inside the wall-clock window where those passes overlap, not a sum of
+rates that need not overlap in time. Also prints the memory a pack member takes.
 
     python benchmarks/gpu.py [--images 60000] [--epochs 2] [--packs 16,64,256] [--json FILE]
 
@@ -36,40 +37,31 @@ def config(images: int, epochs: int, device: str, seed: int, compile: bool = Fal
                   "compile": compile}})
 
 
-def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> list[tuple[float, int]]:
-    """(wall-clock time, images trained so far) at the end of each epoch."""
-    marks = [(time.time(), 0)]
+def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> tuple[float, float]:
+    """(start, end) wall-clock time of the trial's last training pass (its test pass excluded):
+    it starts when the epoch before it has reported, and lasts the seconds it reports."""
+    marks: list[tuple[float, float]] = [(time.time(), 0.0)]
 
     def mark(metrics, _state) -> None:
-        marks.append((time.time(), marks[-1][1] + images))
+        marks.append((time.time(), metrics.seconds))
     fit(config(images, epochs, device, seed), mark, threads=1)
-    return marks
+    start = marks[-2][0]
+    return start, start + marks[-1][1]
 
 
-def common_window(runs: list[list[tuple[float, int]]]) -> tuple[float, float]:
-    """Aggregate img/s of runs over the window all of them were training in, and its length."""
-    start = max(r[1][0] for r in runs)  # all past their first epoch (start-up excluded)
-    end = min(r[-1][0] for r in runs)
+def common_window(passes: list[tuple[float, float]], images: int) -> tuple[float, float]:
+    """Aggregate img/s of training passes over the window all of them were training in (each
+    pass trains its images evenly over its time), and the window's length."""
+    start, end = max(a for a, _ in passes), min(b for _, b in passes)
     if end <= start:
-        raise SystemExit("the sharing runs did not overlap: use more epochs")
-
-    def done(marks: list[tuple[float, int]], t: float) -> float:  # images by time t, linearly
-        for (t0, n0), (t1, n1) in zip(marks, marks[1:]):
-            if t0 <= t <= t1:
-                return n0 + (n1 - n0) * (t - t0) / (t1 - t0)
-        return marks[-1][1]
-    images = sum(done(r, end) - done(r, start) for r in runs)
-    return images / (end - start), end - start
+        raise SystemExit("the sharing trials' last passes did not overlap: use more epochs")
+    return sum(images * (end - start) / (b - a) for a, b in passes) / (end - start), end - start
 
 
 def pack_rate(k: int, images: int, epochs: int, device: str, compile: bool) -> float:
-    """A pack's images/s in all over its last epoch, wall clock (as one_trial measures)."""
-    marks: list[float] = [time.time()]
-
-    def mark(metrics, _state) -> None:
-        marks.append(time.time())
-    fit_pack([config(images, epochs, device, s, compile) for s in range(k)], mark, threads=1)
-    return k * images / (marks[-1] - marks[-2])
+    """A pack's training images/s in all, over its last training pass."""
+    results = fit_pack([config(images, epochs, device, s, compile) for s in range(k)], threads=1)
+    return k * results[0].history[-1].images_per_s
 
 
 def main() -> None:
@@ -89,8 +81,8 @@ def main() -> None:
           flush=True)
     out: dict[str, object] = {"device": name, "torch": torch.__version__}
 
-    marks = one_trial(args.images, args.epochs, args.device)
-    alone = args.images / (marks[-1][0] - marks[-2][0])
+    start, end = one_trial(args.images, args.epochs, args.device)
+    alone = args.images / (end - start)
     out["alone"] = alone
     print(f"1 trial alone:              {alone:10,.0f} img/s", flush=True)
 
@@ -99,10 +91,10 @@ def main() -> None:
     ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env},
              num_cpus=max(args.share, os.cpu_count() or 1), log_to_driver=False)
     task = ray.remote(num_cpus=1, num_gpus=gpu)(one_trial)
-    runs = ray.get([task.remote(args.images, args.epochs + 1, args.device, seed)
-                    for seed in range(1, args.share + 1)])
+    passes = ray.get([task.remote(args.images, args.epochs + 1, args.device, seed)
+                      for seed in range(1, args.share + 1)])
     ray.shutdown()
-    shared, window = common_window(runs)
+    shared, window = common_window(passes, args.images)
     out["shared"] = shared
     print(f"{args.share} trials × {gpu:g} GPU:     {shared:10,.0f} img/s in all, over the "
           f"{window:.1f} s all {args.share} trained at once ({shared / alone:.2f}× alone)",
