@@ -14,9 +14,8 @@ from tunekit.errors import DivergedError
 from tunekit.model import Net
 from tunekit.opcount import OpCounter
 from tunekit.pack import Packed
-from tunekit.sgd import FusedSGD
 from tunekit.spec import TrialConfig
-from tunekit.train import fit, fit_pack, train_step
+from tunekit.train import build, fit, fit_pack, train_step
 
 
 def config(norm: str = "GN", seed: int = 1, lr: float = 0.04, **train: object) -> TrialConfig:
@@ -153,13 +152,7 @@ def step_of(k: int, norm: str, l1: float, batch: int = 32):
     number, and the inputs it takes (for counting and compiling)."""
     configs = [config(norm, seed=s, l1=l1, batch_size=batch) for s in range(1, k + 1)]
     d = datamod.load(configs[0].data)
-    nets = []
-    for c in configs:
-        torch.manual_seed(c.train.seed)
-        nets.append(Net(norm))
-    pack = Packed(nets)
-    sgd = FusedSGD(pack, [c.train for c in configs])
-    seeds = torch.arange(1, k + 1, dtype=torch.int32)
+    pack, sgd, seeds = build(configs, torch.device("cpu"))
     draws = datamod.epoch(d, seeds, 1, 7.0)
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 8, "cpu")
     keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)

@@ -13,13 +13,11 @@ import torch
 
 from tunekit import counter, schedule
 from tunekit import data as datamod
-from tunekit.model import Net
 from tunekit.opcount import OpCounter
 from tunekit.plan import Plan
 from tunekit.pack import Packed
-from tunekit.sgd import FusedSGD
 from tunekit.spec import TrialConfig
-from tunekit.train import compiled, evaluate, int32, pick_device, train_step
+from tunekit.train import build, compiled, evaluate, pick_device, train_step
 
 
 @dataclass(frozen=True)
@@ -45,14 +43,7 @@ def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Packed, datamod.Data,
     first = configs[0].train
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    nets = []
-    for c in configs:
-        torch.manual_seed(c.train.seed)
-        nets.append(Net(c.model.norm, c.model.groups, c.model.dropout))
-    pack = Packed(nets, device)
-    sgd = FusedSGD(pack, [c.train for c in configs])
-    seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32,
-                         device=device)
+    pack, sgd, seeds = build(configs, device)
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, device)
     draws = datamod.epoch(d, seeds, 1, configs[0].data.rotation)

@@ -70,12 +70,11 @@ class Packed:
         self.p = drops.pop() if drops else 0.0
         self.threshold, self.scale = Dropout(self.p).threshold, 1 / (1 - self.p)
         # per hash of one image, over the dropout layers in order: its layer's P and S, its place
-        per = [p for p in self.dropped.values() for _ in range(p)]
-        before = [sum(list(self.dropped.values())[:i]) for i, p in
-                  enumerate(self.dropped.values()) for _ in range(p)]
-        self._per = torch.tensor(per, dtype=torch.int32, device=device)
-        self._before = torch.tensor(before, dtype=torch.int32, device=device)
-        self._at = torch.arange(len(per), dtype=torch.int32, device=device) - self._before
+        sizes = torch.tensor(list(self.dropped.values()), dtype=torch.int32)
+        starts = sizes.cumsum(0, dtype=torch.int32) - sizes
+        self._per = sizes.repeat_interleave(sizes).to(device)
+        self._before = starts.repeat_interleave(sizes).to(device)
+        self._at = torch.arange(len(self._per), dtype=torch.int32, device=device) - self._before
         self.training = True
         for k, net in enumerate(nets):
             self.load(k, net.state_dict())

@@ -392,7 +392,7 @@ def _packs(plan: Plan, one: cluster.Ask) -> tuple[list[list[int]], cluster.Ask]:
         return plan.packs(1), one
     if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
         from tunekit.measure import gpu_pack
-        choice = gpu_pack(_rooted(plan.trials[0].config, None), len(plan.trials))
+        choice = gpu_pack(plan.trials[0].config, len(plan.trials))
         torch.cuda.empty_cache()
         return plan.packs(choice.k), cluster.Ask(one.cpus, choice.gpu_share,
                                                  f"{one.why}; packs of up to {choice.k}, "

@@ -151,6 +151,21 @@ class _Member:
                          Misclassified(**self.best["wrong"]))
 
 
+def build(configs: Sequence[TrialConfig], device: torch.device
+          ) -> tuple[Packed, FusedSGD, torch.Tensor]:
+    """A pack of `configs` on `device`: the fused network (each member's initial weights as it
+    draws them alone), its optimizer, and the members' seeds as the counter-based draws take
+    them."""
+    nets = []
+    for c in configs:
+        torch.manual_seed(c.train.seed)
+        nets.append(Net(c.model.norm, c.model.groups, c.model.dropout))
+    pack = Packed(nets, device)
+    seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32,
+                         device=device)
+    return pack, FusedSGD(pack, [c.train for c in configs]), seeds
+
+
 def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *,
              threads: int | None = None,
              resume: dict[str, Any] | None = None) -> list[FitResult | DivergedError]:
@@ -170,16 +185,10 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
         torch.set_num_threads(threads)
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    nets = []
-    for c in configs:
-        torch.manual_seed(c.train.seed)  # the initial weights: as a trial alone draws them
-        nets.append(Net(c.model.norm, c.model.groups, c.model.dropout))
-    pack = Packed(nets, device)
-    sgd = FusedSGD(pack, trains)
+    pack, sgd, seeds = build(configs, device)
     members = [_Member(c) for c in configs]
     for k, state in enumerate((resume or {}).get("members", [])):
         members[k].restore(state, pack, sgd, k)
-    seeds = torch.tensor([int32(t.seed) for t in trains], dtype=torch.int32, device=device)
     live = torch.tensor([not m.failed for m in members], device=device)
     batches = datamod.steps(len(d.train_labels), first.batch_size)
     step_ids = torch.arange(len(batches), dtype=torch.int32, device=device)
