@@ -152,19 +152,16 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
 
 def _end_group(server: subprocess.Popen) -> None:
     """End the server and the workers it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
         try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait)
-            os.killpg(server.pid, signal.SIGKILL)  # whatever of the group outlived its leader
+            server.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
             pass
-        return
+        os.killpg(server.pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:  # the group is gone
+        pass
+    server.wait()
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
