@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import time
 import urllib.request
@@ -165,3 +166,55 @@ def serve_mlflow(root: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+BUCKET = "tunekit-runs"
+
+
+class S3:
+    """moto's server: an IAM user whose keys may do anything, a bucket, then credentials enforced."""
+
+    def __init__(self, root: Path):
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+             str(self.port)], stdout=open(root / "moto.log", "w"), stderr=subprocess.STDOUT)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://{self.endpoint}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                assert self.proc.poll() is None, (root / "moto.log").read_text()
+                time.sleep(0.5)
+        import boto3
+        anyone = dict(endpoint_url=f"http://{self.endpoint}", region_name="us-east-1",
+                      aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam = boto3.client("iam", **anyone)
+        iam.create_user(UserName="tunekit")
+        key = iam.create_access_key(UserName="tunekit")["AccessKey"]
+        iam.put_user_policy(UserName="tunekit", PolicyName="all", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        boto3.client("s3", **anyone).create_bucket(Bucket=BUCKET)
+        urllib.request.urlopen(urllib.request.Request(  # from now on, only these keys work
+            f"http://{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+            headers={"Content-Type": "text/plain"})).read()
+        self.env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                    "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def uri(self, prefix: str, bucket: str = BUCKET) -> str:
+        return f"s3://{bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http"
+
+    def read(self, path: str) -> str:
+        """A file in the bucket, read with the good keys (as the driver would)."""
+        import pyarrow.fs
+        os.environ.update(self.env)
+        fs, base = pyarrow.fs.FileSystem.from_uri(self.uri(""))
+        with fs.open_input_stream(f"{BUCKET}/{path}") as f:
+            return f.read().decode()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)

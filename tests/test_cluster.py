@@ -98,6 +98,17 @@ def test_cluster_yaml_binds_no_server_to_every_address() -> None:
     assert "--dashboard-host=127.0.0.1" in head and "mlflow server --host 127.0.0.1" in head
 
 
+def test_cluster_yaml_turns_on_token_auth_on_every_node_and_ships_the_token() -> None:
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    env = " ".join(config["head_setup_commands"])
+    assert "RAY_AUTH_MODE=token" in env  # in ~/tunekit.env: the driver, jobs, the head's Ray
+    head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert head.index(". ~/tunekit.env") < head.index("ray start")
+    (worker,) = [c for c in config["worker_start_ray_commands"] if "ray start" in c]
+    assert worker.index("export RAY_AUTH_MODE=token") < worker.index("ray start")
+
+
 def late_gpu_worker(tmp_path: Path, bootstrap: bool, **env_vars: str) -> tuple[str, dict]:
     """A head with no CPUs for trials (with `ray up`'s autoscaler config in ~, or nothing), a
     sweep that starts on it, and a GPU worker that joins once the sweep's trials wait: the sweep's
@@ -183,3 +194,33 @@ def test_the_cluster_default_share_holds_where_nothing_tells_of_gpus(tmp_path: P
     assert "each trial asks for 1 CPU + 0.5 GPU (TUNEKIT_GPUS_PER_TRIAL)" in out, out
     assert "WARNING: no node that runs trials is up and no autoscaler" not in out
     assert sorted(trial[0]["gpu_ids"] for trial in rows.values()) == ["0", "0"]
+
+
+@pytest.mark.ray
+def test_gpu_node_groups_an_autoscaler_publishes_to_the_gcs_make_trials_ask_for_a_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60's own autoscalers (v1, v2, KubeRay's) publish no cluster config (checked on the
+    fake provider; nothing in Ray's Python writes it); a platform that does is read from the
+    GCS key Ray's reader uses. Written here by hand into a real GCS, as such an autoscaler
+    would."""
+    import ray
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_put
+    monkeypatch.delenv(cluster.GPUS_ENV, raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/ray_bootstrap_config.yaml
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=40)
+    try:
+        assert cluster.published_gpus() is None
+        assert cluster.ask(spec()).gpus == 0  # a CPU node is up: no GPU ask, no warning
+        published = autoscaler_pb2.ClusterConfig(node_group_configs=[
+            autoscaler_pb2.NodeGroupConfig(name="cpu", resources={"CPU": 8}, max_count=2),
+            autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 4, "GPU": 1},
+                                           max_count=3)])
+        _internal_kv_put(GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, published.SerializeToString(),
+                         namespace=GCS_AUTOSCALER_STATE_NAMESPACE)
+        assert cluster.published_gpus() == 3
+        asks = cluster.ask(spec())
+        assert asks.gpus == cluster.AUTO_GPU_SHARE and "published" in asks.why, asks
+    finally:
+        ray.shutdown()
