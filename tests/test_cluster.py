@@ -85,7 +85,7 @@ def test_cluster_yaml_passes_rays_own_validation_and_wires_storage_and_tracking(
     assert "mlflow server" in " ".join(config["head_start_ray_commands"])
     workers_see = " ".join(config["setup_commands"] + config["worker_start_ray_commands"])
     assert "MLFLOW" not in workers_see and "AWS_" not in workers_see
-    assert "pip install" in " ".join(config["setup_commands"])
+    assert "pip install -q -c ~/tunekit/constraints.txt" in " ".join(config["setup_commands"])
 
 
 def test_cluster_yaml_binds_no_server_to_every_address() -> None:

@@ -121,12 +121,27 @@ def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
         accs = [r.data.metrics["max_val_acc"] for r in runs if r.data.params["model.norm"] == norm]
         assert f"{sum(accs) / len(accs):.2f} [" in text
     assert "n = 2 seeds per configuration" in text and "grid: {model.norm: [BN, GN]}" in text
-    for package in ("torch", "ray", "mlflow", "tunekit commit"):
+    for package in ("torch", "ray", "mlflow", "tunekit commit", "lock"):
         assert package in text
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     parent = runs[0].data.tags["mlflow.parentRunId"]
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert f"report/{doc}" in logged and "report/val_acc.png" in logged
+
+
+def test_the_environment_says_whether_the_versions_are_the_lock_s(tmp_path: Path) -> None:
+    from tunekit.study import LOCK, lock_match
+    import importlib.metadata
+    torch_version = importlib.metadata.version("torch").split("+")[0]
+    lock = tmp_path / "constraints.txt"
+    lock.write_text(f"# via uv\ntorch=={torch_version}\n    # via tunekit\nno-such-pkg==1.0\n")
+    assert lock_match(lock) == "matches constraints.txt (1 of its 2 pins installed)"
+    lock.write_text(f"torch=={torch_version}\nscipy==0.0.1\n")
+    assert lock_match(lock).startswith("differs from constraints.txt in 1 package(s): scipy ")
+    assert "(lock 0.0.1)" in lock_match(lock)
+    assert lock_match(tmp_path / "none.txt").startswith("not compared: no none.txt")
+    if os.environ.get("TUNEKIT_LOCKED"):  # .ci/run installed through the lock: it must match
+        assert lock_match(LOCK).startswith("matches constraints.txt"), lock_match(LOCK)
 
 
 def test_report_of_an_unknown_experiment(swept) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(tmp_path: 
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         line = ui.stdout.readline()  # printed once the UI answers
-        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs" in line, line
+        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in line, line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.status == 200
         servers = _mlflow_servers(ui)
@@ -178,6 +179,43 @@ def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(tmp_path: 
     assert not _left(servers)  # no server left behind, whatever stopped tunekit
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run "
+                                             "installs it)")
+def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(tmp_path: Path,
+                                                                 tiny_data: Path) -> None:
+    """What a new user sees: headless Chromium opens the printed URL and the page lists the
+    trials by name (MLflow 3 would show its GenAI overview, or fold them under the sweep)."""
+    out = tunekit("sweep", SMOKE, "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = [f"trial {i}: model.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "tunekit", "ui", SMOKE, "--port", str(port)],
+                          cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    try:
+        url = ui.stdout.readline().split(": ", 1)[1].split()[0]
+        browse = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-dev-shm-usage", "--window-size=1600,1000",
+                  "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'chromium'}"]
+        subprocess.run([*browse, f"--screenshot={tmp_path / 'runs.png'}", url],
+                       capture_output=True, timeout=120, check=True)
+        page = subprocess.run([*browse, "--dump-dom", url], capture_output=True, text=True,
+                              timeout=120, check=True).stdout
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(30)
+    import html
+    import re
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", re.sub(
+        r"<(script|style)[^>]*>.*?</\1>", " ", page, flags=re.S))).split())
+    assert "Training runs" in text and "smoke sweep" in text, text[:2000]
+    assert all(name in text for name in names), text[:2000]
+    assert (tmp_path / "runs.png").stat().st_size > 10_000  # a page was drawn
 
 
 def test_ui_on_a_non_local_host_says_what_it_exposes(tmp_path: Path) -> None:

@@ -20,6 +20,30 @@ from pathlib import Path
 from typing import Any, Sequence
 
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "scipy", "statsmodels", "pydantic")
+LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"  # the versions CI passed with
+
+
+def lock_match(lock: Path = LOCK) -> str:
+    """Whether the installed packages are the versions the lock pins, in words."""
+    try:
+        lines = [line.split("#")[0].strip() for line in lock.read_text().splitlines()]
+    except OSError:
+        return f"not compared: no {lock.name} beside tunekit (not installed from a checkout)"
+    pins = dict(line.split("==", 1) for line in lines if "==" in line)
+    differ, installed = [], 0
+    for name, pinned in pins.items():
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not needed here (another platform's package)
+        installed += 1
+        if version.split("+")[0] != pinned.split("+")[0]:
+            differ.append(f"{name} {version} (lock {pinned})")
+    if differ:
+        more = f", and {len(differ) - 6} more" if len(differ) > 6 else ""
+        return f"differs from {lock.name} in {len(differ)} package(s): " + ", ".join(
+            differ[:6]) + more
+    return f"matches {lock.name} ({installed} of its {len(pins)} pins installed)"
 
 
 def environment() -> dict[str, str]:
@@ -43,6 +67,7 @@ def environment() -> dict[str, str]:
                                  if commit.returncode == 0 else "not a git checkout")
     except (OSError, subprocess.SubprocessError):
         env["tunekit commit"] = "unknown"
+    env["lock"] = lock_match()
     return env
 
 

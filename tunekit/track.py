@@ -98,6 +98,9 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# An experiment's runs table (its bare URL opens MLflow 3's GenAI "Overview"), best trial first:
+# sorted, MLflow lists the trials themselves instead of folding them under their sweep's run.
+RUNS_TABLE = "runs?orderByKey=metrics.%60max_val_acc%60&orderByAsc=false"
 
 
 def serve_ui(uri: str, host: str, port: int, experiment: str | None,
@@ -109,7 +112,7 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
     exp = client.get_experiment_by_name(experiment) if experiment else None
     if experiment and exp is None:
         raise TrackingError(f"no experiment {experiment!r} in the MLflow store at {uri}")
-    page = f"/#/experiments/{exp.experiment_id}/runs" if exp else ""  # the runs, not "Overview"
+    page = f"/#/experiments/{exp.experiment_id}/{RUNS_TABLE}" if exp else ""
     if uri.startswith(("http://", "https://")):  # a server already serves its own UI
         announce(f"MLflow UI: {uri.rstrip('/')}{page}")
         return
