@@ -9,7 +9,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console, Group
@@ -241,8 +241,9 @@ class SweepView:
                    key=lambda t: t.best["val_acc"])
         minutes = (time.monotonic() - self.started) / 60
         stopped = f"{len(by['stopped'])} stopped early · " if by["stopped"] else ""
+        invalid = f"{len(by['invalid'])} invalid · " if by["invalid"] else ""
         return (f"{self.name}: {len(by['done'])} done · {stopped}{len(by['running'])} running · "
-                f"{len(by['failed']) + len(by['invalid'])} failed · {self.total} in all · "
+                f"{len(by['failed'])} failed · {invalid}{self.total} in all · "
                 f"{minutes:.1f} min" + (f" · best val_acc {best.best['val_acc']:.2f}% "
                                          f"(trial {best.index})" if best else ""))
 
@@ -258,11 +259,12 @@ class SweepView:
 
 
 def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialState],
-                  planned: int, interrupted: bool, resume_command: str, path: str) -> int:
+                  planned: int, interrupted: bool, resume_command: str, path: str,
+                  claims: Sequence[Any] = ()) -> int:
     """Print how a sweep ended (results, statistics, what failed, how to carry on); its exit
     code: 130 interrupted, 1 a trial failed, else 0 (invalid TPE proposals are not failures)."""
     console.print(results_table(f"{name}: max val_acc per configuration", rows))
-    for line in findings(rows):
+    for line in findings(rows, claims):
         console.print(line, highlight=False, soft_wrap=True)
     failed = [t for t in states if t.status == "failed"]
     invalid = [t for t in states if t.status == "invalid"]
@@ -301,7 +303,9 @@ IGNORED = {"train.seed", "data.root"}  # never a reason to tell two configuratio
 
 @dataclass
 class ResultRow:
-    """One configuration: its trials (several when repeated with other seeds)."""
+    """One configuration: its trials (several when repeated with other seeds). Only finished
+    trials with a finite max val_acc are in `accs` (the values the statistics use); the others
+    are in `left_out`, with why."""
     setting: dict[str, str]  # column -> value: the seed's four, then other params that vary
     params: dict[str, str]  # the configuration's values by field path (seed left out)
     accs: list[float]
@@ -314,6 +318,8 @@ class ResultRow:
     epochs: Summary | None = None  # the same of the best epoch
     vs_best: Comparison | None = None
     label: str = ""  # the values that tell it apart from the other configurations
+    left_out: list[str] = field(default_factory=list)  # "trial 3 (failed)", "trial 5 (NaN)"
+    used: list[int] = field(default_factory=list)  # the trials behind `accs`, in its order
 
     @property
     def mean(self) -> float | None:
@@ -334,18 +340,25 @@ class ResultRow:
         s, v = self.summary, self.vs_best
         return {**self.setting, "trials": self.trials, "max_val_acc": self.mean, "std": self.std,
                 "ci95": [s.low, s.high] if s and s.low is not None else None,
-                "n": len(self.run_ids), "accs": self.accs, "best_epochs": self.best_epochs,
+                "ci95_cut_at_bounds": bool(s and s.clipped), "all_seeds_equal": bool(s and s.equal),
+                "n": len(self.accs), "accs": self.accs, "trials_used": self.used,
+                "left_out": self.left_out, "best_epochs": self.best_epochs,
                 "best_epoch_mean": self.epochs.mean if self.epochs else None,
                 "best_epoch_ci95": [self.epochs.low, self.epochs.high]
                 if self.epochs and self.epochs.low is not None else None,
                 "p_vs_best": v.p if v else None, "p_vs_best_holm": v.p_holm if v else None,
-                "worse_than_best": v.worse if v else None, "status": self.status,
+                "worse_than_best": v.worse if v else None,
+                "gap_told_apart": v.gap if v else None, "status": self.status,
                 "run_ids": self.run_ids, "errors": self.errors}
+
+
+ACCURACY = (0.0, 100.0)  # what an accuracy interval may span
 
 
 def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
     """Group runs (track.RunRecord) by everything but the seed, with each configuration's mean,
-    95% interval and comparison with the best (stats); best mean max val_acc first."""
+    95% interval and comparison with the best (stats); best mean max val_acc first. A trial's
+    value counts only if it finished (status done) and is finite."""
     from tunekit import stats
     others = varying([r.params for r in runs], IGNORED | set(SEED_COLUMNS))
     columns = list(SEED_COLUMNS) + others
@@ -355,9 +368,15 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
         row = groups.setdefault(key, ResultRow(
             {SEED_COLUMNS.get(k, k): r.params.get(k, "") for k in columns},
             {k: r.params.get(k, "") for k in columns}, [], [], [], [], [], []))
-        if r.max_val_acc is not None:
-            row.accs.append(r.max_val_acc)
+        value = r.max_val_acc
+        if r.status != "done":
+            row.left_out.append(f"trial {r.trial} ({r.status})")
+        elif value is None or not math.isfinite(value):
+            row.left_out.append(f"trial {r.trial} (max val_acc {value})")
+        else:
+            row.accs.append(value)
             row.best_epochs.append(r.best_epoch)
+            row.used.append(r.trial)
         row.statuses.append(r.status)
         row.run_ids.append(r.run_id)
         row.trials.append(r.trial)
@@ -369,7 +388,9 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
         r.label = ", ".join(f"{k}={fmt(r.setting[k])}" for k in shown)
     measured = [r for r in rows if r.accs]
     for r in measured:
-        r.summary, r.epochs = stats.summarize(r.accs), stats.summarize(r.best_epochs)
+        trained = int(float(r.params.get("train.epochs") or max(r.best_epochs)))
+        r.summary = stats.summarize(r.accs, ACCURACY)
+        r.epochs = stats.summarize(r.best_epochs, (1, max(trained, *r.best_epochs)))
     if measured:
         compared = stats.versus_best({i: r.accs for i, r in enumerate(measured)})
         for i, r in enumerate(measured):
@@ -380,9 +401,12 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
 def _interval(s: Summary | None, digits: int) -> str:
     if s is None:
         return "-"
+    if s.equal:
+        return f"{s.mean:.{digits}f} (all seeds equal)"
     if s.low is None:
         return f"{s.mean:.{digits}f}"
-    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]"
+    cut = "†" if s.clipped else ""
+    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]{cut}"
 
 
 def _versus(row: ResultRow, best: ResultRow | None) -> str:
@@ -392,21 +416,29 @@ def _versus(row: ResultRow, best: ResultRow | None) -> str:
     if row is best:
         return "best"
     if v.p_holm is None:
-        return "-"
-    return f"worse (p={v.p_holm:.2g})" if v.worse else f"≈ best (p={v.p_holm:.2g})"
+        return v.why_none or "-"
+    if v.worse:
+        return f"worse (p={v.p_holm:.2g})"
+    return (f"not distinguishable at n = {len(row.accs)} (p={v.p_holm:.2g}; a gap of about "
+            f"{v.gap:.2f} would be)")
+
+
+def _seeds(row: ResultRow) -> str:
+    """Each seed's value, as a strip beside the mean."""
+    return " ".join(f"{a:.2f}" for a in row.accs) or "-"
 
 
 def _cells(row: ResultRow, best: ResultRow | None = None) -> list[str]:
-    error = row.errors[0].strip().splitlines()[0] if row.errors else ""  # the whole is in MLflow
+    error = row.errors[-1].strip().splitlines()[0] if row.errors else ""  # the whole is in MLflow
     status = row.status + (f": {error[:77]}…" if len(error) > 80 else f": {error}" if error else "")
     return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)),
-            _interval(row.summary, 2), str(len(row.run_ids)), _versus(row, best),
+            _interval(row.summary, 2), _seeds(row), str(len(row.accs)), _versus(row, best),
             _interval(row.epochs, 1) if row.epochs and row.epochs.n > 1
             else ", ".join(map(str, row.best_epochs)) or "-",
             status, " ".join(r[:12] for r in row.run_ids)]
 
 
-HEAD = ["trial", "Max Val Acc [95% CI]", "n", "vs best", "best epoch", "status",
+HEAD = ["trial", "Max Val Acc [95% CI]", "seeds", "n", "vs best", "best epoch", "status",
         "MLflow run id"]
 
 
@@ -414,8 +446,9 @@ def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") 
     """The seed's table (Norm | L1 | L2 | Batch | Max Val Acc ...) as rich, markdown, csv or json.
 
     Table and markdown show numbers as people read them (fmt); csv and json keep full precision.
-    Max Val Acc is the mean over seeds with its 95% interval; "vs best" says whether a
-    configuration can be told apart from the best one at this n (stats.versus_best).
+    Max Val Acc is the mean over the seeds used (n) with its 95% interval, then each seed's
+    value; "vs best" says whether a configuration can be told apart from the best one at this n
+    (stats.versus_best).
     """
     head = [*(rows[0].setting if rows else SEED_COLUMNS.values()), *HEAD]
     best = next((r for r in rows if r.accs), None)
@@ -445,57 +478,140 @@ def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") 
     return table
 
 
+TRIAL_COLUMNS = ["trial", "run_id", "status", "max_val_acc", "best_epoch", "used", "error"]
+
+
+def trials_csv(records: Sequence[Any]) -> str:
+    """One row per trial with every value the statistics used (or why one was left out)."""
+    params = sorted({k for r in records for k in r.params})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*TRIAL_COLUMNS, *params])
+    for r in sorted(records, key=lambda r: r.trial):
+        ok = r.status == "done" and r.max_val_acc is not None and math.isfinite(r.max_val_acc)
+        writer.writerow([r.trial, r.run_id, r.status,
+                         repr(r.max_val_acc) if r.max_val_acc is not None else "",
+                         r.best_epoch if r.best_epoch is not None else "", "yes" if ok else "no",
+                         (r.error or "").strip().splitlines()[0] if r.error else "",
+                         *(r.params.get(k, "") for k in params)])
+    return out.getvalue()
+
+
 def failures(records: Sequence[Any]) -> list[str]:
     """Each failed trial's reason, whole (the table shows its first line)."""
     return [f"trial {r.trial} failed: {r.error}" for r in sorted(records, key=lambda r: r.trial)
-            if r.error]
+            if r.error and r.status != "done"]
 
 
-def findings(rows: Sequence[ResultRow]) -> list[str]:
-    """The statistics of a results table in plain sentences (percentage points throughout)."""
+def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = ()) -> list[str]:
+    """The statistics of a results table in plain sentences (percentage points throughout);
+    `claims` (spec.Claim) are each tested and answered."""
     from tunekit import stats
     measured = [r for r in rows if r.accs]
     if not measured:
         return []
+    left = [x for r in rows for x in r.left_out]
+    lines = ([f"Left out of every mean and test ({len(left)}): " + ", ".join(left) + "."]
+             if left else [])
     counts = sorted({len(r.accs) for r in measured})
     if counts[-1] < 2:
-        return ["One seed per configuration: no intervals, and one seed cannot separate "
-                "configurations. Repeat seeds (a grid's `search.repeats: 3` or more) to tell "
-                "real differences from seed-to-seed noise."]
+        return lines + [
+            "One seed per configuration: no intervals, and one seed cannot separate "
+            "configurations. Repeat seeds (a grid's `search.repeats: 3` or more) to tell "
+            "real differences from seed-to-seed noise."]
     best = measured[0]
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    lines = [f"n = {n} seeds per configuration; intervals are 95% t intervals of the mean "
-             "max val_acc, in percentage points."]
+    lines.append(f"n = {n} seeds per configuration (the values used); intervals are 95% t "
+                 "intervals of the mean max val_acc, in percentage points.")
+    if counts[0] == 2:
+        lines.append(f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats._t(1):.1f} "
+                     "standard errors wide, about 5 times a normal one. Use `search.repeats: 3` "
+                     "or more.")
+    if any(r.summary and r.summary.clipped for r in measured):
+        lines.append("† The t interval ran past 0–100 % and is cut there: with so few seeds "
+                     "it is only a rough guide.")
+    if any(r.summary and r.summary.equal for r in measured):
+        lines.append("All seeds equal: a configuration whose seeds all scored the same has no "
+                     "interval (no spread to measure).")
     same = [r for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None
             and not r.vs_best.worse]
     worse = [r for r in measured[1:] if r.vs_best and r.vs_best.worse]
-    lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. " + (
-        f"Cannot be told apart from it at this n (Welch t-test against the best, Holm-corrected "
-        f"for {len(same) + len(worse)} comparisons, α = {stats.ALPHA}): "
-        + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in same) or "none") + "."
-        + (" Worse than the best: " + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})"
-                                               for r in worse) + "." if worse else "")))
+    lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. It was picked from these "
+                 "same results, so its mean is likely a little high (the winner's curse), and "
+                 "the tests below do not correct for that. " + (
+                     f"Not distinguishable from it at this n (Welch t-test against the best, "
+                     f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
+                     f"{stats.ALPHA}; this does not mean equal): "
+                     + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
+                                  f"{r.vs_best.gap:.2f} would be)" for r in same) or "none")
+                     + "."
+                     + (" Worse than the best: " + "; ".join(
+                         f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse) + "."
+                        if worse else "")))
     factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
+    trials = [({k: r.params[k] for k in best.params}, acc)
+              for r in sorted(measured, key=lambda r: min(r.trials)) for acc in r.accs]
+    lines += [_claim_line(c, trials, list(best.params)) for c in claims]
     grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
     if not factors or not grid:
         return lines
-    in_plan_order = sorted(measured, key=lambda r: min(r.trials))  # levels as the grid lists them
-    trials = [({k: r.params[k] for k in factors}, acc) for r in in_plan_order for acc in r.accs]
+    trials = [({k: p[k] for k in factors}, acc) for p, acc in trials]  # levels in plan order
     name = {k: SEED_COLUMNS.get(k, k) for k in factors}
-    for e in stats.main_effects(trials, factors):
+    pairs = stats.interactions(trials, factors) if len(factors) <= 4 else []
+    ps = {i.factors: i.p for i in pairs}
+    for e in stats.main_effects(trials, factors, ps):
+        caveat = (f" Read with care: {e.caveat.replace(e.factor, name[e.factor])}, so this "
+                  "average hides an effect that changes with the other factor."
+                  if e.caveat else "")
         lines.append(f"Main effect of {name[e.factor]}: {fmt(e.level)} − {fmt(e.reference)} = "
-                     f"{_difference(e)}, averaged over the other factors.")
-    if len(factors) <= 4:
-        for i in stats.interactions(trials, factors):
-            a, b = (name[f] for f in i.factors)
-            test = (f"interaction F-test p = {i.p:.2g}" if i.p is not None
-                    else "no test: too few seeds")
-            at = dict.fromkeys(e.at[1] for e in i.effects)
-            by_level = "; ".join(f"at {b}={fmt(lv)}: " + ", ".join(
-                f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
-                for e in i.effects if e.at[1] == lv) for lv in at)
-            lines.append(f"{a} × {b} ({test}): {by_level}.")
+                     f"{_difference(e)}, the mean of its cell means over the other factors"
+                     f"{f' (df {e.df:.1f})' if e.df else ''}.{caveat}")
+    for i in pairs:
+        a, b = (name[f] for f in i.factors)
+        test = (f"interaction F = {i.f:.2f}, p = {i.p:.2g}" if i.p is not None
+                else "no test: too few seeds or no spread")
+        at = dict.fromkeys(e.at[1] for e in i.effects)
+        by_level = "; ".join(f"at {b}={fmt(lv)}: " + ", ".join(
+            f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
+            for e in i.effects if e.at[1] == lv) for lv in at)
+        lines.append(f"{a} × {b} ({test}): {by_level}.")
     return lines
+
+
+def _claim_line(claim: Any, trials: Sequence[tuple[dict[str, str], float]],
+                factors: list[str]) -> str:
+    from tunekit import stats
+
+    def norm(where: dict[str, Any] | None) -> dict[str, str] | None:
+        return None if where is None else {k: fmt(v) for k, v in where.items()}
+    rows = [({k: fmt(_number(v)) for k, v in p.items()}, acc) for p, acc in trials]
+    r = stats.claim(rows, factors, norm(claim.better), norm(claim.than), norm(claim.at),
+                    norm(claim.more_than_at))
+    what = (f"({_side(claim.better)} − {_side(claim.than)}"
+            + (f" at {_side(claim.at)}" if claim.at else "")
+            + (f") − ({_side(claim.better)} − {_side(claim.than)} at "
+               f"{_side(claim.more_than_at)}" if claim.more_than_at else "") + ") > 0")
+    if r is None:
+        return f"Claim: “{claim.text}” {what}: no trials on one side; not tested."
+    interval = f" [{r.low:+.2f}, {r.high:+.2f}]" if r.low is not None else ""
+    p = f", one-sided p = {r.p:.2g} in the stated direction" if r.p is not None else ""
+    won = ", ".join(f"{w:.2f} at {where}" for where, w in r.improvement)
+    return (f"Claim: “{claim.text}” {what}: estimate {r.estimate:+.2f}{interval}{p}; "
+            f"P({_side(claim.better)} > {_side(claim.than)}) over seed pairs {won}. "
+            f"Verdict: {r.verdict}.")
+
+
+def _number(value: str) -> Any:
+    """An MLflow parameter (a string) as the spec would have written it, for fmt."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def _side(where: dict[str, Any]) -> str:
+    return ", ".join(f"{SEED_COLUMNS.get(k, k)}={fmt(v)}" for k, v in where.items())
 
 
 def _difference(e: Any) -> str:

@@ -281,6 +281,34 @@ class TrackingSpec(_Strict):
     experiment: str | None = None  # MLflow experiment name; None: the spec's name
 
 
+class Claim(_Strict):
+    """A directional claim the study tests, in plan parameters: `better` beats `than` (at `at`),
+    or, with `more_than_at`, beats it by more at `at` than at `more_than_at`."""
+    text: str = Field(min_length=1)  # the claim in words, as the report quotes it
+    better: dict[str, Any]  # e.g. {model.norm: GN}
+    than: dict[str, Any]  # the same fields, other values: {model.norm: BN}
+    at: dict[str, Any] = {}  # where: {train.batch_size: 16}; empty: averaged over the rest
+    more_than_at: dict[str, Any] | None = None  # the same fields as `at`, other values
+
+    @model_validator(mode="after")
+    def _comparable(self) -> Claim:
+        for part in ("better", "than", "at", "more_than_at"):
+            for path in getattr(self, part) or {}:
+                check_path(path)
+        if not self.better or set(self.better) != set(self.than) or self.better == self.than:
+            raise ValueError("better and than name the same fields with other values, e.g. "
+                             "better: {model.norm: GN}, than: {model.norm: BN}")
+        if set(self.at) & set(self.better):
+            raise ValueError("at fixes other fields than better/than")
+        if self.more_than_at is not None and (set(self.more_than_at) != set(self.at)
+                                              or self.more_than_at == self.at or not self.at):
+            raise ValueError("more_than_at names the same fields as at, with other values")
+        return self
+
+    def fields(self) -> list[str]:
+        return list(dict.fromkeys([*self.better, *self.at]))
+
+
 class ExperimentSpec(TrialConfig):
     """A whole study: the base trial config, how it varies, and where it runs and is tracked."""
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names runs/ folders and MLflow
@@ -288,6 +316,27 @@ class ExperimentSpec(TrialConfig):
     resources: ResourcesSpec = ResourcesSpec()
     sweep: SweepSpec = SweepSpec()
     tracking: TrackingSpec = TrackingSpec()
+    claims: list[Claim] = []  # what the report tests, each in the direction stated
+
+    @model_validator(mode="after")
+    def _claims_in_the_plan(self) -> ExperimentSpec:
+        s = self.search
+        if self.claims and s.method != "grid":
+            raise ValueError("claims: a claim compares planned configurations; use method grid")
+        varied: dict[str, set[str]] = {k: {fmt(v) for v in vs} for k, vs in s.grid.items()}
+        for case in s.cases:
+            for k, v in case.items():
+                varied.setdefault(k, set()).add(fmt(v))
+        for i, c in enumerate(self.claims):
+            for part in ("better", "than", "at", "more_than_at"):
+                for path, value in (getattr(c, part) or {}).items():
+                    if path not in varied:
+                        raise ValueError(f"claims[{i}].{part}: {path} does not vary in the plan "
+                                         f"(search.grid or search.cases)")
+                    if fmt(value) not in varied[path]:
+                        raise ValueError(f"claims[{i}].{part}: {path}={fmt(value)} is not in the "
+                                         f"plan (it has {', '.join(sorted(varied[path]))})")
+        return self
 
     def base(self) -> dict[str, Any]:
         """The trial fields as the user wrote them (defaults left out): what trials build on."""

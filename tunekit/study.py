@@ -82,6 +82,8 @@ class Study:
     wrong: dict[str, dict[str, Any]]  # MLflow run id -> misclassified images (track)
     spec_text: str
     environment: dict[str, str]
+    records: Sequence[Any] = ()  # track.RunRecord of every trial: trials.csv
+    claims: Sequence[Any] = ()  # spec.Claim: each tested in the report
 
 
 def write(study: Study, folder: Path, format: str) -> list[Path]:
@@ -107,7 +109,10 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
                 title=f"{r.label}: best seed, {wrong['total']} wrong").savefig(files[-1], dpi=80)
             grids.append((r.label, files[-1].name))
     table = report.results_table(study.name, study.rows, "markdown")
-    sentences = report.findings(study.rows)
+    sentences = report.findings(study.rows, study.claims)
+    if study.records:  # every value the statistics used, one row per trial
+        files.append(folder / "trials.csv")
+        files[-1].write_text(report.trials_csv(study.records))
     graphs = [(report.GRAPHS[k], f"{k}.png") for k in report.GRAPHS]
     doc = folder / f"report.{'md' if format == 'markdown' else 'html'}"
     render = _markdown if format == "markdown" else _html
@@ -115,9 +120,17 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
     return [doc, *files]
 
 
+def _store(uri: str) -> str:
+    """The tracking store without this machine's folders (a committed report names none)."""
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return f"{uri.split(':', 1)[0] if '://' in uri else 'file'} store {Path(uri).name}"
+    return uri
+
+
 def _header(study: Study) -> str:
-    return (f"Sweep run `{study.sweep_run}` in MLflow at `{study.tracking_uri}`; report written "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    per_trial = " Every trial's values: [trials.csv](trials.csv)." if study.records else ""
+    return (f"Sweep run `{study.sweep_run}` in MLflow ({_store(study.tracking_uri)}); report "
+            f"written {time.strftime('%Y-%m-%d %H:%M %Z')}.{per_trial}")
 
 
 def _markdown(study: Study, table: str, sentences: list[str], graphs: list[tuple[str, str]],
@@ -162,7 +175,7 @@ figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 34rem; }}
 pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
 </style></head><body>
 <h1>{e(study.name)}: study report</h1>
-<p>{e(_header(study).replace("`", ""))}</p>
+<p>{e(_header(study).replace("`", "").replace("[trials.csv](trials.csv)", "trials.csv"))}</p>
 <h2>Results</h2>
 <p>Max val_acc is the best test accuracy of each trial over its epochs, averaged over seeds, with
 its 95% interval.</p>

@@ -258,6 +258,8 @@ class Tracker:
                 tags.append(RunTag(f"{TAG}error", trial.error[:MAX_TAG_VAL_LENGTH]))
                 if len(trial.error) > MAX_TAG_VAL_LENGTH:
                     self._log_text(run, trial.error, "error.txt")
+            elif f"{TAG}error" in self.client.get_run(run).data.tags:  # an earlier attempt's
+                self.client.delete_tag(run, f"{TAG}error")
             best = trial.best
             summary = [] if best is None else [
                 Metric("max_val_acc", best["val_acc"], _now(), 0),
