@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 from tunekit import report
 from tunekit.cli import app
 
-from conftest import make_mnist
+from conftest import REPO, make_mnist
+
+REPO_SPECS = REPO / "experiments"
 
 pytestmark = pytest.mark.ray
 
@@ -83,17 +85,19 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
 def test_report_formats_agree(swept) -> None:
     rows = json.loads(tk(swept, "report", "repeats", "-f", "json").stdout)
     markdown = tk(swept, "report", "spec.yaml", "-f", "markdown").stdout.splitlines()
-    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc [95% CI] | n | vs best "
-                           "| best epoch | status | MLflow run id |")
+    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc [95% CI] | seeds | n | "
+                           "vs best | best epoch | status | MLflow run id |")
     table = tk(swept, "report", "spec.yaml").stdout
     for line, row in zip(markdown[2:2 + len(rows)], rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == row["Norm"] and cells[6] == "2"
+        assert cells[0] == row["Norm"] and cells[7] == "2"
+        assert cells[6] == " ".join(f"{a:.2f}" for a in row["accs"])  # each seed's value
         assert cells[4] == ", ".join(map(str, row["trials"]))
         low, high = row["ci95"]
-        assert cells[5] == f"{row['max_val_acc']:.2f} [{low:.2f}, {high:.2f}]"
-        assert cells[7] == "best" if row is rows[0] else cells[7] in (
-            f"≈ best (p={row['p_vs_best_holm']:.2g})", f"worse (p={row['p_vs_best_holm']:.2g})")
+        assert cells[5].removesuffix("†") == f"{row['max_val_acc']:.2f} [{low:.2f}, {high:.2f}]"
+        assert cells[8] == "best" if row is rows[0] else cells[8] in (
+            f"not distinguishable at n = 2 (p={row['p_vs_best_holm']:.2g}; a gap of about "
+            f"{row['gap_told_apart']:.2f} would be)", f"worse (p={row['p_vs_best_holm']:.2g})")
         table_line = next(t for t in table.splitlines() if f" {row['Norm']} " in t)
         assert cells[5] in table_line and row["run_ids"][0][:12] in table_line
     assert "n = 2 seeds per configuration" in table  # the statistics, in sentences
@@ -111,7 +115,10 @@ def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
     text = (folder / doc).read_text()
     links = re.findall(r'src="([^"]+)"', text) if format == "html" else re.findall(
         r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 4 + 2  # the four graphs, a grid of digits per configuration
+    assert len(links) == 1 + 4 + 2  # seeds, the four graphs, a grid of digits per configuration
+    trials = list(csv.DictReader((folder / "trials.csv").open()))
+    assert len(trials) == 4 and {t["used"] for t in trials} == {"yes"}
+    assert "/tmp" not in text and str(cwd) not in text  # no machine-local path
     for link in links:
         assert (folder / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(folder / link).shape[0] > 100
@@ -142,6 +149,22 @@ def test_the_environment_says_whether_the_versions_are_the_lock_s(tmp_path: Path
     assert lock_match(tmp_path / "none.txt").startswith("not compared: no none.txt")
     if os.environ.get("TUNEKIT_LOCKED"):  # .ci/run installed through the lock: it must match
         assert lock_match(LOCK).startswith("matches constraints.txt"), lock_match(LOCK)
+
+
+def test_plots_stay_readable_with_many_curves_one_epoch_and_wild_intervals() -> None:
+    from matplotlib.colors import to_hex
+    history = lambda acc: [{"epoch": 1, "val_acc": acc, "train_acc": acc, "val_loss": 0.1,
+                            "train_loss": 0.1}]
+    groups = [(f"config {i}", [history(50.0 + i), history(58.0 + i)]) for i in range(12)]
+    fig = report.band_figures(groups)["val_acc"]
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label().startswith("config")]
+    assert len({to_hex(line.get_color()) for line in lines}) == 12  # no colour twice
+    assert all(len(line.get_xdata()) == 1 for line in lines)  # one epoch: points, no band
+    assert not ax.collections or all(type(c).__name__ == "PathCollection" for c in ax.collections)
+    low, high = ax.get_ylim()  # 2 seeds, 1 df: the t interval spans ±50 points; the axis not
+    assert 45 < low < 50 and 69 < high < 75, (low, high)
+    assert len(report.colours(30)) == len({to_hex(c) for c in report.colours(30)}) == 30
 
 
 def test_report_of_an_unknown_experiment(swept) -> None:
@@ -237,3 +260,25 @@ def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
         if not terminal:
             assert "trial 2 (model.norm=LN) epoch 1/2: val_acc 91.00%" in text
             assert "study: 1 done · 0 running · 0 failed · 3 in all" in text  # the summary
+
+
+def test_report_rebuilds_the_statistics_from_a_trials_csv_without_mlflow(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    from tunekit.track import RunRecord, read_trials_csv, trials_csv
+    monkeypatch.chdir(tmp_path)
+    runs = [RunRecord(f"r{i}", i, {"model.norm": norm, "train.batch_size": str(batch),
+                                   "train.seed": str(seed)}, 98.0 + 0.1 * i, 3, "done", None)
+            for i, (norm, batch, seed) in enumerate(
+                (n, b, s) for n in ("BN", "GN", "LN") for b in (16, 128) for s in (1, 2, 3))]
+    runs[4] = RunRecord("r4", 4, runs[4].params, None, None, "failed", "DataError: gone")
+    (tmp_path / "trials.csv").write_text(trials_csv(runs))
+    assert read_trials_csv(tmp_path / "trials.csv") == runs  # what was written comes back
+    out = CliRunner().invoke(app, ["report", str(REPO_SPECS / "norm_batch.yaml"), "--trials",
+                                   "trials.csv", "-f", "markdown"])
+    assert out.exit_code == 0, out.output
+    assert "GroupNorm does better than BatchNorm at small batch sizes" in out.output
+    assert "Left out of every mean and test (1): trial 4 (failed)" in out.output
+    assert not (tmp_path / "mlflow.db").exists()
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    out = CliRunner().invoke(app, ["report", "x", "--trials", "bad.csv"])
+    assert out.exit_code == 2 and "--trials" in out.output and "not a trials.csv" in out.output

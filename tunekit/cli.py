@@ -242,6 +242,9 @@ def report_(name_or_spec: str = NAME,
                 None, "--out", help="Write the whole study report (markdown or html: table, "
                                     "statistics, graphs, digits, spec, environment) into this "
                                     "folder, and log it to the sweep's MLflow run."),
+            trials: Optional[Path] = typer.Option(
+                None, "--trials", help="Rebuild the table and statistics from a study's "
+                                       "trials.csv instead of MLflow (claims from the spec)."),
             tracking_uri: Optional[str] = TRACKING) -> None:
     """The results of the latest sweep, from MLflow, with the statistics over seeds.
 
@@ -257,11 +260,18 @@ def report_(name_or_spec: str = NAME,
         if out is not None and out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the report")
         from tunekit import report, track
-        client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
-        records = track.trial_runs(client, sweep_run)
+        if trials is not None:  # no MLflow: the committed values
+            if out is not None:
+                raise UsageError("--trials", "holds the values, not the curves and digits: use "
+                                             "it without --out")
+            records, name = track.read_trials_csv(trials), trials.parent.name
+            claims = _claims(name_or_spec, "")
+        else:
+            client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
+            records = track.trial_runs(client, sweep_run)
+            spec_text, env = track.sweep_texts(client, sweep_run)
+            claims = _claims(name_or_spec, spec_text)
         rows = report.result_rows(records)
-        spec_text, env = track.sweep_texts(client, sweep_run)
-        claims = _claims(name_or_spec, spec_text)
         if out is not None:
             from tunekit import study
             doc = study.Study(name, sweep_run, client.tracking_uri, rows,

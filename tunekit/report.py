@@ -478,25 +478,6 @@ def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") 
     return table
 
 
-TRIAL_COLUMNS = ["trial", "run_id", "status", "max_val_acc", "best_epoch", "used", "error"]
-
-
-def trials_csv(records: Sequence[Any]) -> str:
-    """One row per trial with every value the statistics used (or why one was left out)."""
-    params = sorted({k for r in records for k in r.params})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([*TRIAL_COLUMNS, *params])
-    for r in sorted(records, key=lambda r: r.trial):
-        ok = r.status == "done" and r.max_val_acc is not None and math.isfinite(r.max_val_acc)
-        writer.writerow([r.trial, r.run_id, r.status,
-                         repr(r.max_val_acc) if r.max_val_acc is not None else "",
-                         r.best_epoch if r.best_epoch is not None else "", "yes" if ok else "no",
-                         (r.error or "").strip().splitlines()[0] if r.error else "",
-                         *(r.params.get(k, "") for k in params)])
-    return out.getvalue()
-
-
 def failures(records: Sequence[Any]) -> list[str]:
     """Each failed trial's reason, whole (the table shows its first line)."""
     return [f"trial {r.trial} failed: {r.error}" for r in sorted(records, key=lambda r: r.trial)
@@ -528,8 +509,10 @@ def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = ()) -> list[str]
                      "standard errors wide, about 5 times a normal one. Use `search.repeats: 3` "
                      "or more.")
     if any(r.summary and r.summary.clipped for r in measured):
-        lines.append("† The t interval ran past 0–100 % and is cut there: with so few seeds "
-                     "it is only a rough guide.")
+        lines.append("† An accuracy's t interval ran past 0–100 % and is cut there: with so few "
+                     "seeds it is only a rough guide.")
+    if any(r.epochs and r.epochs.clipped for r in measured):
+        lines.append("† A best epoch's t interval ran past the epochs trained and is cut there.")
     if any(r.summary and r.summary.equal for r in measured):
         lines.append("All seeds equal: a configuration whose seeds all scored the same has no "
                      "interval (no spread to measure).")
@@ -595,7 +578,8 @@ def _claim_line(claim: Any, trials: Sequence[tuple[dict[str, str], float]],
         return f"Claim: “{claim.text}” {what}: no trials on one side; not tested."
     interval = f" [{r.low:+.2f}, {r.high:+.2f}]" if r.low is not None else ""
     p = f", one-sided p = {r.p:.2g} in the stated direction" if r.p is not None else ""
-    won = ", ".join(f"{w:.2f} at {where}" for where, w in r.improvement)
+    wheres = [_side(claim.at) or "overall", _side(claim.more_than_at or {})]
+    won = ", ".join(f"{w:.2f} at {where}" for where, (_, w) in zip(wheres, r.improvement))
     return (f"Claim: “{claim.text}” {what}: estimate {r.estimate:+.2f}{interval}{p}; "
             f"P({_side(claim.better)} > {_side(claim.than)}) over seed pairs {won}. "
             f"Verdict: {r.verdict}.")
@@ -633,9 +617,20 @@ def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
     return [", ".join(f"{short[k]}={fmt(p.get(k))}" for k in keys) or "trial" for p in params]
 
 
+def colours(n: int) -> list[Any]:
+    """n colours, none repeated: matplotlib's 10 up to 10 curves, tab20 up to 20, then a ramp."""
+    from matplotlib import colormaps
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
 def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
-    for label, history in curves:
-        ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".", label=label)
+    for (label, history), colour in zip(curves, colours(len(curves))):
+        ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".", label=label,
+                color=colour)
     from matplotlib.ticker import MaxNLocator
     ax.set(title=GRAPHS[key], xlabel="epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
@@ -655,35 +650,87 @@ def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dic
     return figures
 
 
+def _to_data(ax: Any, values: Sequence[float]) -> None:
+    """Keep the y axis to the data's range (a wide interval band must not set it)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        low, high = min(finite), max(finite)
+        pad = (high - low) * 0.08 or max(abs(high) * 0.01, 0.01)
+        ax.set_ylim(low - pad, high + pad)
+
+
 def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]]
                  ) -> dict[str, Figure]:
     """The four graphs for configurations repeated over seeds: per configuration (label, its
-    trials' histories) the mean curve and, with 2 or more seeds, its 95% interval as a band."""
+    trials' histories) the mean curve, each seed's values as points, and, with 2 or more seeds
+    and 2 or more epochs, its 95% interval as a band. The y axis follows the data, not the bands."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     from tunekit.stats import summarize
     figures = {}
+    palette = colours(len(groups))
     for key in GRAPHS:
         fig = figures[key] = Figure(figsize=(8, 5), layout="constrained")
         ax = fig.add_subplot()
-        for label, histories in groups:
-            epochs = sorted({m["epoch"] for h in histories for m in h})
-            at = [summarize([m[key] for h in histories for m in h if m["epoch"] == e])
-                  for e in epochs]
+        shown: list[float] = []
+        bounds = ACCURACY if key.endswith("acc") else (0.0, math.inf)
+        for (label, histories), colour in zip(groups, palette):
+            points = {}
+            for h in histories:
+                for m in h:
+                    if math.isfinite(m.get(key, math.nan)):
+                        points.setdefault(m["epoch"], []).append(m[key])
+            epochs = sorted(points)
+            at = [summarize(points[e], bounds) for e in epochs]
             n = max((s.n for s in at), default=0)
-            line, = ax.plot(epochs, [s.mean for s in at], marker=".",
-                            label=f"{label} (n={n})")
-            if n > 1:
+            ax.plot(epochs, [s.mean for s in at], marker="o" if len(epochs) == 1 else ".",
+                    color=colour, label=f"{label} (n={n})")
+            seeds = [(e, v) for e in epochs for v in points[e]]
+            ax.scatter([e for e, _ in seeds], [v for _, v in seeds], s=9, color=colour, alpha=0.5,
+                       linewidths=0)
+            shown += [v for _, v in seeds]
+            if n > 1 and len(epochs) > 1:
                 ax.fill_between(epochs, [s.low if s.low is not None else s.mean for s in at],
                                 [s.high if s.high is not None else s.mean for s in at],
-                                color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set(title=GRAPHS[key] + " — mean over seeds, 95% band", xlabel="epoch")
+                                color=colour, alpha=0.2, linewidth=0)
+        single = all(len({m["epoch"] for h in hs for m in h}) <= 1 for _, hs in groups)
+        ax.set(title=GRAPHS[key] + (" — each seed and the mean" if single else
+                                    " — mean over seeds, 95% band, each seed"), xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _to_data(ax, shown)
         ax.grid(alpha=0.3)
         if groups:
             ax.legend(fontsize="small")
     return figures
+
+
+def seeds_figure(rows: Sequence[ResultRow]) -> Figure:
+    """Max val_acc per configuration: each seed as a point beside the mean and its interval."""
+    from matplotlib.figure import Figure
+    measured = [r for r in rows if r.accs]
+    fig = Figure(figsize=(8, 1.2 + 0.45 * max(len(measured), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    for y, (r, colour) in enumerate(zip(measured, colours(len(measured)))):
+        s = r.summary
+        if s is not None and s.low is not None:
+            ax.plot([s.low, s.high], [y, y], color=colour, linewidth=2, alpha=0.6)
+        ax.plot([r.mean], [y], marker="|", markersize=16, color=colour)
+        ax.scatter(r.accs, [y + 0.18] * len(r.accs), s=16, color=colour)
+    ax.set_yticks(range(len(measured)), [r.label for r in measured], fontsize="small")
+    ax.invert_yaxis()  # best on top, as in the table
+    ax.set(title="Max val_acc: each seed (dots), the mean (|) and its 95% interval",
+           xlabel="max val_acc (%)")
+    _to_data_x(ax, [a for r in measured for a in r.accs])
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def _to_data_x(ax: Any, values: Sequence[float]) -> None:
+    if values:
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.15 or 0.05
+        ax.set_xlim(low - pad, high + pad)
 
 
 def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure:
@@ -697,14 +744,15 @@ def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Fig
 
 def misclassified_figure(images: Any, labels: Any, preds: Any, title: str = "",
                          count: int = 25) -> Figure:
-    """A 5×5 grid of misclassified digits, each titled 'predicted / actual'."""
+    """A 5×5 grid of misclassified digits, each titled 'predicted (true actual)', in type that
+    stays readable when the grid is shown at a page's width."""
     from matplotlib.figure import Figure
     images = images.numpy() if hasattr(images, "numpy") else images
-    fig = Figure(figsize=(7, 7.6), layout="constrained")
-    fig.suptitle(title)
+    fig = Figure(figsize=(7, 8), layout="constrained")
+    fig.suptitle(title, fontsize=12)
     for i in range(min(count, len(images))):
         ax = fig.add_subplot(5, 5, i + 1)
         ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"pred {int(preds[i])} / true {int(labels[i])}", fontsize=8)
+        ax.set_title(f"{int(preds[i])} (true {int(labels[i])})", fontsize=12)
         ax.axis("off")
     return fig

@@ -322,7 +322,8 @@ def claim(rows: Rows, factors: Sequence[str], better: Mapping[str, Any],
     elif p < ALPHA:
         verdict = SUPPORTED
     elif c.estimate < 0:
-        verdict = OTHER_WAY + f" (one-sided p = {1 - p:.2g} in that direction)"
+        verdict = OTHER_WAY + (", clearly" if 1 - p < ALPHA else ", though not clearly at this "
+                               "n") + f" (one-sided p = {1 - p:.2g} in that direction)"
     else:
         verdict = UNDECIDED
     won = [(label(w), improvement(values(better, w), values(than, w))) for w in wheres]

@@ -97,6 +97,8 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
     for key, fig in report.band_figures(groups).items():
         files.append(folder / f"{key}.png")
         fig.savefig(files[-1], dpi=90)
+    files.append(folder / "max_val_acc.png")  # each seed beside each mean
+    report.seeds_figure(study.rows).savefig(files[-1], dpi=90)
     grids = []
     for n, r in enumerate(measured, 1):
         best = max(r.run_ids, key=lambda i: max(
@@ -112,8 +114,10 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
     sentences = report.findings(study.rows, study.claims)
     if study.records:  # every value the statistics used, one row per trial
         files.append(folder / "trials.csv")
-        files[-1].write_text(report.trials_csv(study.records))
-    graphs = [(report.GRAPHS[k], f"{k}.png") for k in report.GRAPHS]
+        from tunekit.track import trials_csv
+        files[-1].write_text(trials_csv(study.records))
+    graphs = [("Max val_acc per configuration, each seed", "max_val_acc.png"),
+              *((report.GRAPHS[k], f"{k}.png") for k in report.GRAPHS)]
     doc = folder / f"report.{'md' if format == 'markdown' else 'html'}"
     render = _markdown if format == "markdown" else _html
     doc.write_text(render(study, table, sentences, graphs, grids))
