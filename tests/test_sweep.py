@@ -369,6 +369,117 @@ def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path
             assert t.value == pytest.approx(r.data.metrics["max_val_acc"])
 
 
+def kill_after_a_finished_ray_trial(spec: Path, cwd: Path, data: Path, run_dir: Path,
+                                    at_least: int) -> dict[str, str]:
+    """Start a sweep, SIGKILL it once `at_least` Ray trials reported and one of them ended 3 s
+    ago (Ray saves its state every 2 s); the progress of those finished, by folder."""
+    log = cwd / "sweep.log"
+    driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=cwd,
+                              env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline, ended = time.monotonic() + 300, {}
+        while True:
+            rows, now = progress(run_dir), time.monotonic()
+            ended.update({n: now for n, r in rows.items() if r and n not in ended})
+            finished = [name for name, t in ended.items() if now - t >= 3]
+            if len(ended) >= at_least and finished:
+                break
+            assert driver.poll() is None and now < deadline, log.read_text()
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        driver.kill()
+    return {name: (run_dir / name / "progress.csv").read_text() for name in finished}
+
+
+@pytest.mark.slow
+def test_tpe_with_repeats_trains_every_proposal_on_all_its_seeds_and_scores_their_mean(
+        tmp_path: Path) -> None:
+    """Each proposal is one pack of 3 seeds: killed mid-sweep and resumed, no proposal is split
+    or trained twice, and TPE's study holds one value per proposal: its seeds' mean max val_acc."""
+    data = make_mnist(tmp_path / "data", n_train=600, n_test=200)
+    spec = spec_file(tmp_path, """
+        name: tpe3
+        data: {subset: 600}
+        train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
+        search:
+          method: tpe
+          budget: 4
+          repeats: 3
+          sample:
+            train.optimizer.lr: {loguniform: [0.001, 0.2]}
+            model.groups: {choice: [1, 2, 4]}
+        sweep: {max_concurrent: 1}
+    """)
+    run_dir = tmp_path / "runs" / "tpe3"
+    before = kill_after_a_finished_ray_trial(spec, tmp_path, data, run_dir, at_least=2)
+    time.sleep(3)
+    out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    packs = {p.parent.name: json.loads(p.read_text())["pack"]
+             for p in run_dir.glob("pack_*/params.json")}
+    assert sorted(packs.values()) == [[3 * p, 3 * p + 1, 3 * p + 2] for p in range(4)]
+    for name, text in before.items():  # finished before the kill: not trained again
+        assert (run_dir / name / "progress.csv").read_text() == text
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("tpe3").experiment_id])
+            if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(12))
+    by_proposal: dict[int, list] = {}
+    for r in runs:
+        trial = int(r.data.tags["tunekit.trial"])
+        assert int(r.data.tags["tunekit.proposal"]) == trial // 3
+        assert r.data.params["train.seed"] == str(1 + trial % 3)
+        assert r.data.tags["tunekit.status"] == "done"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+        by_proposal.setdefault(trial // 3, []).append(r)
+    import pickle
+    import statistics
+    state = pickle.loads(next(run_dir.glob("searcher-state-*.pkl")).read_bytes())
+    study = state["_ot_study"]
+    assert len(study.trials) == 4 and state["proposed"] == 4
+    for proposal, seeds in by_proposal.items():
+        assert len(seeds) == 3 and len({r.data.params["train.optimizer.lr"] for r in seeds}) == 1
+        lr = float(seeds[0].data.params["train.optimizer.lr"])
+        (t,) = [t for t in study.trials if t.params["train.optimizer.lr"] == pytest.approx(lr)]
+        assert t.value == pytest.approx(statistics.fmean(
+            r.data.metrics["max_val_acc"] for r in seeds))
+    table = tunekit("report", "tpe3", cwd=tmp_path, data=data).stdout
+    assert "n = 3 seeds per configuration" in table  # the report groups a proposal's seeds
+
+
+def test_asha_with_repeats_stops_a_configuration_s_seeds_together(tmp_path: Path,
+                                                                  tiny_data: Path) -> None:
+    spec = spec_file(tmp_path, """
+        name: asha3
+        train: {epochs: 4, batch_size: 32, scheduler: {name: none}}
+        search:
+          grid: {train.optimizer.lr: [0.05, 1.0e-6, 0.04, 2.0e-6]}
+          repeats: 2
+        sweep: {asha: {grace_period: 1, reduction_factor: 2}}
+    """)
+    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("asha3").experiment_id])
+            if "mlflow.parentRunId" in r.data.tags]
+    epochs: dict[str, set[int]] = {}
+    for r in runs:
+        steps = len(client.get_metric_history(r.info.run_id, "val_acc"))
+        epochs.setdefault(r.data.params["train.optimizer.lr"], set()).add(steps)
+    assert len(runs) == 8 and all(len(e) == 1 for e in epochs.values()), epochs  # together
+    lasted = sorted(e.pop() for e in epochs.values())
+    assert lasted[0] < 4 and lasted[-1] == 4, lasted  # and ASHA did stop some
+    packs = sorted(json.loads(p.read_text())["pack"]
+                   for p in (tmp_path / "runs" / "asha3").glob("pack_*/params.json"))
+    assert packs == [[0, 1], [2, 3], [4, 5], [6, 7]]  # a Ray trial per configuration
+
+
 def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
     from tunekit.sweep import _exception
     ray_text = textwrap.dedent("""\

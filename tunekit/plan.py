@@ -62,8 +62,15 @@ class Plan:
         """Trial `index`: from the list (grid), or built from a proposal's params (tpe)."""
         if not self.adaptive:
             return self.trials[index]
-        params = dict(params or {})
+        params = {k: v for k, v in (params or {}).items() if k not in ("trial", "pack")}
+        repeats = self.spec.search.repeats
+        if repeats > 1:  # proposal index // repeats, on seed train.seed + index % repeats
+            params["train.seed"] = self.spec.train.seed + index % repeats
         return Trial(index, params, resolve(self.spec.base(), params, index))
+
+    def proposal(self, index: int) -> int | None:
+        """The TPE proposal a trial belongs to (its seeds share it); None in a grid."""
+        return index // self.spec.search.repeats if self.adaptive else None
 
     def trial_base(self) -> TrialConfig:
         """The base config every trial builds on."""
@@ -73,12 +80,21 @@ class Plan:
         """What makes two plans the same plan: stored with a sweep, compared on --resume."""
         s = self.spec
         if self.adaptive:
-            return {"method": "tpe", "budget": s.search.budget, "seed": s.train.seed,
+            seeds = {"repeats": s.search.repeats} if s.search.repeats > 1 else {}
+            return {"method": "tpe", "budget": s.search.budget, "seed": s.train.seed, **seeds,
                     "base": self.trial_base().model_dump(mode="json"),
                     "space": {k: d.model_dump(mode="json", exclude_none=True)
                               for k, d in s.search.sample.items()}}
         return {"method": "grid", "trials": [{"trial": t.index, "config": t.record()["config"]}
                                              for t in self.trials]}
+
+    def seed_packs(self) -> list[list[int]]:
+        """A grid's trials grouped by configuration: each group its seeds, in plan order."""
+        groups: dict[str, list[int]] = {}
+        for t in self.trials:
+            key = repr(sorted((k, repr(v)) for k, v in t.params.items() if k != "train.seed"))
+            groups.setdefault(key, []).append(t.index)
+        return sorted(groups.values())
 
     def packs(self, size: int) -> list[list[int]]:
         """The trials grouped into packs of at most `size` that share a shape (`pack_key`), in
@@ -119,7 +135,7 @@ def plan_size(spec: ExperimentSpec) -> int:
     """How many trials a spec plans, without expanding it."""
     s = spec.search
     if s.method == "tpe":
-        return s.budget or 0
+        return (s.budget or 0) * s.repeats
     grid = math.prod(len(v) for v in s.grid.values())
     return grid * max(1, len(s.cases)) * s.num_samples * s.repeats
 

@@ -46,8 +46,12 @@ def plan_table(plan: Plan) -> Group:
     """The plan as validate and --dry-run show it: every trial, or a summary of a large plan."""
     s = plan.spec
     if plan.adaptive:
+        r = s.search.repeats
+        goal = ("val_acc at the last epoch" if r == 1 else
+                f"the mean of its {r} seeds' max val_acc ({s.search.budget} proposals × {r} "
+                f"seeds, each proposal's seeds one pack)")
         space = Table(title=f"{s.name}: TPE search, budget {plan.size} trial(s), maximising "
-                            "val_acc at the last epoch", title_justify="left")
+                            f"{goal}", title_justify="left")
         for col in ("field", "distribution"):
             space.add_column(col)
         for path, d in s.search.sample.items():
@@ -273,9 +277,11 @@ def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialSt
     if unfinished:
         console.print(f"[yellow]interrupted:[/] continue with: {resume_command}", highlight=False,
                       soft_wrap=True)
-    if invalid:
-        console.print(f"[yellow]{len(invalid)} of {planned} TPE proposal(s) broke a spec rule and "
-                      "were not trained[/] (see the table)", highlight=False)
+    if invalid:  # a proposal's seeds are invalid together: count proposals
+        proposals = {t.proposal if t.proposal is not None else t.index for t in invalid}
+        seeds = len(invalid) // len(proposals)
+        console.print(f"[yellow]{len(proposals)} of {planned // seeds} TPE proposal(s) broke a "
+                      "spec rule and were not trained[/] (see the table)", highlight=False)
     warned = [t for t in states if t.warning]
     if warned:  # a GPU paid for and unused, or a GPU node trained on its CPU
         console.print(f"[yellow]{len(warned)} trial(s) did not train where their resources say"
@@ -519,18 +525,22 @@ def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = ()) -> list[str]
     same = [r for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None
             and not r.vs_best.worse]
     worse = [r for r in measured[1:] if r.vs_best and r.vs_best.worse]
-    lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. It was picked from these "
-                 "same results, so its mean is likely a little high (the winner's curse), and "
-                 "the tests below do not correct for that. " + (
-                     f"Not distinguishable from it at this n (Welch t-test against the best, "
-                     f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
-                     f"{stats.ALPHA}; this does not mean equal): "
-                     + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
-                                  f"{r.vs_best.gap:.2f} would be)" for r in same) or "none")
-                     + "."
-                     + (" Worse than the best: " + "; ".join(
-                         f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse) + "."
-                        if worse else "")))
+    if len(measured) == 1:
+        lines.append(f"Only one configuration has values: {best.label} at "
+                     f"{_interval(best.summary, 2)}; nothing to compare it with.")
+    else:
+        lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. It was picked from these "
+                     "same results, so its mean is likely a little high (the winner's curse), and "
+                     "the tests below do not correct for that. " + (
+                         f"Not distinguishable from it at this n (Welch t-test against the best, "
+                         f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
+                         f"{stats.ALPHA}; this does not mean equal): "
+                         + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
+                                      f"{r.vs_best.gap:.2f} would be)" for r in same) or "none")
+                         + "."
+                         + (" Worse than the best: " + "; ".join(
+                             f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse) + "."
+                            if worse else "")))
     factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
     trials = [({k: r.params[k] for k in best.params}, acc)
               for r in sorted(measured, key=lambda r: min(r.trials)) for acc in r.accs]

@@ -190,7 +190,8 @@ class SearchSpec(_Strict):
     cases: list[dict[str, Any]] = []  # hand-picked settings, each combined with every grid point
     sample: dict[str, Distribution] = {}  # field path -> distribution, drawn num_samples times
     num_samples: PositiveInt = 1  # draws of `sample` (each draw runs the whole grid × cases)
-    repeats: PositiveInt = 1  # seeds per configuration: train.seed, train.seed + 1, ...
+    repeats: PositiveInt = 1  # seeds per configuration: train.seed, train.seed + 1, ...; with
+    #   tpe, each proposal is trained on this many seeds (one pack) and scored by their mean
 
     @field_validator("grid", "sample")
     @classmethod
@@ -231,7 +232,7 @@ class SearchSpec(_Strict):
             raise ValueError("train.seed is in the grid and repeats > 1; use one of them")
         if self.method == "tpe":
             fixed = [k for k in ("grid", "cases") if getattr(self, k)] + [
-                k for k in ("num_samples", "repeats") if getattr(self, k) > 1]
+                k for k in ("num_samples",) if getattr(self, k) > 1]
             if not self.sample or self.budget is None or fixed:
                 raise ValueError("method tpe searches `sample` (uniform, loguniform, randint, "
                                  "choice) for `budget` trials" + (

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import signal
+import statistics
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class TrialState:
     warning: str | None = None  # its resources and its device disagree (a GPU left unused)
     retries: int = 0  # times it failed and went on from its last checkpoint (sweep.max_failures)
     ray_id: str | None = None
+    proposal: int | None = None  # the configuration its seeds share (TPE proposal, seed pack)
     path: str | None = None  # the trial's folder in the sweep's storage
     best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
     #                                           weights and misclassified images (train.fit)
@@ -108,16 +110,20 @@ def _domain(d: Distribution) -> Any:
 
 class NumberedTPE(OptunaSearch):
     """Optuna's TPE whose proposals carry their plan number (0, 1, 2, ... in proposal order);
-    the number is saved with the searcher, so a resumed sweep numbers on from where it was."""
+    the number is saved with the searcher, so a resumed sweep numbers on from where it was.
+    With `repeats` R > 1, proposal p is the pack of trials pR .. pR + R − 1 (its seeds), one Ray
+    trial, so a proposal is trained, stopped, resumed and scored as a whole."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, repeats: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.proposed = 0
+        self.proposed, self.repeats = 0, repeats
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         if isinstance(config, dict):
-            config, self.proposed = {**config, "trial": self.proposed}, self.proposed + 1
+            p, r = self.proposed, getattr(self, "repeats", 1)
+            number = {"trial": p} if r == 1 else {"pack": [p * r + i for i in range(r)]}
+            config, self.proposed = {**config, **number}, p + 1
         return config
 
 
@@ -129,7 +135,7 @@ def _searcher(plan: Plan) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
     tpe = NumberedTPE(metric=OBJECTIVE[0], mode=OBJECTIVE[1], sampler=optuna.samplers.TPESampler(
-        seed=s.train.seed, n_startup_trials=startup))
+        seed=s.train.seed, n_startup_trials=startup), repeats=s.search.repeats)
     return ConcurrencyLimiter(tpe, max_concurrent=s.sweep.max_concurrent or 2)
 
 
@@ -155,14 +161,10 @@ def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
 def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     """The Ray trainable: plan trial config['trial'] (or the pack config['pack']), resumed from
     its last checkpoint if any."""
+    params = {k: v for k, v in config.items() if k not in ("trial", "pack")}
     if "pack" in config:
-        return _train_pack(config["pack"], plan, root)
-    params = {k: v for k, v in config.items() if k != "trial"}
-    try:
-        trial = plan.trial(config["trial"], params)
-    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
-        raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
-    cfg = _rooted(trial.config, root)
+        return _train_pack(config["pack"], plan, root, params)
+    cfg = _rooted(_planned(plan, config["trial"], params).config, root)
     where, resume = _placement(cfg), _load(tune.get_checkpoint())
 
     def report(metrics: Any, state: dict[str, Any]) -> None:
@@ -171,17 +173,42 @@ def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     fit(cfg, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
 
 
-def _train_pack(indices: list[int], plan: Plan, root: str | None) -> None:
+def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
+    """Plan trial `index` (a TPE proposal's params for a TPE plan)."""
+    try:
+        return plan.trial(index, params)
+    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
+        raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
+
+
+def packs_are_seeds(plan: Plan) -> bool:
+    """Whether each pack is the seeds of one configuration, scored by their mean: a TPE
+    proposal with repeats, or ASHA over a grid with repeats (a configuration stops as a whole)."""
+    s = plan.spec.search
+    return s.repeats > 1 and (plan.adaptive or plan.spec.sweep.asha is not None)
+
+
+def _train_pack(indices: list[int], plan: Plan, root: str | None,
+                params: dict[str, Any] | None = None) -> None:
     """A pack of plan trials as one fused network: one result per epoch with each member's
-    metrics under m<trial>/ (or why it failed), the best member's val_acc for ASHA."""
-    configs = [_rooted(plan.trials[i].config, root) for i in indices]
+    metrics under m<trial>/ (or why it failed), and the objective for TPE and ASHA: the mean of
+    the members' max val_acc so far where the pack is one configuration's seeds, else the best
+    member's val_acc."""
+    configs = [_rooted(_planned(plan, i, params or {}).config, root) for i in indices]
     where, resume = _placement(configs[0]), _load(tune.get_checkpoint())
+    seeds = packs_are_seeds(plan)
 
     def report(metrics: list[Any], state: dict[str, Any]) -> None:
         live = [m for m in metrics if m is not None]
+        if seeds:  # each member's best so far, failed ones left out
+            best = [max(h["val_acc"] for h in s["history"]) for s in state["members"]
+                    if s["history"] and not s["failed"]]
+            objective = statistics.fmean(best) if best else 0.0
+        else:
+            objective = max((m.val_acc for m in live), default=0.0)
         out: dict[str, Any] = {
             "epoch": max(len(s["history"]) for s in state["members"]),
-            OBJECTIVE[0]: max((m.val_acc for m in live), default=0.0), **where}
+            OBJECTIVE[0]: objective, **where}
         for i, m, s in zip(indices, metrics, state["members"]):
             out[f"m{i}"] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
         _report(out, state)
@@ -253,9 +280,13 @@ class _Relay(tune.Callback):
         states = []
         for index in members(trial.config):
             if index not in _active.trials:
-                params = {k: v for k, v in trial.config.items() if k != "trial"}
+                params = {k: v for k, v in trial.config.items() if k not in ("trial", "pack")}
+                plan = _active.plan
+                if plan.adaptive and plan.spec.search.repeats > 1:  # its seed, and its proposal
+                    params["train.seed"] = plan.spec.train.seed + index % plan.spec.search.repeats
                 _active.trials[index] = TrialState(
-                    index, params if _active.plan.adaptive else _active.plan.trials[index].params)
+                    index, params if plan.adaptive else plan.trials[index].params,
+                    proposal=plan.proposal(index) if plan.spec.search.repeats > 1 else None)
             state = _active.trials[index]
             state.ray_id = trial.trial_id
             states.append(state)
@@ -388,8 +419,10 @@ def _packs(plan: Plan, one: cluster.Ask) -> tuple[list[list[int]], cluster.Ask]:
     """The plan's packs and what each asks Ray for. With `sweep.pack: auto`, trials that get a
     GPU and a driver that has one, the size and the GPU share are measured on it
     (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs."""
-    if plan.adaptive:
-        return plan.packs(1), one
+    if plan.adaptive:  # a proposal's seeds are one pack; TPE plans know no trials up front
+        return [], one.packed(plan.spec.search.repeats)
+    if packs_are_seeds(plan):  # ASHA: a configuration's seeds stop together
+        return plan.seed_packs(), one.packed(plan.spec.search.repeats)
     if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
         from tunekit.measure import gpu_pack
         choice = gpu_pack(plan.trials[0].config, len(plan.trials))

@@ -276,7 +276,9 @@ class Tracker:
             run = self.client.create_run(
                 self.experiment_id, run_name=f"trial {trial.index}: {trial.label}", tags={
                     "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
-                    f"{TAG}trial": str(trial.index), f"{TAG}status": "pending"}).info.run_id
+                    f"{TAG}trial": str(trial.index), f"{TAG}status": "pending",
+                    **({f"{TAG}proposal": str(trial.proposal)}  # the seeds of one TPE proposal
+                       if getattr(trial, "proposal", None) is not None else {})}).info.run_id
             self.runs[trial.index], self.logged[run] = run, 0
             self.unlogged.add(trial.index)
         run = self.runs[trial.index]
