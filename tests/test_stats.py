@@ -288,3 +288,33 @@ def test_the_report_answers_the_spec_s_claims() -> None:
            "(Norm=GN − Norm=BN at Batch=128) > 0: estimate +0." in text
     assert "Verdict: supported." in text
     assert "P(Norm=GN > Norm=BN) over seed pairs 1.00 at Batch=16, " in text
+
+
+def test_parameter_importance_finds_the_parameter_that_matters() -> None:
+    rng = random.Random(5)
+    configs = []
+    for _ in range(24):
+        lr, groups = 10 ** rng.uniform(-3, -1), rng.choice([1, 2, 4])
+        configs.append(({"train.optimizer.lr": str(lr), "model.groups": str(groups)},
+                        99.0 - 3 * abs(math.log10(lr) + 2) + rng.gauss(0, 0.02)))
+    found = stats.importance(configs, ["train.optimizer.lr", "model.groups"])
+    assert found["train.optimizer.lr"] > 0.8 > found["model.groups"], found
+    assert sum(found.values()) == pytest.approx(1.0)
+    assert stats.importance(configs[:3], ["train.optimizer.lr", "model.groups"]) is None
+    assert stats.importance(configs, ["train.optimizer.lr"]) is None  # one parameter: trivial
+
+
+def test_the_report_gives_a_search_s_parameter_importance() -> None:
+    rng = random.Random(6)
+    runs = []
+    for c in range(8):
+        lr, groups = 10 ** rng.uniform(-3, -1), rng.choice([1, 2, 4])
+        for s in range(2):
+            runs.append(RunRecord(f"r{len(runs)}", len(runs), {
+                "train.optimizer.lr": str(lr), "model.groups": str(groups), "train.seed": str(s),
+                "model.norm": "GN"}, 99.0 - 3 * abs(math.log10(lr) + 2) + rng.gauss(0, 0.02), 1,
+                "done", None))
+    text = " ".join(findings(result_rows(runs), sampled=["train.optimizer.lr", "model.groups"]))
+    assert "Parameter importance over 8 configurations' seed means (optuna's fANOVA: a " \
+           "random-forest model's estimate" in text
+    assert "not a test): train.optimizer.lr 0." in text  # the one that matters comes first

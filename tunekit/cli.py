@@ -191,7 +191,8 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
                  *([f"--address {address}"] if address else []),
                  *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []), "--resume"]
         code = report.sweep_outcome(s.name, report.result_rows(records), states, plan.size,
-                                    interrupted.is_set(), " ".join(again), path, s.claims)
+                                    interrupted.is_set(), " ".join(again), path, s.claims,
+                                    list(s.search.sample))
         raise typer.Exit(code)
 
 
@@ -220,18 +221,19 @@ def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
     return client, track.find_sweep(client, name), name
 
 
-def _claims(name_or_spec: str, recorded_spec: str) -> list:
-    """The claims to test: the spec file's, if one was given (validated as it loads), else those
-    of the spec the sweep recorded."""
-    from tunekit.spec import Claim, load_spec
+def _study(name_or_spec: str, recorded_spec: str) -> tuple[list, list[str]]:
+    """(claims to test, parameters a search sampled): the spec file's, if one was given
+    (validated as it loads), else those of the spec the sweep recorded."""
+    from tunekit.spec import ExperimentSpec, load_spec
     if Path(name_or_spec).is_file():
-        return list(load_spec(name_or_spec).claims)
-    import yaml
-    try:
-        return [Claim.model_validate(c) for c in
-                (yaml.safe_load(recorded_spec) or {}).get("claims") or []]
-    except Exception:  # noqa: BLE001 (a spec recorded by an older tunekit: no claims to test)
-        return []
+        spec = load_spec(name_or_spec)
+    else:
+        import yaml
+        try:
+            spec = ExperimentSpec.model_validate(yaml.safe_load(recorded_spec) or {})
+        except Exception:  # noqa: BLE001 (recorded by an older tunekit, or none: nothing to add)
+            return [], []
+    return list(spec.claims), list(spec.search.sample)
 
 
 @app.command("report")
@@ -265,12 +267,12 @@ def report_(name_or_spec: str = NAME,
                 raise UsageError("--trials", "holds the values, not the curves and digits: use "
                                              "it without --out")
             records, name = track.read_trials_csv(trials), trials.parent.name
-            claims = _claims(name_or_spec, "")
+            claims, sampled = _study(name_or_spec, "")
         else:
             client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
             records = track.trial_runs(client, sweep_run)
             spec_text, env = track.sweep_texts(client, sweep_run)
-            claims = _claims(name_or_spec, spec_text)
+            claims, sampled = _study(name_or_spec, spec_text)
         rows = report.result_rows(records)
         if out is not None:
             from tunekit import study
@@ -278,7 +280,7 @@ def report_(name_or_spec: str = NAME,
                               {r.run_id: track.history(client, r.run_id) for r in records},
                               {r.run_id: w for r in records
                                if (w := track.misclassified(client, r.run_id)) is not None},
-                              spec_text, env, records, claims)
+                              spec_text, env, records, claims, sampled)
             paths = study.write(doc, out, format)
             track.log_plots(client, sweep_run, paths, "report")
             report.console.print(f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to "
@@ -290,7 +292,7 @@ def report_(name_or_spec: str = NAME,
         else:
             report.console.print(table)
         if format in ("table", "markdown"):
-            for line in report.findings(rows, claims) + report.failures(records):
+            for line in report.findings(rows, claims, sampled) + report.failures(records):
                 typer.echo(("- " if format == "markdown" else "") + line)
 
 

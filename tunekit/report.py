@@ -264,11 +264,11 @@ class SweepView:
 
 def sweep_outcome(name: str, rows: Sequence[ResultRow], states: Sequence[TrialState],
                   planned: int, interrupted: bool, resume_command: str, path: str,
-                  claims: Sequence[Any] = ()) -> int:
+                  claims: Sequence[Any] = (), sampled: Sequence[str] = ()) -> int:
     """Print how a sweep ended (results, statistics, what failed, how to carry on); its exit
     code: 130 interrupted, 1 a trial failed, else 0 (invalid TPE proposals are not failures)."""
     console.print(results_table(f"{name}: max val_acc per configuration", rows))
-    for line in findings(rows, claims):
+    for line in findings(rows, claims, sampled):
         console.print(line, highlight=False, soft_wrap=True)
     failed = [t for t in states if t.status == "failed"]
     invalid = [t for t in states if t.status == "invalid"]
@@ -485,14 +485,24 @@ def results_table(title: str, rows: Sequence[ResultRow], format: str = "table") 
 
 
 def failures(records: Sequence[Any]) -> list[str]:
-    """Each failed trial's reason, whole (the table shows its first line)."""
-    return [f"trial {r.trial} failed: {r.error}" for r in sorted(records, key=lambda r: r.trial)
-            if r.error and r.status != "done"]
+    """Each failed (or invalid) trial's reason, whole (the table shows its first line)."""
+    return [f"trial {r.trial} {r.status}: {r.error}"
+            for r in sorted(records, key=lambda r: r.trial) if r.error and r.status != "done"]
 
 
-def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = ()) -> list[str]:
+def importance(rows: Sequence[ResultRow], sampled: Sequence[str]) -> dict[str, float] | None:
+    """The sampled parameters' importance over the configurations' seed means (stats)."""
+    from tunekit import stats
+    measured = [r for r in rows if r.accs]
+    return stats.importance([(r.params, r.mean) for r in measured],
+                            [p for p in sampled if all(p in r.params for r in measured)])
+
+
+def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = (),
+             sampled: Sequence[str] = ()) -> list[str]:
     """The statistics of a results table in plain sentences (percentage points throughout);
-    `claims` (spec.Claim) are each tested and answered."""
+    `claims` (spec.Claim) are each tested and answered; `sampled` (a TPE or random search's
+    parameters) get their importance."""
     from tunekit import stats
     measured = [r for r in rows if r.accs]
     if not measured:
@@ -545,6 +555,12 @@ def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = ()) -> list[str]
     trials = [({k: r.params[k] for k in best.params}, acc)
               for r in sorted(measured, key=lambda r: min(r.trials)) for acc in r.accs]
     lines += [_claim_line(c, trials, list(best.params)) for c in claims]
+    found = importance(rows, sampled) if sampled else None
+    if found:
+        lines.append(f"Parameter importance over {len(measured)} configurations' seed means "
+                     "(optuna's fANOVA: a random-forest model's estimate of how much of the "
+                     "spread each parameter explains, not a test): " + ", ".join(
+                         f"{SEED_COLUMNS.get(k, k)} {v:.2f}" for k, v in found.items()) + ".")
     grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
     if not factors or not grid:
         return lines

@@ -10,6 +10,7 @@ site. Nothing here talks to MLflow: the caller hands in what it read.
 from __future__ import annotations
 
 import html
+import json
 import importlib.metadata
 import os
 import platform
@@ -84,6 +85,7 @@ class Study:
     environment: dict[str, str]
     records: Sequence[Any] = ()  # track.RunRecord of every trial: trials.csv
     claims: Sequence[Any] = ()  # spec.Claim: each tested in the report
+    sampled: Sequence[str] = ()  # a TPE or random search's parameters: their importance
 
 
 def write(study: Study, folder: Path, format: str) -> list[Path]:
@@ -111,7 +113,13 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
                 title=f"{r.label}: best seed, {wrong['total']} wrong").savefig(files[-1], dpi=80)
             grids.append((r.label, files[-1].name))
     table = report.results_table(study.name, study.rows, "markdown")
-    sentences = report.findings(study.rows, study.claims)
+    sentences = report.findings(study.rows, study.claims, study.sampled)
+    found = report.importance(study.rows, study.sampled) if study.sampled else None
+    if found:
+        files.append(folder / "importance.json")
+        files[-1].write_text(json.dumps({"method": "optuna fANOVA over configurations' seed "
+                                                   "means (a model-based estimate)",
+                                         "importance": found}, indent=1))
     if study.records:  # every value the statistics used, one row per trial
         files.append(folder / "trials.csv")
         from tunekit.track import trials_csv
