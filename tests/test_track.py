@@ -241,3 +241,28 @@ def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: 
         assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in out.stderr
         assert "Traceback" not in out.stderr and time.monotonic() - start < 10
         assert list(tmp_path.iterdir()) == []  # no mlflow.db, no plots/ folder
+
+
+def test_a_trial_that_failed_then_finished_on_resume_shows_no_old_error(tmp_path: Path,
+                                                                          tiny_data: Path) -> None:
+    """A trial's status and error are its last attempt's: the data missing where it ran, then
+    there on --resume."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: again\ntrain: {epochs: 1, batch_size: 32}\n"
+                    "search:\n  grid: {model.norm: [GN]}\n")
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    first = tunekit("sweep", str(spec), cwd=tmp_path, data=empty)
+    assert first.returncode != 0, first.stdout + first.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("again")
+    (run,) = [r for r in client.search_runs([exp.experiment_id])
+              if "mlflow.parentRunId" in r.data.tags]
+    assert run.data.tags["tunekit.status"] == "failed" and "DataError" in run.data.tags[
+        "tunekit.error"]
+    again = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=tiny_data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    run = client.get_run(run.info.run_id)
+    assert run.data.tags["tunekit.status"] == "done" and "tunekit.error" not in run.data.tags
+    table = tunekit("report", "again", cwd=tmp_path, data=tiny_data).stdout
+    assert "DataError" not in table and "done" in table
