@@ -230,6 +230,7 @@ def test_the_autoscaler_starts_gpu_workers_from_zero_for_a_sweep_and_a_job_then_
     started = c.workers(alive=False) + c.workers()
     assert started, "the autoscaler started no worker"
     first = min(w["start_time_ms"] for w in started) / 1000 - asked
+    assert first < 60, f"the first worker came {first:.0f} s after the sweep asked"
     head = c.head_node_id()
     worker_ids = {w["node_id"] for w in started}
     # the fake provider numbers the nodes it starts from ...00001 (the head is ...00000), and

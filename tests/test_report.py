@@ -264,7 +264,7 @@ def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
 
 def test_report_rebuilds_the_statistics_from_a_trials_csv_without_mlflow(tmp_path: Path,
                                                                           monkeypatch) -> None:
-    from tunekit.track import RunRecord, read_trials_csv, trials_csv
+    from tunekit.records import RunRecord, read_trials_csv, trials_csv
     monkeypatch.chdir(tmp_path)
     runs = [RunRecord(f"r{i}", i, {"model.norm": norm, "train.batch_size": str(batch),
                                    "train.seed": str(seed)}, 98.0 + 0.1 * i, 3, "done", None)

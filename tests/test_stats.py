@@ -9,7 +9,7 @@ import pytest
 
 from tunekit import stats
 from tunekit.report import ResultRow, findings, result_rows, results_table
-from tunekit.track import RunRecord
+from tunekit.records import RunRecord
 
 
 def test_interval_is_the_t_interval_of_the_mean() -> None:

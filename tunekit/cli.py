@@ -263,10 +263,11 @@ def report_(name_or_spec: str = NAME,
             raise UsageError("--out", f"{out} is a file; give a folder for the report")
         from tunekit import report, track
         if trials is not None:  # no MLflow: the committed values
+            from tunekit.records import read_trials_csv
             if out is not None:
                 raise UsageError("--trials", "holds the values, not the curves and digits: use "
                                              "it without --out")
-            records, name = track.read_trials_csv(trials), trials.parent.name
+            records, name = read_trials_csv(trials), trials.parent.name
             claims, sampled = _study(name_or_spec, "")
         else:
             client, sweep_run, name = _tracking(name_or_spec, tracking_uri)

@@ -362,7 +362,7 @@ ACCURACY = (0.0, 100.0)  # what an accuracy interval may span
 
 
 def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
-    """Group runs (track.RunRecord) by everything but the seed, with each configuration's mean,
+    """Group runs (records.RunRecord) by everything but the seed, with each configuration's mean,
     95% interval and comparison with the best (stats); best mean max val_acc first. A trial's
     value counts only if it finished (status done) and is finite."""
     from tunekit import stats

@@ -83,7 +83,7 @@ class Study:
     wrong: dict[str, dict[str, Any]]  # MLflow run id -> misclassified images (track)
     spec_text: str
     environment: dict[str, str]
-    records: Sequence[Any] = ()  # track.RunRecord of every trial: trials.csv
+    records: Sequence[Any] = ()  # records.RunRecord of every trial: trials.csv
     claims: Sequence[Any] = ()  # spec.Claim: each tested in the report
     sampled: Sequence[str] = ()  # a TPE or random search's parameters: their importance
 
@@ -122,7 +122,7 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
                                          "importance": found}, indent=1))
     if study.records:  # every value the statistics used, one row per trial
         files.append(folder / "trials.csv")
-        from tunekit.track import trials_csv
+        from tunekit.records import trials_csv
         files[-1].write_text(trials_csv(study.records))
     graphs = [("Max val_acc per configuration, each seed", "max_val_acc.png"),
               *((report.GRAPHS[k], f"{k}.png") for k in report.GRAPHS)]
