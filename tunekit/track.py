@@ -18,7 +18,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -28,8 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from tunekit.errors import SpecError, TunekitError
-from tunekit.records import RunRecord
 from tunekit.metrics import METRICS
+from tunekit.records import RunRecord
 from tunekit.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -40,9 +39,11 @@ END_STATUS = {"done": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
               "invalid": "FAILED", "unfinished": "KILLED", "pending": "KILLED"}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs
 
+
 class TrackingError(TunekitError):
     """The tracking server cannot be reached or refused a write; no trial was started."""
     exit_code = 2
+
 
 def tracking_uri(spec: ExperimentSpec | None, override: str | None = None) -> str:
     """--tracking-uri, else the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite
@@ -50,8 +51,10 @@ def tracking_uri(spec: ExperimentSpec | None, override: str | None = None) -> st
     uri = override or (spec and spec.tracking.uri) or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
+
 def experiment_name(spec: ExperimentSpec) -> str:
     return spec.tracking.experiment or spec.name
+
 
 def _local_store(uri: str) -> Path | None:
     """The file or folder of a local store (sqlite:///x.db, file:///x, a plain path), else None."""
@@ -60,6 +63,7 @@ def _local_store(uri: str) -> Path | None:
     if uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
     return None if "://" in uri else Path(uri)
+
 
 def connect(uri: str, create: bool = True) -> MlflowClient:
     """A client for `uri`, checked to answer within seconds (MLflow's own retries take minutes).
@@ -92,10 +96,12 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
         raise TrackingError(f"the MLflow store at {uri} does not answer: {e}") from None
     return client
 
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # An experiment's runs table (its bare URL opens MLflow 3's GenAI "Overview"), best trial first:
 # sorted, MLflow lists the trials themselves instead of folding them under their sweep's run.
 RUNS_TABLE = "runs?orderByKey=metrics.%60max_val_acc%60&orderByAsc=false"
+
 
 def serve_ui(uri: str, host: str, port: int, experiment: str | None,
              announce: Callable[[str], None]) -> None:
@@ -146,6 +152,7 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
 
+
 def _end_group(server: subprocess.Popen) -> None:
     """End the server and the workers it started (its own process group)."""
     try:
@@ -159,6 +166,7 @@ def _end_group(server: subprocess.Popen) -> None:
         pass
     server.wait()
 
+
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
     """Every field of a (nested) pydantic config as 'model.norm' -> 'GN'."""
     out: dict[str, str] = {}
@@ -169,6 +177,7 @@ def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
             out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, dict)) \
                 else str(value)
     return out
+
 
 class Tracker:
     """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end.
@@ -317,6 +326,7 @@ class Tracker:
             file.write_text(text)
             self.client.log_artifact(run, str(file), str(Path(path).parent) if "/" in path else None)
 
+
 def find_sweep(client: MlflowClient, experiment: str) -> str:
     """The run id of the latest sweep recorded under `experiment`."""
     exp = client.get_experiment_by_name(experiment)
@@ -327,6 +337,7 @@ def find_sweep(client: MlflowClient, experiment: str) -> str:
         raise TrackingError(f"no sweep of {experiment!r} in the MLflow store at "
                             f"{client.tracking_uri}")
     return runs[0].info.run_id
+
 
 def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
     """Every trial run of a sweep, as MLflow has them."""
@@ -341,6 +352,7 @@ def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
                              tags.get(f"{TAG}error")))
     return sorted(out, key=lambda r: r.trial)
 
+
 def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
     """A run's per-epoch metrics as [{'epoch': 1, 'val_acc': ..., ...}, ...]."""
     by_epoch: dict[int, dict[str, Any]] = {}
@@ -349,6 +361,7 @@ def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
         for m in client.get_metric_history(run_id, name):
             by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
     return [by_epoch[e] for e in sorted(by_epoch)]
+
 
 def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     """The misclassified test images a trial run stored, or None."""
@@ -360,10 +373,12 @@ def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     except (MlflowException, OSError):  # none stored: the trial failed before its first epoch
         return None
 
+
 def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path],
               folder: str = "plots") -> None:
     for path in paths:
         client.log_artifact(sweep_run, str(path), folder)
+
 
 def sweep_texts(client: MlflowClient, sweep_run: str) -> tuple[str, dict[str, str]]:
     """The spec file a sweep was started from, and the environment it recorded."""
@@ -378,6 +393,7 @@ def sweep_texts(client: MlflowClient, sweep_run: str) -> tuple[str, dict[str, st
         except (MlflowException, OSError):
             env = {"recorded": "no (a sweep from an older tunekit)"}
     return spec, env
+
 
 def _now() -> int:
     return int(time.time() * 1000)
