@@ -303,6 +303,11 @@ def kill_after_a_finished_ray_trial(spec: Path, cwd: Path, data: Path, run_dir: 
     return {name: (run_dir / name / "progress.csv").read_text() for name in finished}
 
 
+def latest_searcher_state(run_dir: Path) -> Path:
+    """The searcher's state as the last session saved it (a resumed sweep writes a new file)."""
+    return max(run_dir.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+
+
 TPE_SPEC = """
 name: tpe
 data: {subset: 600}
@@ -360,7 +365,7 @@ def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path
     # TPE learnt from the results: its study holds every trial's outcome as it was reported
     import pickle
     import optuna
-    state = pickle.loads(next(run_dir.glob("searcher-state-*.pkl")).read_bytes())
+    state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
     study, sampler = state["_ot_study"], state["_sampler"]
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
     assert len(study.trials) == 8 and state["proposed"] == 8
@@ -422,7 +427,7 @@ def test_tpe_with_repeats_trains_every_proposal_on_all_its_seeds_and_scores_thei
         by_proposal.setdefault(trial // 3, []).append(r)
     import pickle
     import statistics
-    state = pickle.loads(next(run_dir.glob("searcher-state-*.pkl")).read_bytes())
+    state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
     study = state["_ot_study"]
     assert len(study.trials) == 4 and state["proposed"] == 4
     for proposal, seeds in by_proposal.items():

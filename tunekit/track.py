@@ -121,7 +121,8 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
                  "artifact of this store and the right to change and delete them, to anyone "
                  f"who reaches this machine's port {port}; nothing asks who they are")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    previous = signal.getsignal(signal.SIGTERM)
+    stops = (signal.SIGINT, signal.SIGTERM)  # SIGINT too: a shell's background job ignores it
+    previous = {sig: signal.getsignal(sig) for sig in stops}
     with tempfile.TemporaryFile("w+") as log:  # the server's output, shown if it fails to start
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                                    uri, "--host", host, "--port", str(port)],
@@ -130,7 +131,8 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
         def terminated(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, terminated)
+            for sig in stops:
+                signal.signal(sig, terminated)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and server.poll() is None:
@@ -150,7 +152,8 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
         finally:
             _end_group(server)
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, previous)
+                for sig in stops:
+                    signal.signal(sig, previous[sig])
 
 
 def _end_group(server: subprocess.Popen) -> None:
