@@ -263,21 +263,6 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
     assert not {r["node_id"] for r in mine_rows["trial_0000"]} & nodes_used  # its own Ray
 
 
-def test_asha_stops_weak_trials_early(tmp_path: Path, tiny_data: Path) -> None:
-    spec = spec_file(tmp_path, """
-        name: asha
-        train: {epochs: 4, batch_size: 32, scheduler: {name: none}}
-        search:
-          grid: {train.optimizer.lr: [0.05, 0.04, 1.0e-6, 2.0e-6]}
-        sweep: {asha: {grace_period: 1, reduction_factor: 2}}
-    """)
-    out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
-    assert out.returncode == 0, out.stdout + out.stderr  # stopped early is not failed
-    epochs = sorted(len(t) for t in progress(tmp_path / "runs" / "asha").values())
-    assert len(epochs) == 4 and epochs[0] < 4 and epochs[-1] == 4, epochs
-    assert "stopped" in out.stdout
-
-
 def kill_after_a_finished_ray_trial(spec: Path, cwd: Path, data: Path, run_dir: Path,
                                     at_least: int) -> dict[str, str]:
     """Start a sweep, SIGKILL it once `at_least` Ray trials reported and one of them ended 3 s
@@ -314,7 +299,8 @@ data: {subset: 600}
 train: {epochs: 1, batch_size: 32, scheduler: {name: none}}
 search:
   method: tpe
-  budget: 8
+  budget: 4
+  repeats: 2                          # each proposal trained on seeds 1 and 2, one pack
   sample:
     train.optimizer.lr: {loguniform: [0.001, 0.2]}
     model.groups: {randint: [1, 9]}   # 3, 5, 6 and 7 do not divide 8 and 16: invalid proposals
@@ -323,125 +309,79 @@ sweep: {max_concurrent: 1}
 
 
 @pytest.mark.slow
-def test_tpe_search_resumes_after_sigkill_and_learns_from_results(tmp_path: Path) -> None:
+def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
+        tmp_path: Path) -> None:
+    """Each proposal is one pack of its 2 seeds: killed mid-sweep and resumed, no proposal is
+    split or trained twice, invalid ones are reported and never trained, and TPE's study holds
+    one value per proposal: its seeds' mean max val_acc."""
     data = make_mnist(tmp_path / "data", n_train=600, n_test=200)
     spec = spec_file(tmp_path, TPE_SPEC)
     shown = tunekit("validate", str(spec), cwd=tmp_path, data=data)
     assert shown.returncode == 0 and "TPE search, budget 8 trial(s)" in shown.stdout
+    assert "(4 proposals × 2 seeds" in " ".join(shown.stdout.split())
     assert "loguniform 0.001 0.2" in shown.stdout
 
     run_dir = tmp_path / "runs" / "tpe"
-    before = kill_after_a_finished_ray_trial(spec, tmp_path, data, run_dir, at_least=3)
+    before = kill_after_a_finished_ray_trial(spec, tmp_path, data, run_dir, at_least=1)
     time.sleep(3)
     out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
     assert out.returncode == 0, out.stdout + out.stderr  # invalid: no failure
-
-    # 8 trials in all, numbered 0..7; those done before the kill were not run again
-    params = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("trial_*/params.json")}
-    assert sorted(params) == [f"trial_{i:04d}" for i in range(8)]
-    assert all(params[name]["trial"] == int(name[-4:]) for name in params)
-    for name, text in before.items():
+    packs = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("pack_*/params.json")}
+    assert sorted(c["pack"] for c in packs.values()) == [[2 * p, 2 * p + 1] for p in range(4)]
+    assert all(c["pack"][0] == int(name[-4:]) for name, c in packs.items())
+    for name, text in before.items():  # finished before the kill: not trained again
         assert (run_dir / name / "progress.csv").read_text() == text
+
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = [r for r in client.search_runs([client.get_experiment_by_name("tpe").experiment_id])
             if "mlflow.parentRunId" in r.data.tags]
     assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(8))
-    invalid = 0
+    by_proposal: dict[int, list] = {}
     for r in runs:
-        proposed = params[f"trial_{int(r.data.tags['tunekit.trial']):04d}"]
+        trial = int(r.data.tags["tunekit.trial"])
+        assert int(r.data.tags["tunekit.proposal"]) == trial // 2
+        assert r.data.params["train.seed"] == str(1 + trial % 2)
+        proposed = packs[f"pack_{trial // 2 * 2:04d}"]
         assert float(r.data.params["train.optimizer.lr"]) == proposed["train.optimizer.lr"]
         assert int(r.data.params["model.groups"]) == proposed["model.groups"]
         if 8 % proposed["model.groups"]:  # reported, never trained
-            invalid += 1
             assert r.data.tags["tunekit.status"] == "invalid"
             assert "does not divide" in r.data.tags["tunekit.error"]
             assert not client.get_metric_history(r.info.run_id, "val_acc")
         else:
             assert r.data.tags["tunekit.status"] == "done"
             assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
-    assert invalid >= 1 and "invalid" in out.stdout
+        by_proposal.setdefault(trial // 2, []).append(r)
+    statuses = {p: {r.data.tags["tunekit.status"] for r in seeds}
+                for p, seeds in by_proposal.items()}
+    assert {"invalid"} in statuses.values() and {"done"} in statuses.values(), statuses
+    assert "invalid" in out.stdout
 
-    # TPE learnt from the results: its study holds every trial's outcome as it was reported
-    import pickle
+    # TPE learnt from the results: one outcome per proposal, the mean over its seeds
     import optuna
-    state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
-    study, sampler = state["_ot_study"], state["_sampler"]
-    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
-    assert len(study.trials) == 8 and state["proposed"] == 8
-    for r in runs:
-        groups = int(r.data.params["model.groups"])
-        matching = [t for t in study.trials if t.params["model.groups"] == groups and
-                    t.params["train.optimizer.lr"] == float(r.data.params["train.optimizer.lr"])]
-        assert len(matching) == 1
-        t = matching[0]
-        if 8 % groups:
-            assert t.state == optuna.trial.TrialState.FAIL
-        else:
-            assert t.state == optuna.trial.TrialState.COMPLETE
-            assert t.value == pytest.approx(r.data.metrics["max_val_acc"])
-
-
-@pytest.mark.slow
-def test_tpe_with_repeats_trains_every_proposal_on_all_its_seeds_and_scores_their_mean(
-        tmp_path: Path) -> None:
-    """Each proposal is one pack of 3 seeds: killed mid-sweep and resumed, no proposal is split
-    or trained twice, and TPE's study holds one value per proposal: its seeds' mean max val_acc."""
-    data = make_mnist(tmp_path / "data", n_train=600, n_test=200)
-    spec = spec_file(tmp_path, """
-        name: tpe3
-        data: {subset: 600}
-        train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
-        search:
-          method: tpe
-          budget: 4
-          repeats: 3
-          sample:
-            train.optimizer.lr: {loguniform: [0.001, 0.2]}
-            model.groups: {choice: [1, 2, 4]}
-        sweep: {max_concurrent: 1}
-    """)
-    run_dir = tmp_path / "runs" / "tpe3"
-    before = kill_after_a_finished_ray_trial(spec, tmp_path, data, run_dir, at_least=2)
-    time.sleep(3)
-    out = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=data)
-    assert out.returncode == 0, out.stdout + out.stderr
-    packs = {p.parent.name: json.loads(p.read_text())["pack"]
-             for p in run_dir.glob("pack_*/params.json")}
-    assert sorted(packs.values()) == [[3 * p, 3 * p + 1, 3 * p + 2] for p in range(4)]
-    for name, text in before.items():  # finished before the kill: not trained again
-        assert (run_dir / name / "progress.csv").read_text() == text
-
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("tpe3").experiment_id])
-            if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(12))
-    by_proposal: dict[int, list] = {}
-    for r in runs:
-        trial = int(r.data.tags["tunekit.trial"])
-        assert int(r.data.tags["tunekit.proposal"]) == trial // 3
-        assert r.data.params["train.seed"] == str(1 + trial % 3)
-        assert r.data.tags["tunekit.status"] == "done"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
-        by_proposal.setdefault(trial // 3, []).append(r)
     import pickle
     import statistics
     state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
-    study = state["_ot_study"]
+    study, sampler = state["_ot_study"], state["_sampler"]
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
     assert len(study.trials) == 4 and state["proposed"] == 4
-    for proposal, seeds in by_proposal.items():
-        assert len(seeds) == 3 and len({r.data.params["train.optimizer.lr"] for r in seeds}) == 1
+    for p, seeds in by_proposal.items():
+        assert len(seeds) == 2 and len({r.data.params["train.optimizer.lr"] for r in seeds}) == 1
         lr = float(seeds[0].data.params["train.optimizer.lr"])
         (t,) = [t for t in study.trials if t.params["train.optimizer.lr"] == pytest.approx(lr)]
-        assert t.value == pytest.approx(statistics.fmean(
-            r.data.metrics["max_val_acc"] for r in seeds))
-    table = tunekit("report", "tpe3", cwd=tmp_path, data=data).stdout
-    assert "n = 3 seeds per configuration" in table  # the report groups a proposal's seeds
+        if statuses[p] == {"invalid"}:
+            assert t.state == optuna.trial.TrialState.FAIL
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(statistics.fmean(
+                r.data.metrics["max_val_acc"] for r in seeds))
 
 
-def test_asha_with_repeats_stops_a_configuration_s_seeds_together(tmp_path: Path,
-                                                                  tiny_data: Path) -> None:
+def test_asha_stops_weak_configurations_early_with_all_their_seeds(tmp_path: Path,
+                                                                   tiny_data: Path) -> None:
+    """ASHA over a grid with repeats decides on a configuration's seed mean: weak ones stop
+    early, and a configuration's seeds stop together."""
     spec = spec_file(tmp_path, """
         name: asha3
         train: {epochs: 4, batch_size: 32, scheduler: {name: none}}
@@ -451,7 +391,8 @@ def test_asha_with_repeats_stops_a_configuration_s_seeds_together(tmp_path: Path
         sweep: {asha: {grace_period: 1, reduction_factor: 2}}
     """)
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr  # stopped early is not failed
+    assert "stopped" in out.stdout
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = [r for r in client.search_runs([client.get_experiment_by_name("asha3").experiment_id])
