@@ -62,11 +62,17 @@ class Plan:
         """Trial `index`: from the list (grid), or built from a proposal's params (tpe)."""
         if not self.adaptive:
             return self.trials[index]
-        params = {k: v for k, v in (params or {}).items() if k not in ("trial", "pack")}
-        repeats = self.spec.search.repeats
-        if repeats > 1:  # proposal index // repeats, on seed train.seed + index % repeats
-            params["train.seed"] = self.spec.train.seed + index % repeats
+        params = self.proposed_params(index, params)
         return Trial(index, params, resolve(self.spec.base(), params, index))
+
+    def proposed_params(self, index: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A TPE trial's values: its proposal's (Ray's config, numbering left out) and, with
+        repeats, its seed: proposal index // repeats, on seed train.seed + index % repeats."""
+        out = {k: v for k, v in (params or {}).items() if k not in ("trial", "pack")}
+        repeats = self.spec.search.repeats
+        if repeats > 1:
+            out["train.seed"] = self.spec.train.seed + index % repeats
+        return out
 
     def proposal(self, index: int) -> int | None:
         """The TPE proposal a trial belongs to (its seeds share it); None in a grid."""

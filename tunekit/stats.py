@@ -355,14 +355,9 @@ def importance(configs: Sequence[tuple[Mapping[str, str], float]], params: Seque
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
-    for c, value in _finite_configs(configs):
+    for c, value in ((c, float(v)) for c, v in configs if math.isfinite(v)):
         study.add_trial(optuna.trial.create_trial(
             params={p: str(c[p]) if isinstance(d, CategoricalDistribution) else float(c[p])
                     for p, d in dists.items()}, distributions=dists, value=value))
     found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
     return {p: float(v) for p, v in found.items()}
-
-
-def _finite_configs(configs: Sequence[tuple[Mapping[str, str], float]]
-                    ) -> list[tuple[Mapping[str, str], float]]:
-    return [(c, float(v)) for c, v in configs if math.isfinite(v)]

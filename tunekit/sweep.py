@@ -280,12 +280,10 @@ class _Relay(tune.Callback):
         states = []
         for index in members(trial.config):
             if index not in _active.trials:
-                params = {k: v for k, v in trial.config.items() if k not in ("trial", "pack")}
                 plan = _active.plan
-                if plan.adaptive and plan.spec.search.repeats > 1:  # its seed, and its proposal
-                    params["train.seed"] = plan.spec.train.seed + index % plan.spec.search.repeats
                 _active.trials[index] = TrialState(
-                    index, params if plan.adaptive else plan.trials[index].params,
+                    index, plan.proposed_params(index, trial.config) if plan.adaptive
+                    else plan.trials[index].params,
                     proposal=plan.proposal(index) if plan.spec.search.repeats > 1 else None)
             state = _active.trials[index]
             state.ray_id = trial.trial_id
