@@ -306,9 +306,6 @@ class Claim(_Strict):
             raise ValueError("more_than_at names the same fields as at, with other values")
         return self
 
-    def fields(self) -> list[str]:
-        return list(dict.fromkeys([*self.better, *self.at]))
-
 
 class ExperimentSpec(TrialConfig):
     """A whole study: the base trial config, how it varies, and where it runs and is tracked."""

@@ -161,10 +161,9 @@ def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
 def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
     """The Ray trainable: plan trial config['trial'] (or the pack config['pack']), resumed from
     its last checkpoint if any."""
-    params = {k: v for k, v in config.items() if k not in ("trial", "pack")}
-    if "pack" in config:
-        return _train_pack(config["pack"], plan, root, params)
-    cfg = _rooted(_planned(plan, config["trial"], params).config, root)
+    if "pack" in config:  # (a TPE config is the proposal's values; plan.trial reads them)
+        return _train_pack(config["pack"], plan, root, config)
+    cfg = _rooted(_planned(plan, config["trial"], config).config, root)
     where, resume = _placement(cfg), _load(tune.get_checkpoint())
 
     def report(metrics: Any, state: dict[str, Any]) -> None:
