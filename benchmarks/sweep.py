@@ -22,14 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunekit import cluster, storage, sweep
+from tunekit import cluster, storage, sweep, trials
 from tunekit.plan import Plan, load_plan, make_plan
 from tunekit.spec import ExperimentSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(plan: Plan) -> tuple[float, list[sweep.TrialState], list[float]]:
+def timed(plan: Plan) -> tuple[float, list[trials.TrialState], list[float]]:
     """Wall seconds of the sweep, its trials, and each trial's own seconds as Ray measured them."""
     totals: list[float] = []
     storage.check(plan)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from typer.testing import CliRunner
 
-from tunekit import report
+from tunekit import figures, report
 from tunekit.cli import app
 
 from conftest import REPO, make_mnist
@@ -72,7 +72,7 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
     runs = trial_runs(swept[0])
     assert len(runs) == 4 and len(rows) == 2
     for row in rows:
-        mine = [r for r in runs if r.data.params["model.norm"] == row["Norm"]]
+        mine = [r for r in runs if r.data.params["model.norm"] == row["norm"]]
         accs = sorted(r.data.metrics["max_val_acc"] for r in mine)
         assert row["n"] == 2 and sorted(row["accs"]) == pytest.approx(accs)
         assert row["max_val_acc"] == pytest.approx(sum(accs) / 2)
@@ -85,25 +85,26 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
 def test_report_formats_agree(swept) -> None:
     rows = json.loads(tk(swept, "report", "repeats", "-f", "json").stdout)
     markdown = tk(swept, "report", "spec.yaml", "-f", "markdown").stdout.splitlines()
-    assert markdown[0] == ("| Norm | L1 | L2 | Batch | trial | Max Val Acc [95% CI] | seeds | n | "
+    # one column per parameter that varies in the plan (the norm), then the results
+    assert markdown[0] == ("| norm | trial | Max Val Acc [95% CI] | seeds | n | "
                            "vs best | best epoch | status | MLflow run id |")
     table = tk(swept, "report", "spec.yaml").stdout
     for line, row in zip(markdown[2:2 + len(rows)], rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == row["Norm"] and cells[7] == "2"
-        assert cells[6] == " ".join(f"{a:.2f}" for a in row["accs"])  # each seed's value
-        assert cells[4] == ", ".join(map(str, row["trials"]))
+        assert cells[0] == row["norm"] and cells[4] == "2"
+        assert cells[3] == " ".join(f"{a:.2f}" for a in row["accs"])  # each seed's value
+        assert cells[1] == ", ".join(map(str, row["trials"]))
         low, high = row["ci95"]
-        assert cells[5].removesuffix("†") == f"{row['max_val_acc']:.2f} [{low:.2f}, {high:.2f}]"
-        assert cells[8] == "best" if row is rows[0] else cells[8] in (
+        assert cells[2].removesuffix("†") == f"{row['max_val_acc']:.2f} [{low:.2f}, {high:.2f}]"
+        assert cells[5] == "best" if row is rows[0] else cells[5] in (
             f"not distinguishable at n = 2 (p={row['p_vs_best_holm']:.2g}; a gap of about "
             f"{row['gap_told_apart']:.2f} would be)", f"worse (p={row['p_vs_best_holm']:.2g})")
-        table_line = next(t for t in table.splitlines() if f" {row['Norm']} " in t)
-        assert cells[5] in table_line and row["run_ids"][0][:12] in table_line
+        table_line = next(t for t in table.splitlines() if f" {row['norm']} " in t)
+        assert cells[2] in table_line and row["run_ids"][0][:12] in table_line
     assert "n = 2 seeds per configuration" in table  # the statistics, in sentences
     parsed = list(csv.DictReader(io.StringIO(tk(swept, "report", "spec.yaml", "-f", "csv").stdout)))
-    assert [(r["Norm"], float(r["max_val_acc"]), float(r["ci95_low"])) for r in parsed] == [
-        (r["Norm"], r["max_val_acc"], r["ci95"][0]) for r in rows]  # full precision
+    assert [(r["norm"], float(r["max_val_acc"]), float(r["ci95_low"])) for r in parsed] == [
+        (r["norm"], r["max_val_acc"], r["ci95"][0]) for r in rows]  # full precision
 
 
 @pytest.mark.parametrize("format,doc", [("html", "report.html"), ("markdown", "report.md")])
@@ -137,7 +138,7 @@ def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
 
 
 def test_the_environment_says_whether_the_versions_are_the_lock_s(tmp_path: Path) -> None:
-    from tunekit.study import LOCK, lock_match
+    from tunekit.environment import LOCK, lock_match
     import importlib.metadata
     torch_version = importlib.metadata.version("torch").split("+")[0]
     lock = tmp_path / "constraints.txt"
@@ -156,7 +157,7 @@ def test_plots_stay_readable_with_many_curves_one_epoch_and_wild_intervals() -> 
     history = lambda acc: [{"epoch": 1, "val_acc": acc, "train_acc": acc, "val_loss": 0.1,
                             "train_loss": 0.1}]
     groups = [(f"config {i}", [history(50.0 + i), history(58.0 + i)]) for i in range(12)]
-    fig = report.band_figures(groups)["val_acc"]
+    fig = figures.band_figures(groups)["val_acc"]
     ax = fig.axes[0]
     lines = [line for line in ax.get_lines() if line.get_label().startswith("config")]
     assert len({to_hex(line.get_color()) for line in lines}) == 12  # no colour twice
@@ -164,7 +165,7 @@ def test_plots_stay_readable_with_many_curves_one_epoch_and_wild_intervals() -> 
     assert not ax.collections or all(type(c).__name__ == "PathCollection" for c in ax.collections)
     low, high = ax.get_ylim()  # 2 seeds, 1 df: the t interval spans ±50 points; the axis not
     assert 45 < low < 50 and 69 < high < 75, (low, high)
-    assert len(report.colours(30)) == len({to_hex(c) for c in report.colours(30)}) == 30
+    assert len(figures.colours(30)) == len({to_hex(c) for c in figures.colours(30)}) == 30
 
 
 def test_report_of_an_unknown_experiment(swept) -> None:
@@ -186,15 +187,15 @@ def test_plot_draws_the_stored_curves(swept) -> None:
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     for r in runs:
         curve = curves[int(r.data.tags["tunekit.trial"])]
-        assert curve["label"] == (f"Norm={r.data.params['model.norm']}, "
+        assert curve["label"] == (f"norm={r.data.params['model.norm']}, "
                                   f"seed={r.data.params['train.seed']}")
         stored = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id,
                                                                                 "val_acc"))
         assert [(m["epoch"], m["val_acc"]) for m in curve["history"]] == stored
         assert (figs / f"misclassified_trial_{r.data.tags['tunekit.trial']}.png").is_file()
     # the figure's lines are that data
-    figures = report.curve_figures([(c["label"], c["history"]) for c in curves.values()])
-    lines = figures["val_acc"].axes[0].lines
+    drawn = figures.curve_figures([(c["label"], c["history"]) for c in curves.values()])
+    lines = drawn["val_acc"].axes[0].lines
     assert [line.get_label() for line in lines] == [c["label"] for c in curves.values()]
     assert [list(line.get_ydata()) for line in lines] == [
         [m["val_acc"] for m in c["history"]] for c in curves.values()]
@@ -221,7 +222,7 @@ def test_plot_selected_runs_and_logs_to_the_sweep(swept) -> None:
 
 def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     from rich.console import Console
-    from tunekit.sweep import TrialState
+    from tunekit.trials import TrialState
     view = report.SweepView("study", total=3, epochs=5)
     a = TrialState(0, {"model.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
     b = TrialState(1, {"model.norm": "GN"}, "running", [])
@@ -243,7 +244,7 @@ def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
 def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
-    from tunekit.sweep import TrialState
+    from tunekit.trials import TrialState
     trial = TrialState(2, {"model.norm": "LN"}, "running", [])
     for terminal in (True, False):
         out = Console(file=io.StringIO(), width=120, force_terminal=terminal)

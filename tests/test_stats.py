@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tunekit import stats
-from tunekit.report import ResultRow, findings, result_rows, results_table
+from tunekit.results import ResultRow, findings, result_rows, results_table
 from tunekit.records import RunRecord
 
 
@@ -90,12 +90,12 @@ def test_report_rows_and_sentences() -> None:
     runs = [record(i * 3 + s, norm, s, acc) for i, (norm, mean) in enumerate(
         (("GN", 99.4), ("BN", 99.4), ("LN", 98.9))) for s, acc in enumerate(noisy(mean, 3, rng))]
     rows = result_rows(runs)
-    assert [len(r.accs) for r in rows] == [3, 3, 3] and rows[-1].setting["Norm"] == "LN"
+    assert [len(r.accs) for r in rows] == [3, 3, 3] and rows[-1].setting["norm"] == "LN"
     assert rows[-1].vs_best.worse and not rows[1].vs_best.worse
     text = " ".join(findings(rows))
     assert "n = 3 seeds per configuration" in text
-    assert "Worse than the best: Norm=LN" in text
-    assert "Main effect of Norm" in text
+    assert "Worse than the best: norm=LN" in text
+    assert "Main effect of norm" in text
     one = findings(result_rows([record(0, "GN", 1, 99.3), record(1, "BN", 1, 99.2)]))
     assert one[0].startswith("One seed per configuration") and len(one) == 1
     assert isinstance(rows[0], ResultRow)
@@ -174,7 +174,7 @@ def test_zero_variance_gives_no_interval_and_says_all_seeds_equal() -> None:
     s = stats.summarize([3.0, 3.0, 3.0])
     assert (s.low, s.high, s.equal) == (None, None, True)
     rows = result_rows([record(i, "GN", i, 3.0) for i in range(3)])
-    assert "3.00 (all seeds equal)" in results_table("t", rows, "markdown")
+    assert "3.00 (all seeds equal)" in results_table(rows, "markdown")
 
 
 def test_two_constant_groups_with_different_values_are_not_called_worse() -> None:
@@ -195,7 +195,7 @@ def test_nan_and_failed_trials_are_left_out_and_named() -> None:
             RunRecord("run5", 5, record(5, "GN", 3, 0).params, 12.0, 1, "failed", "boom"),
             RunRecord("run6", 6, record(6, "GN", 4, 0).params, 50.0, 1, "stopped", None)]
     rows = result_rows(runs)
-    assert [r.setting["Norm"] for r in rows] == ["GN", "BN"]  # NaN did not make BN "best"
+    assert [r.setting["norm"] for r in rows] == ["GN", "BN"]  # NaN did not make BN "best"
     assert rows[0].accs == [99.5, 99.4] and rows[1].accs == [99.0, 99.2]
     assert rows[0].left_out == ["trial 5 (failed)", "trial 6 (stopped)"]
     assert rows[1].left_out == ["trial 0 (max val_acc nan)"]
@@ -203,7 +203,7 @@ def test_nan_and_failed_trials_are_left_out_and_named() -> None:
     text = " ".join(findings(rows))
     assert "Left out of every mean and test (3): trial 5 (failed), trial 6 (stopped), " \
            "trial 0 (max val_acc nan)" in text
-    table = results_table("t", rows, "markdown")
+    table = results_table(rows, "markdown")
     assert "| 2 |" in table  # n counts the values used, not the runs
     with pytest.raises(ValueError):
         stats.summarize([1.0, math.nan])
@@ -217,7 +217,7 @@ def test_intervals_stay_within_what_can_happen() -> None:
     (row,) = result_rows(runs)
     assert 1 <= row.epochs.low and row.epochs.high <= 3  # the best epoch lies in what was trained
     two = result_rows([record(0, "GN", 1, 60.0), record(1, "GN", 2, 99.0)])
-    assert two[0].summary.clipped and "†" in results_table("t", two, "markdown")
+    assert two[0].summary.clipped and "†" in results_table(two, "markdown")
     text = " ".join(findings(two))
     assert "With n = 2 a t interval has 1 degree of freedom: it is ±12.7 standard errors" in text
     assert "cut there" in text
@@ -233,7 +233,7 @@ def test_not_distinguishable_says_what_gap_would_have_been() -> None:
     from scipy import stats as sp
     assert v.gap == pytest.approx(sp.t.ppf(1 - 0.05 / 2, c.df) * c.se)  # one comparison
     assert f"not distinguishable at n = 3 (p={v.p_holm:.2g}; a gap of about {v.gap:.2f} would " \
-           f"be)" in results_table("t", rows, "markdown")
+           f"be)" in results_table(rows, "markdown")
     assert "winner's curse" in " ".join(findings(rows))
 
 
@@ -284,10 +284,10 @@ def test_the_report_answers_the_spec_s_claims() -> None:
                   than={"model.norm": "BN"}, at={"train.batch_size": 16},
                   more_than_at={"train.batch_size": 128})
     text = " ".join(findings(result_rows(runs), [claim]))
-    assert "Claim: “GN does better at small batches” (Norm=GN − Norm=BN at Batch=16) − " \
-           "(Norm=GN − Norm=BN at Batch=128) > 0: estimate +0." in text
+    assert "Claim: “GN does better at small batches” (norm=GN − norm=BN at batch_size=16) − " \
+           "(norm=GN − norm=BN at batch_size=128) > 0: estimate +0." in text
     assert "Verdict: supported." in text
-    assert "P(Norm=GN > Norm=BN) over seed pairs 1.00 at Batch=16, " in text
+    assert "P(norm=GN > norm=BN) over seed pairs 1.00 at batch_size=16, " in text
 
 
 def test_parameter_importance_finds_the_parameter_that_matters() -> None:
@@ -317,4 +317,4 @@ def test_the_report_gives_a_search_s_parameter_importance() -> None:
     text = " ".join(findings(result_rows(runs), sampled=["train.optimizer.lr", "model.groups"]))
     assert "Parameter importance over 8 configurations' seed means (optuna's fANOVA: a " \
            "random-forest model's estimate" in text
-    assert "not a test): train.optimizer.lr 0." in text  # the one that matters comes first
+    assert "not a test): lr 0." in text  # the one that matters comes first

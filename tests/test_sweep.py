@@ -494,7 +494,7 @@ def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(tmp_path: Pat
                                                                    tiny_data: Path) -> None:
     """The cluster's head has no GPU: it reads checkpoints and artifacts GPU workers wrote."""
     import torch
-    from tunekit import sweep
+    from tunekit import trainable
     from tunekit.spec import TrialConfig
     from tunekit.train import fit
     spec = spec_file(tmp_path, """
@@ -514,7 +514,7 @@ def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(tmp_path: Pat
 
     # a trial resumed on a CPU node from a GPU node's checkpoint (the trainable's loader)
     first = min(states, key=lambda p: p.parent.name)
-    state = sweep._load(ray.tune.Checkpoint.from_directory(str(first.parent)))
+    state = trainable.load_state(ray.tune.Checkpoint.from_directory(str(first.parent)))
     assert state["model"]["features.0.weight"].device.type == "cpu"
     cfg = TrialConfig.model_validate({"train": {"epochs": 2, "batch_size": 32, "seed": 1}})
     assert len(fit(cfg, resume=state, threads=1).history) == 2

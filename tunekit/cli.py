@@ -161,7 +161,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             report.console.print(_estimate(plan), highlight=False)
             return
         s = plan.spec
-        from tunekit import storage, sweep as sweeps, track
+        from tunekit import figures, results, storage, sweep as sweeps, track
         uri = track.tracking_uri(s, tracking_uri)
         client = track.connect(uri)  # an unreachable server stops us before any trial starts
         # All that can refuse the sweep, before its first trial: the storage takes this
@@ -176,7 +176,8 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         if restart:
             report.console.print(f"starting {s.name} over: the earlier sweep's results were set "
                                  f"aside, its MLflow runs are kept", highlight=False)
-        tracker = track.Tracker(client, plan, spec, path, resume=resume)
+        tracker = track.Tracker(client, plan, spec, path, resume=resume,
+                                    draw=figures.trial_figures)
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
                                 interrupted=interrupted)
@@ -190,7 +191,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         again = ["tunekit sweep", str(spec), *(f"--set {x}" for x in set_ or []),
                  *([f"--address {address}"] if address else []),
                  *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []), "--resume"]
-        code = report.sweep_outcome(s.name, report.result_rows(records), states, plan.size,
+        code = report.sweep_outcome(s.name, results.result_rows(records), states, plan.size,
                                     interrupted.is_set(), " ".join(again), path, s.claims,
                                     list(s.search.sample))
         raise typer.Exit(code)
@@ -261,7 +262,7 @@ def report_(name_or_spec: str = NAME,
             raise UsageError("--format", "html is a folder of files: add --out DIR")
         if out is not None and out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the report")
-        from tunekit import report, track
+        from tunekit import report, results, track
         if trials is not None:  # no MLflow: the committed values
             from tunekit.records import read_trials_csv
             if out is not None:
@@ -274,7 +275,7 @@ def report_(name_or_spec: str = NAME,
             records = track.trial_runs(client, sweep_run)
             spec_text, env = track.sweep_texts(client, sweep_run)
             claims, sampled = _study(name_or_spec, spec_text)
-        rows = report.result_rows(records)
+        rows = results.result_rows(records)
         if out is not None:
             from tunekit import study
             doc = study.Study(name, sweep_run, client.tracking_uri, rows,
@@ -293,7 +294,7 @@ def report_(name_or_spec: str = NAME,
         else:
             report.console.print(table)
         if format in ("table", "markdown"):
-            for line in report.findings(rows, claims, sampled) + report.failures(records):
+            for line in results.findings(rows, claims, sampled) + results.failures(records):
                 typer.echo(("- " if format == "markdown" else "") + line)
 
 
@@ -330,22 +331,22 @@ def plot(name_or_spec: str = NAME,
 def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True) -> List[Path]:
     """Draw the comparison graphs (and, with `grids`, each trial's misclassified digits) of trial
     runs into `folder`, and log them to the sweep's run."""
-    from tunekit import report, track
+    from tunekit import figures, track
     folder.mkdir(parents=True, exist_ok=True)
-    labels = report.legend_labels([r.params for r in chosen])
+    labels = figures.legend_labels([r.params for r in chosen])
     curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
     paths = [folder / "curves.json"]  # the data behind the graphs
     paths[0].write_text(json.dumps(
         [{"trial": r.trial, "label": label, "history": h}
          for r, (label, h) in zip(chosen, curves)], indent=1))
-    for name, fig in report.curve_figures(curves).items():
+    for name, fig in figures.curve_figures(curves).items():
         paths.append(folder / f"{name}.png")
         fig.savefig(paths[-1])
     for label, r in zip(labels, chosen if grids else []):
         wrong = track.misclassified(client, r.run_id)
         if wrong is not None:
             paths.append(folder / f"misclassified_trial_{r.trial}.png")
-            report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
+            figures.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
                                         title=f"trial {r.trial}: {label}").savefig(paths[-1])
     track.log_plots(client, sweep_run, paths)
     return paths

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt, read_spec,
-                          resolve)
+from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt, pack_key,
+                          read_spec, resolve)
 
 
 OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
@@ -123,18 +123,6 @@ class Plan:
             out["objective"] = {"metric": OBJECTIVE[0], "mode": OBJECTIVE[1], "at": "last epoch"}
         out["trials"] = [t.record() for t in self.trials]
         return out
-
-
-PER_MEMBER = ("seed", "optimizer", "l1", "l2", "penalize")  # train settings a pack's trials
-#                                                              may each have their own
-
-
-def pack_key(config: TrialConfig) -> str:
-    """What the trials of one pack must share: everything but the train settings in PER_MEMBER
-    (and the device, which the pack decides)."""
-    train = config.train.model_dump(mode="json", exclude={*PER_MEMBER, "device"})
-    return repr((config.data.model_dump(mode="json"), config.model.model_dump(mode="json"),
-                 sorted(train.items())))
 
 
 def plan_size(spec: ExperimentSpec) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tunekit.errors import UsageError
+from tunekit.trials import Status
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def trials_csv(records: Sequence[RunRecord]) -> str:
     writer = csv.writer(out)
     writer.writerow([*TRIAL_COLUMNS, *params])
     for r in sorted(records, key=lambda r: r.trial):
-        ok = r.status == "done" and r.max_val_acc is not None and math.isfinite(r.max_val_acc)
+        ok = r.status == Status.DONE and r.max_val_acc is not None and math.isfinite(r.max_val_acc)
         writer.writerow([r.trial, r.run_id, r.status,
                          repr(r.max_val_acc) if r.max_val_acc is not None else "",
                          r.best_epoch if r.best_epoch is not None else "", "yes" if ok else "no",

@@ -120,6 +120,18 @@ class TrialConfig(_Strict):
     train: TrainSpec = TrainSpec()
 
 
+PER_MEMBER = ("seed", "optimizer", "l1", "l2", "penalize")  # train settings a pack's trials
+#                                                              may each have their own
+
+
+def pack_key(config: TrialConfig) -> str:
+    """What the trials of one pack must share: everything but the train settings in PER_MEMBER
+    (and the device, which the pack decides)."""
+    train = config.train.model_dump(mode="json", exclude={*PER_MEMBER, "device"})
+    return repr((config.data.model_dump(mode="json"), config.model.model_dump(mode="json"),
+                 sorted(train.items())))
+
+
 class Distribution(_Strict):
     """Exactly one of: uniform [low, high], loguniform [low, high], randint [low, high), choice."""
     uniform: tuple[float, float] | None = None

@@ -11,66 +11,10 @@ from __future__ import annotations
 
 import html
 import json
-import importlib.metadata
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-
-PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "scipy", "statsmodels", "pydantic")
-LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"  # the versions CI passed with
-
-
-def lock_match(lock: Path = LOCK) -> str:
-    """Whether the installed packages are the versions the lock pins, in words."""
-    try:
-        lines = [line.split("#")[0].strip() for line in lock.read_text().splitlines()]
-    except OSError:
-        return f"not compared: no {lock.name} beside tunekit (not installed from a checkout)"
-    pins = dict(line.split("==", 1) for line in lines if "==" in line)
-    differ, installed = [], 0
-    for name, pinned in pins.items():
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue  # not needed here (another platform's package)
-        installed += 1
-        if version.split("+")[0] != pinned.split("+")[0]:
-            differ.append(f"{name} {version} (lock {pinned})")
-    if differ:
-        more = f", and {len(differ) - 6} more" if len(differ) > 6 else ""
-        return f"differs from {lock.name} in {len(differ)} package(s): " + ", ".join(
-            differ[:6]) + more
-    return f"matches {lock.name} ({installed} of its {len(pins)} pins installed)"
-
-
-def environment() -> dict[str, str]:
-    """What a result depends on besides the spec: versions, machine, tunekit's commit."""
-    import torch
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpus": str(os.cpu_count()),
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"}
-    for name in ("tunekit", *PACKAGES):
-        try:
-            env[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            env[name] = "not installed"
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], text=True,
-                                capture_output=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                               text=True, capture_output=True, timeout=5).stdout.strip()
-        env["tunekit commit"] = (commit.stdout.strip() + (" (with local changes)" if dirty else "")
-                                 if commit.returncode == 0 else "not a git checkout")
-    except (OSError, subprocess.SubprocessError):
-        env["tunekit commit"] = "unknown"
-    env["lock"] = lock_match()
-    return env
-
 
 @dataclass(frozen=True)
 class Study:
@@ -78,7 +22,7 @@ class Study:
     name: str
     sweep_run: str
     tracking_uri: str
-    rows: Sequence[Any]  # report.ResultRow, best first
+    rows: Sequence[Any]  # results.ResultRow, best first
     histories: dict[str, list[dict[str, Any]]]  # MLflow run id -> per-epoch metrics
     wrong: dict[str, dict[str, Any]]  # MLflow run id -> misclassified images (track)
     spec_text: str
@@ -90,17 +34,17 @@ class Study:
 
 def write(study: Study, folder: Path, format: str) -> list[Path]:
     """Write the report (report.md or report.html) and its figures into `folder`."""
-    from tunekit import report
+    from tunekit import figures, results
     folder.mkdir(parents=True, exist_ok=True)
     measured = [r for r in study.rows if r.accs]
     groups = [(r.label, [study.histories[i] for i in r.run_ids if study.histories.get(i)])
               for r in measured]
     files = []
-    for key, fig in report.band_figures(groups).items():
+    for key, fig in figures.band_figures(groups).items():
         files.append(folder / f"{key}.png")
         fig.savefig(files[-1], dpi=90)
     files.append(folder / "max_val_acc.png")  # each seed beside each mean
-    report.seeds_figure(study.rows).savefig(files[-1], dpi=90)
+    figures.seeds_figure(study.rows).savefig(files[-1], dpi=90)
     grids = []
     for n, r in enumerate(measured, 1):
         best = max(r.run_ids, key=lambda i: max(
@@ -108,13 +52,13 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
         wrong = study.wrong.get(best)
         if wrong is not None:
             files.append(folder / f"misclassified_{n}.png")
-            report.misclassified_figure(
+            figures.misclassified_figure(
                 wrong["images"], wrong["labels"], wrong["preds"],
                 title=f"{r.label}: best seed, {wrong['total']} wrong").savefig(files[-1], dpi=80)
             grids.append((r.label, files[-1].name))
-    table = report.results_table(study.name, study.rows, "markdown")
-    sentences = report.findings(study.rows, study.claims, study.sampled)
-    found = report.importance(study.rows, study.sampled) if study.sampled else None
+    table = results.results_table(study.rows, "markdown")
+    sentences = results.findings(study.rows, study.claims, study.sampled)
+    found = results.importance(study.rows, study.sampled) if study.sampled else None
     if found:
         files.append(folder / "importance.json")
         files[-1].write_text(json.dumps({"method": "optuna fANOVA over configurations' seed "
@@ -125,7 +69,7 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
         from tunekit.records import trials_csv
         files[-1].write_text(trials_csv(study.records))
     graphs = [("Max val_acc per configuration, each seed", "max_val_acc.png"),
-              *((report.GRAPHS[k], f"{k}.png") for k in report.GRAPHS)]
+              *((figures.GRAPHS[k], f"{k}.png") for k in figures.GRAPHS)]
     doc = folder / f"report.{'md' if format == 'markdown' else 'html'}"
     render = _markdown if format == "markdown" else _html
     doc.write_text(render(study, table, sentences, graphs, grids))

@@ -1,10 +1,10 @@
-"""Sweeps: a plan of trials run as one Ray Tune experiment. The only module that touches Ray.
+"""The driver: a plan of trials run as one Ray Tune experiment, and Ray's events relayed to the
+listeners as `trials.TrialState` updates.
 
 Ray Tune is handed the plan itself: a grid plan as one `grid_search` over its trial numbers, a TPE
 plan as Optuna's sampler over the spec's distributions, each proposal numbered in turn. A trial's
 number, parameters and labels therefore always come from the plan, never from what Ray reports.
-Each trial calls `train.fit` with a report callback that hands Ray the epoch's metrics and a
-checkpoint, so an interrupted sweep resumes from the last finished epoch.
+What runs on the workers is `trainable.train`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ import os
 import pickle
 import re
 import signal
-import statistics
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -29,60 +26,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tunekit import cluster, storage
 from tunekit.data import data_root
-from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
-from tunekit.plan import OBJECTIVE, Plan, label
-from tunekit.spec import Distribution, TrialConfig
-from tunekit.train import fit, fit_pack, pick_device
-
-STATE_FILE = "state.pt"
-
-
-class InvalidProposalError(TunekitError):
-    """A TPE proposal that breaks a spec rule: reported, never trained."""
-
-
-@dataclass
-class TrialState:
-    """What the driver knows of one trial of the plan."""
-    index: int  # its number in the plan
-    params: dict[str, Any]
-    status: str = "pending"  # pending | running | done | failed | invalid | stopped (ASHA)
-    #                          | unfinished
-    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
-    error: str | None = None
-    node_ids: set[str] = field(default_factory=set)
-    device: str | None = None  # what it trained on (cpu, cuda) and the GPUs Ray gave it
-    gpu_ids: str = ""
-    warning: str | None = None  # its resources and its device disagree (a GPU left unused)
-    retries: int = 0  # times it failed and went on from its last checkpoint (sweep.max_failures)
-    ray_id: str | None = None
-    proposal: int | None = None  # the configuration its seeds share (TPE proposal, seed pack)
-    path: str | None = None  # the trial's folder in the sweep's storage
-    best_state: dict[str, Any] | None = None  # from the last checkpoint: the best epoch's
-    #                                           weights and misclassified images (train.fit)
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        return max(self.history, key=lambda m: m["val_acc"], default=None)
-
-    @property
-    def label(self) -> str:
-        return label(self.params)
-
-    @property
-    def on(self) -> str:
-        """What it trained on: 'cuda (GPU 0)', 'cpu', or '' before its first epoch."""
-        return (self.device or "") + (f" (GPU {self.gpu_ids})" if self.gpu_ids else "")
-
-
-class Listener(Protocol):
-    """Follows a sweep from the driver: the live view, the tracker."""
-    def sweep_started(self, joined: str, asks: cluster.Ask) -> None: ...
-    def trial_started(self, trial: TrialState) -> None: ...
-    def trial_retried(self, trial: TrialState) -> None: ...
-    def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None: ...
-    def trial_ended(self, trial: TrialState) -> None: ...
+from tunekit.plan import OBJECTIVE, Plan
+from tunekit.spec import Distribution
+from tunekit.trainable import load_state, members, packs_are_seeds, train
+from tunekit.trials import Listener, Status, TrialState
 
 
 def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
@@ -94,10 +42,6 @@ def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
         return {"pack": tune.grid_search(packs)}
     return {"trial": tune.grid_search([p[0] for p in packs])}
 
-
-def members(config: dict[str, Any]) -> list[int]:
-    """The plan trials a Ray trial trains: its pack, or its one trial."""
-    return list(config["pack"]) if "pack" in config else [config["trial"]]
 
 
 def _domain(d: Distribution) -> Any:
@@ -151,93 +95,6 @@ def _index_of(path: str | None) -> tuple[str, int] | None:
     match = re.search(r"(trial|pack)_(\d+)$", (path or "").rstrip("/"))
     return (match.group(1), int(match.group(2))) if match else None
 
-
-def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
-    if root and cfg.data.root is None:  # trials run in other working directories
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
-    return cfg
-
-
-def _train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
-    """The Ray trainable: plan trial config['trial'] (or the pack config['pack']), resumed from
-    its last checkpoint if any."""
-    if "pack" in config:  # (a TPE config is the proposal's values; plan.trial reads them)
-        return _train_pack(config["pack"], plan, root, config)
-    cfg = _rooted(_planned(plan, config["trial"], config).config, root)
-    where, resume = _placement(cfg), _load(tune.get_checkpoint())
-
-    def report(metrics: Any, state: dict[str, Any]) -> None:
-        _report({**metrics.as_dict(), **where}, state)
-
-    fit(cfg, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
-
-
-def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
-    """Plan trial `index` (a TPE proposal's params for a TPE plan)."""
-    try:
-        return plan.trial(index, params)
-    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
-        raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
-
-
-def packs_are_seeds(plan: Plan) -> bool:
-    """Whether each pack is the seeds of one configuration, scored by their mean: a TPE
-    proposal with repeats, or ASHA over a grid with repeats (a configuration stops as a whole)."""
-    s = plan.spec.search
-    return s.repeats > 1 and (plan.adaptive or plan.spec.sweep.asha is not None)
-
-
-def _train_pack(indices: list[int], plan: Plan, root: str | None,
-                params: dict[str, Any] | None = None) -> None:
-    """A pack of plan trials as one fused network: one result per epoch with each member's
-    metrics under m<trial>/ (or why it failed), and the objective for TPE and ASHA: the mean of
-    the members' max val_acc so far where the pack is one configuration's seeds, else the best
-    member's val_acc."""
-    configs = [_rooted(_planned(plan, i, params or {}).config, root) for i in indices]
-    where, resume = _placement(configs[0]), _load(tune.get_checkpoint())
-    seeds = packs_are_seeds(plan)
-
-    def report(metrics: list[Any], state: dict[str, Any]) -> None:
-        live = [m for m in metrics if m is not None]
-        if seeds:  # each member's best so far, failed ones left out
-            best = [max(h["val_acc"] for h in s["history"]) for s in state["members"]
-                    if s["history"] and not s["failed"]]
-            objective = statistics.fmean(best) if best else 0.0
-        else:
-            objective = max((m.val_acc for m in live), default=0.0)
-        out: dict[str, Any] = {
-            "epoch": max(len(s["history"]) for s in state["members"]),
-            OBJECTIVE[0]: objective, **where}
-        for i, m, s in zip(indices, metrics, state["members"]):
-            out[f"m{i}"] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
-        _report(out, state)
-
-    fit_pack(configs, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)
-
-
-def _placement(cfg: TrialConfig) -> dict[str, Any]:
-    """Where a Ray trial runs and on what: its node, device and GPUs, and a warning if these
-    disagree."""
-    device = pick_device(cfg.train.device).type
-    gpu_ids, warning = cluster.given(device)
-    return {"node_id": ray.get_runtime_context().get_node_id(), "device": device,
-            "gpu_ids": gpu_ids, "warning": warning or ""}
-
-
-def _load(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
-    """The training state a Ray trial saved with a checkpoint (`fit`'s or `fit_pack`'s)."""
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        # CPU tensors whatever device wrote them: a GPU worker's checkpoint is read by a
-        # CPU-only head at the end of a sweep, or by a trial resumed on another kind of node
-        return torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
-
-
-def _report(result: dict[str, Any], state: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(state, Path(d) / STATE_FILE)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass
@@ -304,9 +161,9 @@ class _Relay(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         states, listeners = self._states(trial)
         for t in states:
-            if t.status in ("failed", "done"):
+            if t.status in (Status.FAILED, Status.DONE):
                 continue
-            t.status = "running"
+            t.status = Status.RUNNING
             for listener in listeners:
                 listener.trial_started(t)
 
@@ -315,13 +172,13 @@ class _Relay(tune.Callback):
         states, listeners = self._states(trial)
         for t in states:
             metrics = _member_metrics(result, t.index, "pack" in trial.config)
-            if metrics is None or t.status == "failed":
+            if metrics is None or t.status == Status.FAILED:
                 continue
             t.node_ids.add(result["node_id"])
             t.device, t.gpu_ids = result["device"], result["gpu_ids"]
             t.warning = result["warning"] or None
             if "failed" in metrics:  # a pack member that diverged: the others train on
-                t.status, t.error = "failed", f"DivergedError: {metrics['failed']}"
+                t.status, t.error = Status.FAILED, f"DivergedError: {metrics['failed']}"
                 for listener in listeners:
                     listener.trial_ended(t)
                 continue
@@ -334,8 +191,9 @@ class _Relay(tune.Callback):
         epochs = _active.plan.spec.train.epochs if _active else 0
         for t in states:
             last = t.history[-1]["epoch"] if t.history else None  # None: an earlier session's
-            if t.status != "failed":
-                self._end(t, "stopped" if last is not None and last < epochs else "done", None)
+            if t.status != Status.FAILED:
+                self._end(t, Status.STOPPED if last is not None and last < epochs else Status.DONE,
+                          None)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         states, listeners = self._states(trial)  # it failed (its node lost, say) and goes on
@@ -350,11 +208,11 @@ class _Relay(tune.Callback):
         reason = _reason(trial)
         states, _ = self._states(trial)
         for t in states:
-            if t.status != "failed":
-                self._end(t, "invalid" if reason.startswith("InvalidProposal") else "failed",
-                          reason)
+            if t.status != Status.FAILED:
+                self._end(t, Status.INVALID if reason.startswith("InvalidProposal")
+                          else Status.FAILED, reason)
 
-    def _end(self, t: TrialState, status: str, error: str | None) -> None:
+    def _end(self, t: TrialState, status: Status, error: str | None) -> None:
         assert _active is not None
         t.status, t.error = status, error
         for listener in _active.listeners:
@@ -363,7 +221,7 @@ class _Relay(tune.Callback):
 
 def _checkpointed(checkpoint: tune.Checkpoint | None) -> list[dict[str, Any]]:
     """Each member's state in a Ray trial's last checkpoint (one for a lone trial)."""
-    state = _load(checkpoint) or {}
+    state = load_state(checkpoint) or {}
     return state.get("members", [state] if state else [])
 
 
@@ -455,7 +313,7 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
         listener.sweep_started(joined, asks)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
     root = str(data_root(spec.data).resolve()) if on_cluster_node else None
-    trainable = tune.with_resources(tune.with_parameters(_train, plan=plan, root=root),
+    trainable = tune.with_resources(tune.with_parameters(train, plan=plan, root=root),
                                     {"cpu": asks.cpus, "gpu": asks.gpus})
     storage_path, fs = storage.for_ray(spec)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -553,13 +411,14 @@ def _final_state(active: _Active, result: Any, index: int, rows: list[dict[str, 
         saved or {}).get("failed")
     epochs = active.plan.spec.train.epochs
     if diverged:
-        state.status, state.error = "failed", f"DivergedError: {diverged}"
+        state.status, state.error = Status.FAILED, f"DivergedError: {diverged}"
     elif result.error is not None:
         state.error = _exception(str(result.error))
-        state.status = "invalid" if state.error.startswith("InvalidProposal") else "failed"
+        state.status = (Status.INVALID if state.error.startswith("InvalidProposal")
+                        else Status.FAILED)
     elif len(history) == epochs:
-        state.status = "done"
+        state.status = Status.DONE
     else:  # ASHA stopped it, or the sweep was interrupted before it finished
         stopped = active.plan.spec.sweep.asha and history and not active.interrupted.is_set()
-        state.status = "stopped" if stopped else "unfinished"
+        state.status = Status.STOPPED if stopped else Status.UNFINISHED
     return state

@@ -29,14 +29,16 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.records import RunRecord
+from tunekit.environment import environment
 from tunekit.spec import ExperimentSpec
+from tunekit.trials import Status
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 TAG = "tunekit."  # prefix of tunekit's own run tags
-END_STATUS = {"done": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
-              "invalid": "FAILED", "unfinished": "KILLED", "pending": "KILLED"}
+END_STATUS = {Status.DONE: "FINISHED", Status.STOPPED: "FINISHED", Status.FAILED: "FAILED",
+              Status.INVALID: "FAILED", Status.UNFINISHED: "KILLED", Status.PENDING: "KILLED"}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs
 
 
@@ -183,15 +185,17 @@ def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Records a sweep in MLflow. Implements sweep.Listener; `finish` reconciles at the end.
+    """Records a sweep in MLflow. Implements trials.Listener; `finish` reconciles at the end.
 
     A trial's run is named and tagged by its plan number and carries the plan's parameters,
     whenever it is created: at the trial's start, or at the end for a trial that never started.
     """
 
     def __init__(self, client: MlflowClient, plan: Any, spec_file: Path, sweep_path: str,
-                 resume: bool = False):
-        self.client, self.plan = client, plan
+                 resume: bool = False, draw: Callable[[Any, Path], None] | None = None):
+        """`draw(trial, folder)` saves a finished trial's figures into folder (PNG files), logged
+        as its run's artifacts: the caller's display code, so that tracking imports none."""
+        self.client, self.plan, self.draw = client, plan, draw
         spec = plan.spec
         name = experiment_name(spec)
         exp = client.get_experiment_by_name(name)
@@ -211,7 +215,6 @@ class Tracker:
             self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                        sort_keys=False), "spec/resolved.yaml")
             self._log_text(self.parent, json.dumps(plan.as_json(), indent=1), "plan.json")
-            from tunekit.study import environment
             self._log_text(self.parent, json.dumps(environment(), indent=1), "environment.json")
         self.runs: dict[int, str] = {}  # plan trial number -> MLflow run id
         self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
@@ -225,14 +228,14 @@ class Tracker:
             history = client.get_metric_history(run.info.run_id, "val_acc")
             self.logged[run.info.run_id] = max((m.step for m in history), default=0)
 
-    # -- sweep.Listener ------------------------------------------------------------------------
+    # -- trials.Listener ------------------------------------------------------------------------
     def sweep_started(self, joined: str, asks: Any) -> None:
         self.client.log_batch(self.parent, tags=[RunTag(f"{TAG}ray", joined),
                                                  RunTag(f"{TAG}asks", str(asks))])
 
     def trial_started(self, trial: Any) -> None:
         run = self._run(trial)
-        self.client.set_tag(run, f"{TAG}status", "running")
+        self.client.set_tag(run, f"{TAG}status", Status.RUNNING)
 
     def epoch_done(self, trial: Any, metrics: dict[str, Any]) -> None:
         self._log_epochs(self._run(trial), [metrics])
@@ -271,7 +274,7 @@ class Tracker:
             if trial.best_state is not None:
                 self._log_trial_artifacts(run, trial)
             self.client.set_terminated(run, END_STATUS.get(trial.status, "FINISHED"))
-        ok = all(t.status in ("done", "stopped", "invalid") for t in trials)
+        ok = all(t.status in (Status.DONE, Status.STOPPED, Status.INVALID) for t in trials)
         self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
 
     def _run(self, trial: Any) -> str:
@@ -279,7 +282,7 @@ class Tracker:
             run = self.client.create_run(
                 self.experiment_id, run_name=f"trial {trial.index}: {trial.label}", tags={
                     "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
-                    f"{TAG}trial": str(trial.index), f"{TAG}status": "pending",
+                    f"{TAG}trial": str(trial.index), f"{TAG}status": Status.PENDING,
                     **({f"{TAG}proposal": str(trial.proposal)}  # the seeds of one TPE proposal
                        if getattr(trial, "proposal", None) is not None else {})}).info.run_id
             self.runs[trial.index], self.logged[run] = run, 0
@@ -311,16 +314,12 @@ class Tracker:
     def _log_trial_artifacts(self, run: str, trial: Any) -> None:
         import torch
 
-        from tunekit import report
         best = trial.best_state
         with tempfile.TemporaryDirectory() as d:
             torch.save(best["model"], Path(d) / "best_model.pt")
             torch.save(best["wrong"], Path(d) / "misclassified.pt")
-            report.curves_figure([(trial.label, trial.history)]).savefig(Path(d) / "curves.png")
-            wrong = best["wrong"]
-            report.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
-                                        title=f"best epoch {best['epoch']}: {wrong['total']} "
-                                              "wrong").savefig(Path(d) / "misclassified.png")
+            if self.draw:
+                self.draw(trial, Path(d))
             self.client.log_artifacts(run, d)
 
     def _log_text(self, run: str, text: str, path: str) -> None:

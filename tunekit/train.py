@@ -23,12 +23,11 @@ import torch.nn.functional as F
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
-from tunekit.metrics import METRICS, EpochMetrics  # noqa: F401 (METRICS: for callers)
+from tunekit.metrics import EpochMetrics
 from tunekit.model import Net
 from tunekit.pack import Packed
-from tunekit.plan import PER_MEMBER, pack_key
 from tunekit.sgd import FusedSGD
-from tunekit.spec import TrialConfig
+from tunekit.spec import PER_MEMBER, TrialConfig, pack_key
 
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
@@ -169,7 +168,7 @@ def build(configs: Sequence[TrialConfig], device: torch.device
 def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *,
              threads: int | None = None,
              resume: dict[str, Any] | None = None) -> list[FitResult | DivergedError]:
-    """Train trials that share a shape (`plan.pack_key`) as one fused network; per member, its
+    """Train trials that share a shape (`spec.pack_key`) as one fused network; per member, its
     result, or the DivergedError that stopped it while the others trained on.
 
     After every epoch, `report(metrics, state)` is called with each member's metrics (None once it
