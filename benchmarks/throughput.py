@@ -32,7 +32,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from tunekit import data as datamod
-from tunekit.model import Dropout, Net
+from tunekit.models.seed_cnn import Dropout, Net
 from tunekit.spec import TrialConfig
 from tunekit.train import fit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunekit import counter
-from tunekit.model import Net
+from tunekit.models.seed_cnn import Net
 from tunekit.pack import Packed
 
 
@@ -69,7 +69,7 @@ def test_a_pack_s_forward_drops_out_with_those_masks() -> None:
     torch.manual_seed(0)
     pack = Packed([Net("GN", dropout=0.5)])
     keys = counter.keys(torch.tensor([3], dtype=torch.int32), counter.DROPOUT, 1)
-    x = torch.randn(4, 1, 28, 28)
+    x = torch.randn(4, 1, 1, 28, 28)
     a, b = pack(x, keys), pack(x, keys)
     assert torch.equal(a, b)  # the same key: the same masks
     assert not torch.equal(a, pack(x, keys + 1)) and not torch.equal(a, pack.eval()(x))

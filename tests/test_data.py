@@ -1,4 +1,5 @@
-"""Data: IDX files read through torchvision, offline extraction under a lock, device batching."""
+"""Data: IDX files read through torchvision, offline extraction under a lock, device batching
+and augmentation."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit import data
+from tunekit import data, datasets
+from tunekit.datasets import idx
 from tunekit.errors import DataError
 from tunekit.spec import DataSpec
 
@@ -20,10 +22,10 @@ from conftest import make_mnist, synthetic_digits
 def test_reads_gz_files_as_shipped(tiny_data: Path) -> None:
     d = data.load(DataSpec())
     images, labels = synthetic_digits(256, 0)
-    assert d.train_images.dtype == torch.uint8 and d.train_images.shape == (256, 28, 28)
-    assert np.array_equal(d.train_images.numpy(), images)
+    assert d.train_images.dtype == torch.uint8 and d.train_images.shape == (256, 1, 28, 28)
+    assert np.array_equal(d.train_images[:, 0].numpy(), images)
     assert np.array_equal(d.train_labels.numpy(), labels)
-    assert d.test_images.shape == (128, 28, 28)
+    assert d.test_images.shape == (128, 1, 28, 28)
     # the source folder was only read: extraction went to tunekit's cache
     assert sorted(p.name for p in (tiny_data / "MNIST" / "raw").iterdir()) == sorted(
         f"{s}-{k}-idx{n}-ubyte.gz" for s in ("train", "t10k") for k, n in (("images", 3),
@@ -32,15 +34,15 @@ def test_reads_gz_files_as_shipped(tiny_data: Path) -> None:
 
 def test_extracted_files_are_used_in_place(tmp_path: Path) -> None:
     root = make_mnist(tmp_path / "plain", gz=False)
-    assert data.prepare("mnist", root) == root
+    assert idx.prepare("mnist", root) == root
 
 
 def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEKIT_DATA_DIR", str(tmp_path / "env"))
-    assert data.data_root(DataSpec(root=tmp_path / "spec")) == tmp_path / "spec"
-    assert data.data_root(DataSpec()) == tmp_path / "env"
+    assert datasets.data_root(DataSpec(root=tmp_path / "spec")) == tmp_path / "spec"
+    assert datasets.data_root(DataSpec()) == tmp_path / "env"
     monkeypatch.delenv("TUNEKIT_DATA_DIR")
-    assert data.data_root(DataSpec()) == Path("data")
+    assert datasets.data_root(DataSpec()) == Path("data")
 
 
 def test_subset_takes_the_first_images(tiny_data: Path) -> None:
@@ -51,7 +53,7 @@ def test_subset_takes_the_first_images(tiny_data: Path) -> None:
 
 def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
-        data.prepare("mnist", tmp_path / "empty", download=False)
+        idx.prepare("mnist", tmp_path / "empty", download=False)
     msg = str(e.value)
     assert str(tmp_path / "empty" / "MNIST" / "raw") in msg
     assert "train-images-idx3-ubyte[.gz]" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
@@ -60,7 +62,7 @@ def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
 
 def _prepare_in_child(root: str, cache: str, out: "mp.Queue[str]") -> None:
     os.environ["TUNEKIT_CACHE_DIR"] = cache
-    out.put(str(data.prepare("mnist", Path(root))))
+    out.put(str(idx.prepare("mnist", Path(root))))
 
 
 def test_concurrent_first_extraction_does_not_race(tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ def test_rotation_by_zero_is_identity_and_keeps_shape() -> None:
 
 
 def _epoch_labels(d: data.Data, seeds: list[int], number: int) -> list[torch.Tensor]:
-    draws = data.epoch(d, torch.tensor(seeds, dtype=torch.int32), number, 0.0)
+    draws = data.epoch(d, torch.tensor(seeds, dtype=torch.int32), number)
     return [data.train_batch(d, draws, start, size)[1]
             for start, size in data.steps(len(d.train_labels), 50)]
 
@@ -116,8 +118,8 @@ def test_batches_cover_every_image_once_per_member_and_are_seeded(tiny_data: Pat
 
 def test_a_member_s_batches_do_not_depend_on_its_pack_mates(tiny_data: Path) -> None:
     d = data.load(DataSpec(rotation=7.0))
-    alone = data.epoch(d, torch.tensor([7], dtype=torch.int32), 3, 7.0)
-    packed = data.epoch(d, torch.tensor([1, 7, 2], dtype=torch.int32), 3, 7.0)
+    alone = data.epoch(d, torch.tensor([7], dtype=torch.int32), 3)
+    packed = data.epoch(d, torch.tensor([1, 7, 2], dtype=torch.int32), 3)
     assert torch.equal(alone.order[0], packed.order[1])
     assert torch.equal(alone.angles[0], packed.angles[1])
     x1, y1 = data.train_batch(d, alone, 64, 64)
@@ -129,9 +131,9 @@ def test_a_member_s_batches_do_not_depend_on_its_pack_mates(tiny_data: Path) -> 
 def test_batches_are_normalized_rotated_and_keep_every_image(tiny_data: Path) -> None:
     d = data.load(DataSpec(subset=65))
     assert data.steps(65, 64) == [(0, 64), (64, 1)]  # a last batch of one image is trained on
-    draws = data.epoch(d, torch.tensor([0], dtype=torch.int32), 1, 7.0)
+    draws = data.epoch(d, torch.tensor([0], dtype=torch.int32), 1)
     x, y = data.train_batch(d, draws, 0, 64)
-    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (64, 1)
+    assert x.shape == (64, 1, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (64, 1)
     assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)  # black stays black
     plain = d.normalize(d.train_images[draws.order[0, :64]])
     assert not torch.equal(x, plain)  # rotated
@@ -141,9 +143,9 @@ def test_a_failed_download_leaves_nothing_behind(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
-    monkeypatch.setattr(data.CLASSES["mnist"], "download", offline)
+    monkeypatch.setattr(idx.CLASSES["mnist"], "download", offline)
     (tmp_path / "here").mkdir()
     for root in (tmp_path / "here", tmp_path / "new" / "data"):
         with pytest.raises(DataError, match="download failed"):
-            data.prepare("mnist", root, download=True)
+            idx.prepare("mnist", root, download=True)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["here"]  # no MNIST/raw, no lock

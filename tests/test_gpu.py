@@ -51,11 +51,11 @@ def small(cfg: TrialConfig, images: int) -> TrialConfig:
 def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None:
     d = datamod.load(config("cuda", real_mnist).data, "cuda")
     seeds = torch.tensor([1, 2], dtype=torch.int32, device="cuda")
-    x, y = datamod.train_batch(d, datamod.epoch(d, seeds, 1, 7.0), 0, 64)  # on the device
+    x, y = datamod.train_batch(d, datamod.epoch(d, seeds, 1), 0, 64)  # on the device
     assert x.is_cuda and y.is_cuda and x.shape == (64, 2, 28, 28)
-    on_cpu = datamod.epoch(datamod.load(config("cpu", real_mnist).data), seeds.cpu(), 1, 7.0)
-    assert torch.equal(datamod.epoch(d, seeds, 1, 7.0).order.cpu(), on_cpu.order)  # same draws
-    from tunekit.model import Net
+    on_cpu = datamod.epoch(datamod.load(config("cpu", real_mnist).data), seeds.cpu(), 1)
+    assert torch.equal(datamod.epoch(d, seeds, 1).order.cpu(), on_cpu.order)  # same draws
+    from tunekit.models.seed_cnn import Net
     from tunekit.pack import Packed
     from tunekit import counter
     pack = Packed([Net("GN", dropout=0.5)], "cuda")

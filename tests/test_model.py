@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunekit.model import Dropout, Net, make_norm
+from tunekit.models.seed_cnn import Dropout, Net, make_norm
 
 
 @pytest.mark.parametrize("norm", ["BN", "GN", "LN"])

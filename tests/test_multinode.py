@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from tunekit.model import Net
+from tunekit.models.seed_cnn import Net
 
 from conftest import S3, free_port, make_mnist, progress, serve_mlflow
 

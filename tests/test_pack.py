@@ -11,7 +11,7 @@ import torch
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError
-from tunekit.model import Net
+from tunekit.models.seed_cnn import Net
 from tunekit.opcount import OpCounter
 from tunekit.pack import Packed
 from tunekit.spec import TrialConfig
@@ -71,13 +71,13 @@ def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: s
     for seed in (1, 2, 3):
         torch.manual_seed(seed)
         nets.append(Net(norm, dropout=0.0).eval())
-    x = torch.randn(8, 3, 28, 28)
+    x = torch.randn(8, 3, 1, 28, 28)  # N×K×C×H×W: member k's images in [:, k]
     pack = Packed(nets).eval()
     out = pack(x)
     for k, net in enumerate(nets):
-        assert torch.allclose(out[:, k], net(x[:, k:k + 1]), atol=1e-5)
+        assert torch.allclose(out[:, k], net(x[:, k]), atol=1e-5)
         view = pack.member_net(k).eval()  # the stack seen as member k's Net
-        assert torch.allclose(view(x[:, k:k + 1]), net(x[:, k:k + 1]), atol=1e-5)
+        assert torch.allclose(view(x[:, k]), net(x[:, k]), atol=1e-5)
     with torch.no_grad():
         pack.params.mul_(0.5)  # trained in the pack, seen by the member's Net
     assert torch.equal(pack.member_net(1).features[0].weight, nets[1].features[0].weight * 0.5)
@@ -153,7 +153,7 @@ def step_of(k: int, norm: str, l1: float, batch: int = 32):
     configs = [config(norm, seed=s, l1=l1, batch_size=batch) for s in range(1, k + 1)]
     d = datamod.load(configs[0].data)
     pack, sgd, seeds = build(configs, torch.device("cpu"))
-    draws = datamod.epoch(d, seeds, 1, 7.0)
+    draws = datamod.epoch(d, seeds, 1)
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 8, "cpu")
     keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)
 

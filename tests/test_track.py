@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tunekit.model import Net
+from tunekit.models.seed_cnn import Net
 
 from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_mlflow
 

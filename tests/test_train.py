@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tunekit import data, schedule
 from tunekit.errors import DivergedError
-from tunekit.model import Net
+from tunekit.models.seed_cnn import Net
 from tunekit.pack import Packed
 from tunekit.sgd import FusedSGD
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
@@ -118,7 +118,7 @@ def test_fit_reports_every_epoch_and_learns(tiny_data: Path) -> None:
     wrong = result.misclassified
     assert wrong.total == round(128 * (100 - result.max_val_acc) / 100)
     assert len(wrong.indices) == min(wrong.total, 100)
-    assert wrong.images.shape == (len(wrong.indices), 28, 28)
+    assert wrong.images.shape == (len(wrong.indices), 1, 28, 28)
     assert bool((wrong.preds != wrong.labels).all())
     test = data.load(TrialConfig().data).test_images
     assert torch.equal(wrong.images, test[wrong.indices])

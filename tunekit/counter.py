@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-ORDER, ROTATION, DROPOUT = 1, 2, 3  # streams: what a key draws
+ORDER, ROTATION, DROPOUT, CROP, FLIP = 1, 2, 3, 4, 5  # streams: what a key draws
 
 
 def mix_(x: torch.Tensor) -> torch.Tensor:

@@ -1,140 +1,51 @@
-"""Datasets as uint8 tensors on the training device; batching and augmentation done there too.
-
-Files are read with torchvision's dataset classes. Those read the extracted IDX files of
-`<root>/<Class>/raw/`; when a folder holds only the `.gz` archives (a read-only shared copy, say),
-they are extracted once into tunekit's cache, under a file lock so that trials starting together
-do not race.
-"""
+"""A dataset on the training device, and its batches: gathered, augmented and normalised there,
+for every member of a pack in one op each (the files are read by `datasets`)."""
 
 from __future__ import annotations
 
-import fcntl
-import gzip
-import hashlib
 import math
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torchvision import datasets
 
-from tunekit import counter
-from tunekit.errors import DataError
+from tunekit import counter, datasets
 from tunekit.spec import DataSpec
-
-CLASSES = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
-           "kmnist": datasets.KMNIST}
-STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530),
-         "kmnist": (0.1918, 0.3483)}  # mean and std of the training pixels, in [0, 1]
-
-
-def data_root(spec: DataSpec) -> Path:
-    """The spec's root, else $TUNEKIT_DATA_DIR, else ./data."""
-    return Path(spec.root or os.environ.get("TUNEKIT_DATA_DIR") or "data").expanduser()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TUNEKIT_CACHE_DIR") or Path.home() / ".cache" / "tunekit")
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _file_names(cls: type) -> list[str]:
-    """The extracted IDX file names a torchvision MNIST-style class reads."""
-    return [Path(url).name.removesuffix(".gz") for url, _md5 in cls.resources]
-
-
-def _has(raw: Path, names: list[str], suffix: str = "") -> bool:
-    return all((raw / (n + suffix)).is_file() for n in names)
-
-
-def prepare(dataset: str, root: Path, download: bool = True) -> Path:
-    """A root from which torchvision's class reads `dataset`; extracts or downloads as needed."""
-    cls = CLASSES[dataset]
-    names = _file_names(cls)
-    raw = root / cls.__name__ / "raw"
-    if _has(raw, names):
-        return root
-    if _has(raw, names, ".gz"):
-        key = hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
-        cached = cache_dir() / "extracted" / key
-        target = cached / cls.__name__ / "raw"
-        with _locked(cached / ".lock"):
-            for name in names:
-                if not (target / name).is_file():
-                    tmp = target / f"{name}.tmp{os.getpid()}"
-                    target.mkdir(parents=True, exist_ok=True)
-                    with gzip.open(raw / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    os.replace(tmp, target / name)  # atomic: readers never see half a file
-        return cached
-    expected = ", ".join(f"{n}[.gz]" for n in names)
-    if download:
-        top = root.absolute()
-        created = next((p for p in (*reversed(top.parents), top, top / cls.__name__, raw)
-                        if not p.exists()), None)  # the first folder the download would make
-        lock = root / f".{cls.__name__}.lock"
-        try:
-            with _locked(lock):
-                for train in (True, False):
-                    cls(str(root), train=train, download=True)
-            return root
-        except Exception as e:  # any network or integrity failure: say what was expected where
-            reason = f"download failed ({type(e).__name__}: {e})"
-            if created is not None:  # leave nothing behind: the folders made for it, its lock
-                shutil.rmtree(created, ignore_errors=True)
-            lock.unlink(missing_ok=True)
-    else:
-        reason = "data.download is off"
-    raise DataError(f"{dataset} files not found in {raw} and {reason}.\n"
-                    f"Expected: {expected}.\nPoint data.root or $TUNEKIT_DATA_DIR at the folder "
-                    f"that holds {cls.__name__}/raw/.")
-
-
-@lru_cache(maxsize=4)
-def _load(dataset: str, root: Path, download: bool, train: bool) -> tuple[torch.Tensor, ...]:
-    ds = CLASSES[dataset](str(prepare(dataset, root, download)), train=train, download=False)
-    return ds.data.contiguous(), ds.targets.long()
 
 
 @dataclass(frozen=True)
 class Data:
-    """Train and test images (uint8, N×28×28) and labels (int64), all on one device."""
+    """Train and test images (uint8, N×C×H×W) and labels (int64), all on one device; the mean
+    and std of the training pixels per channel, and how to augment training images."""
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    mean: float
-    std: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rotation: float = 0.0  # ± degrees
+    crop: int = 0  # ± pixels of shift (pad and crop back)
+    flip: bool = False  # horizontal, half the images
+
+    def standardize_(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1], N×C×H×W, standardised per channel in place."""
+        if len(self.mean) == 1:
+            return x.sub_(self.mean[0]).div_(self.std[0])
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
 
     def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 N×H×W → float N×1×H×W, standardised."""
-        return images_u8.unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
+        """uint8 N×C×H×W → float N×C×H×W, standardised."""
+        return self.standardize_(images_u8.float().div_(255))
 
 
 def load(spec: DataSpec, device: torch.device | str = "cpu") -> Data:
-    root, dl = data_root(spec), spec.download
-    train_x, train_y = _load(spec.dataset, root, dl, True)
-    test_x, test_y = _load(spec.dataset, root, dl, False)
-    if spec.subset is not None:
-        train_x, train_y = train_x[: spec.subset], train_y[: spec.subset]
-    return Data(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
-                *STATS[spec.dataset])
+    found = datasets.load(spec)
+    return Data(found.train_images.to(device), found.train_labels.to(device),
+                found.test_images.to(device), found.test_labels.to(device), found.mean, found.std,
+                spec.rotation, spec.crop, spec.flip)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -150,6 +61,23 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def shift_flip(x: torch.Tensor, degrees: torch.Tensor | None, shift: torch.Tensor | None,
+               flip: torch.Tensor | None) -> torch.Tensor:
+    """Rotate, shift by whole pixels and mirror each image of N×C×H×W `x` as its own draws say,
+    filling with 0, in one resampling: a shift of (dx, dy) is a random crop of the image padded
+    by |dx|, |dy| (nearest-neighbour lands exactly on pixels)."""
+    n, _, h, w = x.shape
+    rad = (degrees if degrees is not None else torch.zeros(n, device=x.device)) * (math.pi / 180)
+    cos, sin = rad.cos(), rad.sin()
+    sign = 1 - 2 * flip.to(x.dtype) if flip is not None else torch.ones_like(cos)
+    dx, dy = ((shift[:, 0] * (2 / w), shift[:, 1] * (2 / h)) if shift is not None
+              else (torch.zeros_like(cos), torch.zeros_like(cos)))
+    theta = torch.stack([torch.stack([cos * sign, -sin, dx], 1),
+                         torch.stack([sin * sign, cos, dy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 def steps(n: int, batch_size: int) -> list[tuple[int, int]]:
     """(start, size) of each training batch of an epoch: full batches, then the rest (every
     image is trained on; the last batch is smaller when batch_size does not divide n)."""
@@ -158,32 +86,44 @@ def steps(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Epoch:
-    """Every member's batch order and rotation angles for one epoch, drawn from its own keys
+    """Every member's batch order and augmentation draws for one epoch, drawn from its own keys
     (`counter`), so each is what the member draws alone, whatever its pack-mates."""
     order: torch.Tensor  # [K, n] image indices
     angles: torch.Tensor | None  # [K, n] degrees, None without rotation
+    shifts: torch.Tensor | None = None  # [K, n, 2] whole pixels (x, y), None without crop
+    flips: torch.Tensor | None = None  # [K, n] bool, None without flip
 
 
-def epoch(data: Data, seeds: torch.Tensor, number: int, rotation: float) -> Epoch:
+def epoch(data: Data, seeds: torch.Tensor, number: int) -> Epoch:
     """Epoch `number`'s draws for members with `seeds` (int32, one per member)."""
     n = len(data.train_labels)
     order = counter.permutation(counter.keys(seeds, counter.ORDER, number), n)
-    angles = None
-    if rotation:
+    angles = shifts = flips = None
+    if data.rotation:
         u = counter.uniform(counter.keys(seeds, counter.ROTATION, number), n)
-        angles = (u * 2 - 1) * rotation
-    return Epoch(order, angles)
+        angles = (u * 2 - 1) * data.rotation
+    if data.crop:
+        u = counter.uniform(counter.keys(seeds, counter.CROP, number), 2 * n).view(-1, n, 2)
+        shifts = (u * (2 * data.crop + 1)).floor_().clamp_(max=2 * data.crop) - data.crop
+    if data.flip:
+        flips = counter.uniform(counter.keys(seeds, counter.FLIP, number), n) < 0.5
+    return Epoch(order, angles, shifts, flips)
 
 
 def train_batch(data: Data, e: Epoch, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images N×K×H×W (member k's in channel k: augmented, normalised) and labels N×K of one
-    step, for all members in one gather and one rotation."""
+    """Images N×K×C×H×W (member k's in [:, k]: augmented, normalised) and labels N×K of one
+    step, for all members in one gather and one resampling."""
     idx = e.order[:, start:start + size]  # [K, N]
     k = idx.shape[0]
-    x = data.train_images[idx].view(k * size, 1, *data.train_images.shape[1:]).float().div_(255)
-    if e.angles is not None:
-        x = rotate(x, e.angles[:, start:start + size].reshape(-1))
-    x = x.sub_(data.mean).div_(data.std).view(k, size, *x.shape[2:])
+    x = data.train_images[idx].view(k * size, *data.train_images.shape[1:]).float().div_(255)
+    part = slice(start, start + size)
+    if e.shifts is not None or e.flips is not None:
+        x = shift_flip(x, None if e.angles is None else e.angles[:, part].reshape(-1),
+                       None if e.shifts is None else e.shifts[:, part].reshape(-1, 2),
+                       None if e.flips is None else e.flips[:, part].reshape(-1))
+    elif e.angles is not None:  # the digits' rotation alone, as it always was drawn
+        x = rotate(x, e.angles[:, part].reshape(-1))
+    x = data.standardize_(x).view(k, size, *x.shape[1:])
     return x.transpose(0, 1).contiguous(), data.train_labels[idx].t().contiguous()
 
 

@@ -154,15 +154,18 @@ def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Fig
 
 def misclassified_figure(images: Any, labels: Any, preds: Any, title: str = "",
                          count: int = 25) -> Figure:
-    """A 5×5 grid of misclassified digits, each titled 'predicted (true actual)', in type that
-    stays readable when the grid is shown at a page's width."""
+    """A 5×5 grid of misclassified images (uint8 N×C×H×W, or N×H×W), each titled 'predicted
+    (true actual)', in type that stays readable when the grid is shown at a page's width; grey
+    images dark on white, colour images as they are."""
     from matplotlib.figure import Figure
     images = images.numpy() if hasattr(images, "numpy") else images
+    if images.ndim == 4:  # N×C×H×W -> N×H×W (grey) or N×H×W×C (colour)
+        images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     fig = Figure(figsize=(7, 8), layout="constrained")
     fig.suptitle(title, fontsize=12)
     for i in range(min(count, len(images))):
         ax = fig.add_subplot(5, 5, i + 1)
-        ax.imshow(images[i], cmap="gray_r")
+        ax.imshow(images[i], cmap="gray_r" if images[i].ndim == 2 else None)
         ax.set_title(f"{int(preds[i])} (true {int(labels[i])})", fontsize=12)
         ax.axis("off")
     return fig

@@ -46,7 +46,7 @@ def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Packed, datamod.Data,
     pack, sgd, seeds = build(configs, device)
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, device)
-    draws = datamod.epoch(d, seeds, 1, configs[0].data.rotation)
+    draws = datamod.epoch(d, seeds, 1)
     keys = counter.keys(seeds, counter.DROPOUT, 1)
     live = torch.ones(len(configs), dtype=torch.bool, device=device)
     step = compiled(pack, sgd) if first.compile else train_step

@@ -14,7 +14,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+                      ValidationError, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from tunekit.errors import Problem, SpecError
 
@@ -46,27 +47,108 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class DataSpec(_Strict):
-    dataset: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist"  # a torchvision dataset class
+DIGITS = ("mnist", "fashion_mnist", "kmnist")  # 28×28 grey images in the IDX format
+IMPORT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # "package.module:callable"
+
+
+class _Importable(_Strict):
+    """A part of the spec that may name the user's own code: `import: "module:callable"` with
+    keyword `args` (each sweepable as `<part>.args.NAME`). Written `import` in YAML and dumps."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              populate_by_name=True, serialize_by_alias=True)
+
+
+class DataSpec(_Importable):
+    dataset: Literal["mnist", "fashion_mnist", "kmnist", "cifar10"] = "mnist"  # built in
+    import_: str | None = Field(None, alias="import", pattern=IMPORT)  # your own: a callable
+    #   returning (train_images, train_labels, test_images, test_labels), images uint8 N×H×W or
+    #   N×C×H×W, labels 0..classes-1 (int); `dataset` is then not used
+    args: dict[str, Any] = {}  # keyword args of that callable (sweep them: data.args.NAME)
     root: Path | None = None  # folder holding <Dataset>/raw; None: $TUNEKIT_DATA_DIR, else ./data
     rotation: float = Field(7.0, ge=0, le=180)  # random rotation of train images, ± degrees
+    #   (default 7 for the digits, 0 for the others)
+    crop: NonNegativeInt = 0  # random crop: pad by this many pixels and crop back (a shift of
+    #   up to ± crop pixels); default 4 for cifar10, 0 for the others
+    flip: bool = False  # random horizontal flip (default on for cifar10)
     subset: PositiveInt | None = None  # train on the first N training images only (smoke runs)
     download: bool = True  # fetch missing files with torchvision (needs internet)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_for_the_dataset(cls, data: Any) -> Any:
+        """Augmentations that fit the images, unless the spec says otherwise: rotation for the
+        digits, random crop and flip for CIFAR, none for your own."""
+        if isinstance(data, dict) and (data.get("dataset") not in (None, *DIGITS)
+                                       or data.get("import") or data.get("import_")):
+            data = {"rotation": 0.0, "crop": 4 if data.get("dataset") == "cifar10" else 0,
+                    "flip": data.get("dataset") == "cifar10", **data}
+        return data
 
-class ModelSpec(_Strict):
-    norm: Literal["BN", "GN", "LN"] = "GN"  # BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
-    groups: PositiveInt = 4  # GroupNorm groups (GN only); must divide every layer's channels
-    dropout: float = Field(0.069, ge=0, lt=1)  # drop probability after each conv block
+    @model_validator(mode="after")
+    def _args_for_import(self) -> DataSpec:
+        if self.args and not self.import_:
+            raise ValueError("args are the keyword args of your own dataset's callable: give "
+                             "`import` too")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_what_applies(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        drop = ("dataset", "download") if self.import_ else ("import", "import_", "args")
+        return {k: v for k, v in out.items() if k not in drop}
+
+
+SEED_CNN = ("norm", "groups", "dropout")  # the built-in seed_cnn's own options
+
+
+class ModelSpec(_Importable):
+    name: Literal["seed_cnn"] = "seed_cnn"  # the built-in model (`models/`), unless `import`
+    import_: str | None = Field(None, alias="import", pattern=IMPORT)  # your own model: a
+    #   callable returning an nn.Module that maps images N×C×H×W to N×classes
+    args: dict[str, Any] = {}  # keyword args of that callable (sweep them: model.args.NAME)
+    output: Literal["logits", "log_probs"] = "logits"  # what your model returns; the loss is
+    #   cross-entropy either way (seed_cnn returns log_probs)
+    norm: Literal["BN", "GN", "LN"] = "GN"  # seed_cnn: BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
+    groups: PositiveInt = 4  # seed_cnn, GN only: GroupNorm groups; must divide every channel count
+    dropout: float = Field(0.069, ge=0, lt=1)  # seed_cnn: drop probability after each conv block
 
     @field_validator("groups")
     @classmethod
     def _groups_divide_channels(cls, groups: int, info: ValidationInfo) -> int:
-        if info.data.get("norm") == "GN" and any(c % groups for c in CHANNELS):
+        if (info.data.get("norm") == "GN" and not info.data.get("import_")
+                and any(c % groups for c in CHANNELS)):
             valid = [g for g in range(1, min(CHANNELS) + 1) if all(c % g == 0 for c in CHANNELS)]
             raise ValueError(f"GroupNorm groups={groups} does not divide every layer's channel "
                              f"count {sorted(set(CHANNELS))}; valid: {valid}")
         return groups
+
+    @model_validator(mode="after")
+    def _options_fit_the_model(self) -> ModelSpec:
+        defaults = type(self).model_fields
+        if self.import_:
+            stray = [f for f in SEED_CNN if getattr(self, f) != defaults[f].default]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: options of the built-in seed_cnn; give "
+                                 f"your model's under args (args: {{{stray[0]}: ...}})")
+        else:
+            if self.args:
+                raise ValueError("args are the keyword args of your own model's callable: give "
+                                 "`import` too (seed_cnn takes norm, groups, dropout)")
+            if self.output != defaults["output"].default:
+                raise ValueError("output is for your own model; seed_cnn returns log_probs")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_what_applies(self, handler: Any) -> dict[str, Any]:
+        """Dumps (MLflow params, config.yaml, the plan) hold only the fields that apply."""
+        out = handler(self)
+        drop = (*SEED_CNN, "name") if self.import_ else ("import", "import_", "args", "output")
+        return {k: v for k, v in out.items() if k not in drop}
+
+    @property
+    def log_probs(self) -> bool:
+        """Whether the model's output is log-probabilities (else logits)."""
+        return self.import_ is None or self.output == "log_probs"
 
 
 class OptimizerSpec(_Strict):
@@ -175,7 +257,7 @@ def _paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
     """Every dotted field path under a model, nested models included."""
     out = []
     for name, field in cls.model_fields.items():
-        path = prefix + name
+        path = prefix + (field.alias or name)
         out.append(path)
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             out += _paths(field.annotation, path + ".")
@@ -185,8 +267,13 @@ def _paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
 TRIAL_PATHS = _paths(TrialConfig)
 
 
+ARGS = ("model.args.", "data.args.")  # any name under these: your callable's keyword args
+
+
 def check_path(path: str) -> str:
     """The path itself if it names a trial field; else a ValueError with the closest names."""
+    if path.startswith(ARGS) and path.count(".") == 2 and path.rsplit(".", 1)[1].isidentifier():
+        return path
     if path not in TRIAL_PATHS:
         close = difflib.get_close_matches(path, TRIAL_PATHS, n=3)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -425,7 +512,7 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
                                  and issubclass(field.annotation, BaseModel)):
             return []
         cls = field.annotation
-    return list(cls.model_fields)
+    return [f.alias or name for name, f in cls.model_fields.items()]
 
 
 def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:

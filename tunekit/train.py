@@ -24,8 +24,8 @@ from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
 from tunekit.metrics import EpochMetrics
-from tunekit.model import Net
-from tunekit.pack import Packed
+from tunekit import models
+from tunekit.pack import Packed, Stack, Vmapped
 from tunekit.sgd import FusedSGD
 from tunekit.spec import PER_MEMBER, TrialConfig, pack_key
 
@@ -37,7 +37,7 @@ MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wro
 class Misclassified:
     """The first (by test-set position) test images the best epoch's model got wrong, on CPU."""
     indices: torch.Tensor  # positions in the test set, at most MAX_WRONG
-    images: torch.Tensor  # uint8, N×28×28
+    images: torch.Tensor  # uint8, N×C×H×W
     labels: torch.Tensor
     preds: torch.Tensor
     total: int  # how many test images it got wrong in all
@@ -67,7 +67,7 @@ def int32(seed: int) -> int:
     return ((seed & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
-def train_step(pack: Packed, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
+def train_step(pack: Stack, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
                dropout_keys: torch.Tensor, step: torch.Tensor, lr: torch.Tensor,
                momentum: torch.Tensor, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of every member on images x (N×K×H×W) and labels y (N×K); returns each
@@ -82,7 +82,7 @@ def train_step(pack: Packed, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
     return loss.detach(), right
 
 
-def compiled(pack: Packed, sgd: FusedSGD, backend: str = "inductor") -> Callable[..., Any]:
+def compiled(pack: Stack, sgd: FusedSGD, backend: str = "inductor") -> Callable[..., Any]:
     """`train_step` under torch.compile, whole (fullgraph); on CUDA as a CUDA graph, the tensors
     it updates in place marked static so the graph replays on them. Two shapes at most: the
     full batch and the epoch's last, smaller one."""
@@ -96,7 +96,7 @@ def compiled(pack: Packed, sgd: FusedSGD, backend: str = "inductor") -> Callable
 
 
 @torch.no_grad()
-def evaluate(pack: Packed, d: datamod.Data, batch_size: int) -> list[tuple[float, float,
+def evaluate(pack: Stack, d: datamod.Data, batch_size: int) -> list[tuple[float, float,
                                                                            torch.Tensor,
                                                                            torch.Tensor]]:
     """Per member: (mean loss, accuracy %, indices of wrong test images, their predictions)."""
@@ -104,7 +104,7 @@ def evaluate(pack: Packed, d: datamod.Data, batch_size: int) -> list[tuple[float
     k = pack.k
     loss, preds = torch.zeros(k, device=d.test_labels.device), []
     for x, y in datamod.test_batches(d, batch_size):
-        out = pack(x.expand(-1, k, -1, -1))  # every member sees the same images
+        out = pack(x.unsqueeze(1).expand(-1, k, *x.shape[1:]))  # every member sees the same images
         nll = F.nll_loss(out.reshape(-1, out.shape[-1]), y.repeat_interleave(k),
                          reduction="none")
         loss += nll.view(-1, k).t().contiguous().sum(1)
@@ -127,14 +127,14 @@ class _Member:
         self.best: dict[str, Any] = {"epoch": 0, "acc": -1.0}
         self.failed: str | None = None  # why it stopped training (its loss diverged)
 
-    def state(self, pack: Packed, sgd: FusedSGD, k: int, device: torch.device) -> dict[str, Any]:
+    def state(self, pack: Stack, sgd: FusedSGD, k: int, device: torch.device) -> dict[str, Any]:
         """What `restore` takes to carry on after this epoch. Every random draw is a function of
         the seed, epoch and step (`counter`), so no generator state is needed; CPU tensors."""
         return {"model": pack.member_state(k), "momentum": sgd.member_state(pack, k),
                 "device": device.type, "history": [m.as_dict() for m in self.history],
                 "best": self.best, "failed": self.failed}
 
-    def restore(self, state: dict[str, Any], pack: Packed, sgd: FusedSGD, k: int) -> None:
+    def restore(self, state: dict[str, Any], pack: Stack, sgd: FusedSGD, k: int) -> None:
         if "momentum" not in state:
             raise TunekitError("this checkpoint was written by an earlier tunekit, whose trainer "
                                "drew its random numbers otherwise: start over with --restart")
@@ -151,15 +151,17 @@ class _Member:
 
 
 def build(configs: Sequence[TrialConfig], device: torch.device
-          ) -> tuple[Packed, FusedSGD, torch.Tensor]:
+          ) -> tuple[Stack, FusedSGD, torch.Tensor]:
     """A pack of `configs` on `device`: the fused network (each member's initial weights as it
-    draws them alone), its optimizer, and the members' seeds as the counter-based draws take
-    them."""
+    draws them alone; the seed CNN's fused layers, or your model stacked by torch.func), its
+    optimizer, and the members' seeds as the counter-based draws take them."""
     nets = []
     for c in configs:
         torch.manual_seed(c.train.seed)
-        nets.append(Net(c.model.norm, c.model.groups, c.model.dropout))
-    pack = Packed(nets, device)
+        nets.append(models.build(c.model))
+    spec = configs[0].model
+    pack: Stack = (Packed(nets, device) if spec.import_ is None
+                   else Vmapped(nets, device, log_probs=spec.log_probs))
     seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32,
                          device=device)
     return pack, FusedSGD(pack, [c.train for c in configs]), seeds
@@ -196,7 +198,9 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
     for epoch in range(len(members[0].history) + 1, first.epochs + 1):
         pack.train()
         lr, momentum, lrs = schedule.table(trains, epoch, len(batches), device)
-        draws = datamod.epoch(d, seeds, epoch, configs[0].data.rotation)
+        draws = datamod.epoch(d, seeds, epoch)
+        if isinstance(pack, Vmapped):  # a lone model's own dropout: torch's generator, per epoch
+            torch.manual_seed(int(counter.keys(seeds[:1], counter.DROPOUT, epoch)))
         dropout_keys = counter.keys(seeds, counter.DROPOUT, epoch)
         start = time.perf_counter()
         loss_sum = torch.zeros(len(members), device=device)

@@ -1,4 +1,5 @@
-"""The seed CNN (~7.3k parameters) and the one factory its norm layers come from."""
+"""The built-in `seed_cnn`: the published CNN (7,288 parameters) and the one factory its norm
+layers come from."""
 
 from __future__ import annotations
 
