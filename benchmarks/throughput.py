@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import datasets, transforms
 
-from tunekit import data as datamod
+from tunekit.datasets import data_root, idx
 from tunekit.models.seed_cnn import Dropout, Net
 from tunekit.spec import TrialConfig
 from tunekit.train import fit
@@ -43,7 +43,7 @@ def seed_style(images: int, threads: int, workers: int) -> float:
     """images/s of the seed's loop over the first `images` training images (after a warm-up)."""
     torch.set_num_threads(threads)
     spec = TrialConfig().data
-    root = datamod.prepare(spec.dataset, datamod.data_root(spec))
+    root = idx.prepare(spec.dataset, data_root(spec))
     tf = transforms.Compose([transforms.RandomRotation((-7.0, 7.0), fill=(0,)),
                              transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     ds = torch.utils.data.Subset(datasets.MNIST(str(root), train=True, transform=tf),

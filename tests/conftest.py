@@ -41,8 +41,11 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def make_mnist(root: Path, n_train: int = 256, n_test: int = 128, gz: bool = True) -> Path:
-    raw = root / "MNIST" / "raw"
+def make_mnist(root: Path, n_train: int = 256, n_test: int = 128, gz: bool = True,
+               folder: str = "MNIST") -> Path:
+    """A synthetic dataset in the IDX format, as `<root>/<folder>/raw/` (MNIST, FashionMNIST,
+    KMNIST all ship so)."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     ext = ".gz" if gz else ""
     for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):

@@ -15,19 +15,44 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import typer
+import typer.core
 import yaml
 
 from tunekit.errors import TunekitError, UsageError, first_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+class _Command(typer.core.TyperCommand):
+    """Help as people write it: `tunekit sweep [OPTIONS] SPEC`, flags without a type."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p.strip("{}") for p in super().collect_usage_pieces(ctx)]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped(super().get_help_option(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped(super().get_help_option(ctx))
+
+
+def _untyped(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""  # a flag: no <bool>
+    return option
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Hyperparameter studies of small vision models: YAML spec in, table out.")
 
-SPEC = typer.Argument(..., help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
+SPEC = typer.Argument(..., metavar="SPEC", help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
                       show_default=False)
-SET = typer.Option(None, "--set", help="Override a field: --set train.epochs=1 (repeatable).")
-TRACKING = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's "
+SET = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a field: --set train.epochs=1 (repeatable).")
+TRACKING = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: the spec's "
                         "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-NAME = typer.Argument(..., help="A spec file, or the name of its MLflow experiment.",
+NAME = typer.Argument(..., metavar="SPEC_OR_NAME", help="A spec file, or the name of its MLflow experiment.",
                       show_default=False)
 
 
@@ -53,7 +78,10 @@ def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
 
 
 def _plan(spec: Path, sets: Optional[List[str]]):
+    """The spec's plan; import paths in it find modules beside the spec and in this folder."""
+    from tunekit.imports import search_here
     from tunekit.plan import load_plan
+    search_here(spec.parent, Path.cwd())
     return load_plan(spec, _overrides(sets))
 
 
@@ -63,9 +91,9 @@ def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
     return value
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
-             format: str = typer.Option("table", "--format", "-f",
+             format: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
                                         help="table, or json: every trial at full precision.")
              ) -> None:
     """Check a spec and print its plan: the numbered trials and the values each one sets."""
@@ -80,19 +108,19 @@ def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         console.print(f"{plan.size} trial(s), valid.")
 
 
-@app.command()
+@app.command(cls=_Command)
 def schema() -> None:
     """Print the JSON Schema of experiment specs (for editor completion and checks)."""
     from tunekit.spec import ExperimentSpec
     typer.echo(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(spec: Path = SPEC,
-          trial: int = typer.Option(0, "--trial", help="Which trial of the plan to run (its "
+          trial: int = typer.Option(0, "--trial", metavar="N", help="Which trial of the plan to run (its "
                                     "number in validate and the sweep)."),
           set_: Optional[List[str]] = SET,
-          threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: the "
+          threads: Optional[int] = typer.Option(None, min=1, metavar="N", help="torch threads (default: the "
                                                 "spec's resources.cpus_per_trial, as in a sweep).")
           ) -> None:
     """Run one trial of a spec here, in this process, exactly as the sweep runs it."""
@@ -111,8 +139,10 @@ def train(spec: Path = SPEC,
             raise UsageError("--set", f"trial {trial} sets {', '.join(clash)} itself (search "
                                       f"wins over --set); pick the trial that has the value you "
                                       f"want (tunekit validate {spec})")
+        from tunekit.checks import check_config
         from tunekit.report import EpochProgress, console, fit_summary
         from tunekit.train import fit
+        check_config(t.config)  # the data read and the model built, or exit 2
         threads = threads or plan.spec.resources.cpus_per_trial
         console.print(f"[bold]{plan.spec.name}[/] trial {trial}: {t.label} · {threads} thread(s)")
         with EpochProgress(f"trial {trial}", t.config.train.epochs) as progress:
@@ -131,17 +161,17 @@ def _interruptible() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-@app.command()
+@app.command(cls=_Command)
 def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
           address: Optional[str] = typer.Option(
-              None, help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
+              None, metavar="ADDRESS", help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
                          "Default: start a local Ray for this sweep."),
-          resume: bool = typer.Option(False, "--resume",
+          resume: bool = typer.Option(False, "--resume", metavar="",
                                       help="Carry on an interrupted sweep of the same plan."),
-          restart: bool = typer.Option(False, "--restart",
+          restart: bool = typer.Option(False, "--restart", metavar="",
                                        help="Start over: set the earlier sweep's results aside "
                                             "(its MLflow runs are kept)."),
-          dry_run: bool = typer.Option(False, "--dry-run",
+          dry_run: bool = typer.Option(False, "--dry-run", metavar="",
                                        help="Print the plan and resources; start nothing."),
           tracking_uri: Optional[str] = TRACKING) -> None:
     """Run every trial of a spec's plan on Ray Tune, record it in MLflow, print the results.
@@ -151,9 +181,11 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
     """
     with _handled(), _interruptible() as interrupted:
         if resume and restart:
-            raise UsageError("--restart", "use --resume (carry on) or --restart (start over)")
+            raise UsageError("--restart", "not both --resume and --restart: --resume carries "
+                                          "on, --restart starts over")
         plan = _plan(spec, set_)
-        from tunekit import cluster, report
+        from tunekit import checks, cluster, report
+        checked = checks.check(plan)  # the data read, each model built: exit 2 if not
         asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
             report.console.print(report.plan_table(plan))
@@ -169,7 +201,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         # node that runs trials reads what the driver wrote there.
         with storage.probe(s) as probe:
             storage.check(plan, resume=resume, restart=restart)
-            unchecked = sweeps.start(plan, address, probe)
+            unchecked = sweeps.start(plan, address, probe, checked)
         if unchecked:
             report.console.print(f"WARNING: {unchecked}", markup=False, highlight=False)
         path = storage.record(plan, resume=resume, restart=restart)
@@ -180,7 +212,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
                                     draw=figures.trial_figures)
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
-                                interrupted=interrupted)
+                                interrupted=interrupted, checked=checked)
         cluster.stop_ray()
         tracker.finish(states)
         records = track.trial_runs(client, tracker.parent)
@@ -237,16 +269,16 @@ def _study(name_or_spec: str, recorded_spec: str) -> tuple[list, list[str]]:
     return list(spec.claims), list(spec.search.sample)
 
 
-@app.command("report")
+@app.command("report", cls=_Command)
 def report_(name_or_spec: str = NAME,
-            format: str = typer.Option("table", "--format", "-f",
+            format: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
                                        help="table, markdown, csv, json; or html (with --out)."),
             out: Optional[Path] = typer.Option(
-                None, "--out", help="Write the whole study report (markdown or html: table, "
+                None, "--out", metavar="FOLDER", help="Write the whole study report (markdown or html: table, "
                                     "statistics, graphs, digits, spec, environment) into this "
                                     "folder, and log it to the sweep's MLflow run."),
             trials: Optional[Path] = typer.Option(
-                None, "--trials", help="Rebuild the table and statistics from a study's "
+                None, "--trials", metavar="CSV", help="Rebuild the table and statistics from a study's "
                                        "trials.csv instead of MLflow (claims from the spec)."),
             tracking_uri: Optional[str] = TRACKING) -> None:
     """The results of the latest sweep, from MLflow, with the statistics over seeds.
@@ -298,12 +330,12 @@ def report_(name_or_spec: str = NAME,
                 typer.echo(("- " if format == "markdown" else "") + line)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(name_or_spec: str = NAME,
-         runs: Optional[List[str]] = typer.Option(None, "--runs", help="Trial numbers or MLflow "
+         runs: Optional[List[str]] = typer.Option(None, "--runs", metavar="LIST", help="Trial numbers or MLflow "
                                                   "run ids (prefixes too), comma-separated; "
                                                   "default: every trial."),
-         out: Path = typer.Option(Path("plots"), "--out", help="Folder for the PNG files."),
+         out: Path = typer.Option(Path("plots"), "--out", metavar="FOLDER", help="Folder for the PNG files."),
          tracking_uri: Optional[str] = TRACKING) -> None:
     """Draw the four comparison graphs and a misclassified-digits grid per trial, from MLflow.
 
@@ -352,12 +384,12 @@ def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True
     return paths
 
 
-@app.command()
+@app.command(cls=_Command)
 def ui(name_or_spec: Optional[str] = typer.Argument(
-           None, help="A spec file or experiment name: print the URL of its experiment.",
+           None, metavar="[SPEC_OR_NAME]", help="A spec file or experiment name: print the URL of its experiment.",
            show_default=False),
-       port: int = typer.Option(5000, help="Port to serve on."),
-       host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this "
+       port: int = typer.Option(5000, metavar="PORT", help="Port to serve on."),
+       host: str = typer.Option("127.0.0.1", metavar="HOST", help="Address to listen on (127.0.0.1: this "
                                 "machine only)."),
        tracking_uri: Optional[str] = TRACKING) -> None:
     """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""

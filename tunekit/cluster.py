@@ -15,7 +15,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ray
 import yaml
@@ -36,8 +36,9 @@ class ClusterError(TunekitError):
     exit_code = 2
 
 
-def start_ray(address: str | None) -> str:
-    """Connect to `address`, or start a quiet Ray of our own; returns what it joined, in words."""
+def start_ray(address: str | None, ship: Sequence[str] = ()) -> str:
+    """Connect to `address`, or start a quiet Ray of our own; returns what it joined, in words.
+    `ship`: the user's module files or folders, sent to every worker (`runtime_env` py_modules)."""
     global _joined
     if ray.is_initialized():
         return _joined or "the Ray this process already started"
@@ -54,7 +55,8 @@ def start_ray(address: str | None) -> str:
         joined = f"the Ray cluster at {address} (from RAY_ADDRESS)"
     # No address: a Ray of our own ("local"), never a cluster some `ray start` left running.
     kwargs: dict[str, Any] = dict(address=address or "local", logging_level=logging.ERROR,
-                                  log_to_driver=False, runtime_env={"env_vars": env})
+                                  log_to_driver=False, runtime_env={
+                                      "env_vars": env, **({"py_modules": list(ship)} if ship else {})})
     if address is None:
         kwargs["include_dashboard"] = False
         joined = "a local Ray of its own"

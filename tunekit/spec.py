@@ -295,10 +295,16 @@ class SearchSpec(_Strict):
     @field_validator("grid", "sample")
     @classmethod
     def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = []  # every misspelt key at once, not the first only
         for path, values in value.items():
-            check_path(path)
+            try:
+                check_path(path)
+            except ValueError as e:
+                problems.append(str(e))
             if isinstance(values, list) and not values:
-                raise ValueError(f"{path!r} has no values")
+                problems.append(f"{path!r} has no values")
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @field_validator("cases")
@@ -565,9 +571,16 @@ def read_spec(path: str | Path, overrides: Mapping[str, Any] | None = None
         root = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
+        # The line where the broken construct starts (an unclosed `{` on line 2), and where
+        # the parser gave up (line 3), when they differ.
         mark = getattr(e, "problem_mark", None)
-        raise SpecError([Problem("<yaml>", f"{getattr(e, 'problem', None) or e}",
-                                 mark.line + 1 if mark else None)], source=path) from None
+        start = getattr(e, "context_mark", None) or mark
+        context = getattr(e, "context", None)
+        found = (f" (found on line {mark.line + 1})" if mark and start and
+                 mark.line != start.line else "")
+        raise SpecError([Problem("<yaml>", (f"{context}: " if context else "")
+                                 + f"{getattr(e, 'problem', None) or e}{found}",
+                                 start.line + 1 if start else None)], source=path) from None
     if raw is None:  # comments only
         raise SpecError([Problem("<file>", "is empty; a spec needs at least `name:`")],
                         source=path)
@@ -580,7 +593,8 @@ def read_spec(path: str | Path, overrides: Mapping[str, Any] | None = None
     for key, value in overrides.items():
         if key.split(".")[0] not in ExperimentSpec.model_fields or key.startswith("search"):
             raise SpecError([Problem(key, "--set takes a field path such as train.epochs "
-                                          "(search is not overridable)")])
+                                          "(search is not overridable: edit the spec)")],
+                            source=path)
         raw = set_path(raw, key, value)
     try:
         spec = ExperimentSpec.model_validate(raw)

@@ -25,7 +25,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tunekit import cluster, storage
-from tunekit.data import data_root
+from tunekit.datasets import data_root
+from tunekit.checks import Checked
 from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import Distribution
@@ -245,13 +246,13 @@ def _exception(text: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\w*): (.*)$", re.M)
 
 
-def start(plan: Plan, address: str | None, probe: str) -> str | None:
+def start(plan: Plan, address: str | None, probe: str, checked: Checked) -> str | None:
     """Start (or join) Ray and check that every other node that runs trials reads `probe`, the
     file the driver wrote to the storage (`storage.probe`). Returns a warning when nothing could
     be checked: a folder as storage, and no node that runs trials up yet (an autoscaling
     cluster before its first worker)."""
     spec = plan.spec
-    cluster.start_ray(address)
+    cluster.start_ray(address, checked.ship)
     failing = cluster.failing_nodes(storage.readable, storage.root(spec), probe)
     if failing:
         cluster.stop_ray()
@@ -270,14 +271,19 @@ def start(plan: Plan, address: str | None, probe: str) -> str | None:
     return None
 
 
-def _packs(plan: Plan, one: cluster.Ask) -> tuple[list[list[int]], cluster.Ask]:
+def _packs(plan: Plan, one: cluster.Ask, checked: Checked | None
+           ) -> tuple[list[list[int]], cluster.Ask]:
     """The plan's packs and what each asks Ray for. With `sweep.pack: auto`, trials that get a
     GPU and a driver that has one, the size and the GPU share are measured on it
-    (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs."""
+    (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs. A model that cannot
+    be packed (`checks`) trains in packs of 1, and the ask says why."""
     if plan.adaptive:  # a proposal's seeds are one pack; TPE plans know no trials up front
         return [], one.packed(plan.spec.search.repeats)
     if packs_are_seeds(plan):  # ASHA: a configuration's seeds stop together
         return plan.seed_packs(), one.packed(plan.spec.search.repeats)
+    if checked and checked.unpackable and (plan.spec.sweep.pack != "auto" or one.gpus > 0):
+        return plan.packs(1), cluster.Ask(one.cpus, one.gpus,
+                                          f"{one.why}; packs of 1: {checked.unpackable}")
     if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
         from tunekit.measure import gpu_pack
         choice = gpu_pack(plan.trials[0].config, len(plan.trials))
@@ -291,7 +297,8 @@ def _packs(plan: Plan, one: cluster.Ask) -> tuple[list[list[int]], cluster.Ask]:
 
 def run(plan: Plan, *, address: str | None = None, resume: bool = False,
         listeners: list[Listener] | None = None,
-        interrupted: threading.Event | None = None) -> list[TrialState]:
+        interrupted: threading.Event | None = None,
+        checked: Checked | None = None) -> list[TrialState]:
     """Run (or resume) the sweep of a prepared plan; returns the state of every trial Ray knew.
 
     `interrupted` (set by the caller's Ctrl-C handler) stops the sweep at the next safe point:
@@ -302,11 +309,11 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
     # A folder: Ray saves its experiment state every 2 s (default 10 s), less to redo after a kill
     if not storage.is_uri(path):
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    joined = cluster.start_ray(address)
+    joined = cluster.start_ray(address, checked.ship if checked else ())
     if interrupted.is_set():
         return []
     one = cluster.ask(spec)
-    packs, asks = _packs(plan, one)
+    packs, asks = _packs(plan, one, checked)
     global _active
     _active = _Active(plan, list(listeners or []), interrupted, packs)
     for listener in _active.listeners:

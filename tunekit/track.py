@@ -172,16 +172,15 @@ def _end_group(server: subprocess.Popen) -> None:
     server.wait()
 
 
-def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
-    """Every field of a (nested) pydantic config as 'model.norm' -> 'GN'."""
-    out: dict[str, str] = {}
-    for key, value in config.model_dump(mode="json").items():
+def flat_params(config: Any) -> dict[str, str]:
+    """Every field of a (nested) pydantic config as 'model.norm' -> 'GN', your model's args as
+    'model.args.width' -> '32' (its import path as 'model.import')."""
+    def flat(value: Any, prefix: str) -> dict[str, str]:
         if isinstance(value, dict):
-            out.update(flat_params(getattr(config, key), f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, dict)) \
-                else str(value)
-    return out
+            return {k: v for key, inner in value.items() for k, v in flat(inner,
+                                                                          f"{prefix}{key}.").items()}
+        return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else str(value)}
+    return flat(config.model_dump(mode="json"), "")
 
 
 class Tracker:
