@@ -324,3 +324,31 @@ def test_local_means_local_beside_a_cluster_and_a_stale_address(cluster: Cluster
                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
     assert out.returncode == 2 and time.monotonic() - start < 30, out.stdout + out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "no Ray cluster answers" in out.stderr
+
+
+def test_your_model_is_shipped_to_workers_that_only_have_tunekit(cluster: Cluster) -> None:
+    """The module lives only on the driver's disk (the workers' view of that folder is an empty
+    tmpfs): the sweep sends it through Ray's runtime_env, and the trials train on the workers."""
+    (cluster.driver / "driver_only_models.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def mlp(hidden=16):
+            return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 10))
+        """))
+    spec = write_spec(cluster.driver, "shipped", """
+        model: {import: "driver_only_models:mlp"}
+        train: {epochs: 1, batch_size: 64}
+        search:
+          grid: {model.args.hidden: [8, 16]}
+        """)
+    out = sweep(cluster, str(spec), "--address", cluster.address,
+                env={"TUNEKIT_STORAGE": cluster.s3.uri("shipped")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    workers = {n for n, cpus in cluster.nodes().items() if cpus > 0}
+    runs = trial_runs(cluster, "shipped")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.data.tags["tunekit.status"] == "done"
+        assert run.data.params["model.import"] == "driver_only_models:mlp"
+        assert set(run.data.tags["tunekit.nodes"].split(",")) <= workers, run.data.tags

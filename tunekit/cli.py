@@ -85,6 +85,15 @@ def _plan(spec: Path, sets: Optional[List[str]]):
     return load_plan(spec, _overrides(sets))
 
 
+def _checked(check: Any, what: Any, spec: Path) -> Any:
+    """`check(what)`, its problems named against the spec file."""
+    from tunekit.errors import SpecError
+    try:
+        return check(what)
+    except SpecError as e:
+        raise SpecError(e.problems, source=e.source or spec) from None
+
+
 def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise UsageError(option, f"{value!r} is not one of: {', '.join(valid)}")
@@ -142,7 +151,7 @@ def train(spec: Path = SPEC,
         from tunekit.checks import check_config
         from tunekit.report import EpochProgress, console, fit_summary
         from tunekit.train import fit
-        check_config(t.config)  # the data read and the model built, or exit 2
+        _checked(check_config, t.config, spec)  # the data read and the model built, or exit 2
         threads = threads or plan.spec.resources.cpus_per_trial
         console.print(f"[bold]{plan.spec.name}[/] trial {trial}: {t.label} · {threads} thread(s)")
         with EpochProgress(f"trial {trial}", t.config.train.epochs) as progress:
@@ -185,7 +194,7 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
                                           "on, --restart starts over")
         plan = _plan(spec, set_)
         from tunekit import checks, cluster, report
-        checked = checks.check(plan)  # the data read, each model built: exit 2 if not
+        checked = _checked(checks.check, plan, spec)  # data read, models built: exit 2 if not
         asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
             report.console.print(report.plan_table(plan))

@@ -33,15 +33,19 @@ class SpecError(TunekitError):
         self.source = source
         super().__init__(str(self))
 
+    def __reduce__(self) -> tuple:  # raised on a Ray worker, re-raised on the driver
+        return (type(self), (self.problems, self.source))
+
     def __str__(self) -> str:
-        where = f"{self.source}" if self.source else "spec"
+        where = f" {self.source}" if self.source else ""
         if len(self.problems) == 1 and self.problems[0].field == "<file>":
-            return f"cannot read spec {where}: it {self.problems[0].message}"
-        lines = [f"invalid spec {where}: {len(self.problems)} problem(s)"]
-        for p in self.problems:
-            at = f"line {p.line}, " if p.line else ""
-            lines.append(f"  {at}{p.field}: {p.message}")
-        return "\n".join(lines)
+            return f"cannot read spec{where}: it {self.problems[0].message}"
+        def one(p: Problem) -> str:
+            return f"{f'line {p.line}, ' if p.line else ''}{p.field}: {p.message}"
+        if len(self.problems) == 1:  # one line, the key named
+            return f"invalid spec{where}: {one(self.problems[0])}"
+        return "\n".join([f"invalid spec{where}: {len(self.problems)} problems",
+                          *(f"  {one(p)}" for p in self.problems)])
 
 
 class UsageError(TunekitError):
@@ -49,7 +53,11 @@ class UsageError(TunekitError):
     exit_code = 2
 
     def __init__(self, option: str, message: str):
+        self.option, self.message = option, message
         super().__init__(f"{option}: {message}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.option, self.message))
 
 
 class DataError(TunekitError):
