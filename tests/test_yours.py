@@ -266,3 +266,26 @@ def test_an_unpackable_model_trains_in_packs_of_one_and_says_so(yours: Path) -> 
     assert len(said) == 1 and "Dropout" in said[0], out.stdout
     assert sorted(p.name for p in (yours / "runs" / "yours").glob("trial_*")) == [
         "trial_0000", "trial_0001"]
+
+
+@pytest.mark.ray
+def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) -> None:
+    import tunekit
+    path = spec(yours, """
+        data: {dataset: fashion_mnist, subset: 128}
+        model: {import: "their_models:mlp"}
+        train: {epochs: 3, batch_size: 64, device: cpu}
+        search: {grid: {model.args.hidden: [8, 16]}}
+        """, name="api")
+    plan = tunekit.load(path, {"train.epochs": 1})  # as --set train.epochs=1
+    assert plan.size == 2 and plan.trials[1].config.model.args == {"hidden": 16}
+    assert plan.trials[0].config.train.epochs == 1
+    outcome = tunekit.run(plan)
+    assert not outcome.interrupted and [t.status for t in outcome.states] == ["done", "done"]
+    table = outcome.table()
+    assert {r["hidden"] for r in table} == {"8", "16"} and all(r["n"] == 1 for r in table)
+    again = tunekit.table(path)  # later, from MLflow alone
+    assert [(r["hidden"], r["max_val_acc"]) for r in again] == [
+        (r["hidden"], r["max_val_acc"]) for r in table]
+    with pytest.raises(SpecError, match="train.epochs"):
+        tunekit.load(path, {"train.epochs": 0})

@@ -79,10 +79,8 @@ def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
 
 def _plan(spec: Path, sets: Optional[List[str]]):
     """The spec's plan; import paths in it find modules beside the spec and in this folder."""
-    from tunekit.imports import search_here
-    from tunekit.plan import load_plan
-    search_here(spec.parent, Path.cwd())
-    return load_plan(spec, _overrides(sets))
+    from tunekit.api import load
+    return load(spec, _overrides(sets))
 
 
 def _checked(check: Any, what: Any, spec: Path) -> Any:
@@ -192,9 +190,9 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
         if resume and restart:
             raise UsageError("--restart", "not both --resume and --restart: --resume carries "
                                           "on, --restart starts over")
-        plan = _plan(spec, set_)
-        from tunekit import checks, cluster, report
-        checked = _checked(checks.check, plan, spec)  # data read, models built: exit 2 if not
+        from tunekit import api, cluster, figures, report
+        plan = api.load(spec, _overrides(set_))
+        checked = api.check(plan)  # the data read, each model built: exit 2 if not
         asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
             report.console.print(report.plan_table(plan))
@@ -202,38 +200,24 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             report.console.print(_estimate(plan), highlight=False)
             return
         s = plan.spec
-        from tunekit import figures, results, storage, sweep as sweeps, track
-        uri = track.tracking_uri(s, tracking_uri)
-        client = track.connect(uri)  # an unreachable server stops us before any trial starts
-        # All that can refuse the sweep, before its first trial: the storage takes this
-        # driver's writes (URI, bucket, credentials), holds no sweep in the way, and every other
-        # node that runs trials reads what the driver wrote there.
-        with storage.probe(s) as probe:
-            storage.check(plan, resume=resume, restart=restart)
-            unchecked = sweeps.start(plan, address, probe, checked)
-        if unchecked:
-            report.console.print(f"WARNING: {unchecked}", markup=False, highlight=False)
-        path = storage.record(plan, resume=resume, restart=restart)
-        if restart:
-            report.console.print(f"starting {s.name} over: the earlier sweep's results were set "
-                                 f"aside, its MLflow runs are kept", highlight=False)
-        tracker = track.Tracker(client, plan, spec, path, resume=resume,
-                                    draw=figures.trial_figures)
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
-            states = sweeps.run(plan, address=address, resume=resume, listeners=[view, tracker],
-                                interrupted=interrupted, checked=checked)
-        cluster.stop_ray()
-        tracker.finish(states)
-        records = track.trial_runs(client, tracker.parent)
+            outcome = api.run(plan, address=address, resume=resume, restart=restart,
+                              tracking_uri=tracking_uri, listeners=[view],
+                              draw=figures.trial_figures, interrupted=interrupted,
+                              checked=checked, say=lambda line: report.console.print(
+                                  line, markup=False, highlight=False))
+        from tunekit import track
         with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
-            _plot(client, tracker.parent, records, Path(d), grids=False)
-        report.console.print(f"MLflow: {uri}, experiment {track.experiment_name(s)!r}, "
-                             f"sweep run {tracker.parent}", highlight=False, soft_wrap=True)
+            _plot(track.connect(outcome.tracking_uri), outcome.sweep_run, outcome.records,
+                  Path(d), grids=False)
+        report.console.print(f"MLflow: {outcome.tracking_uri}, experiment "
+                             f"{track.experiment_name(s)!r}, sweep run {outcome.sweep_run}",
+                             highlight=False, soft_wrap=True)
         again = ["tunekit sweep", str(spec), *(f"--set {x}" for x in set_ or []),
                  *([f"--address {address}"] if address else []),
                  *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []), "--resume"]
-        code = report.sweep_outcome(s.name, results.result_rows(records), states, plan.size,
-                                    interrupted.is_set(), " ".join(again), path, s.claims,
+        code = report.sweep_outcome(s.name, outcome.rows, outcome.states, plan.size,
+                                    outcome.interrupted, " ".join(again), outcome.path, s.claims,
                                     list(s.search.sample))
         raise typer.Exit(code)
 

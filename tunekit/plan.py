@@ -49,6 +49,7 @@ class Trial:
 class Plan:
     spec: ExperimentSpec
     trials: list[Trial]  # grid: every trial; tpe: none yet (they are proposed while it runs)
+    source: Path | None = None  # the spec file it was read from
 
     @property
     def size(self) -> int:
@@ -195,7 +196,7 @@ def load_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) -> P
     """Read and validate a spec file and plan its trials; SpecError naming fields and lines."""
     spec, root = read_spec(path, overrides)
     try:
-        return make_plan(spec)
+        return replace(make_plan(spec), source=Path(path))
     except SpecError as e:
         problems = [replace(p, line=_line(root, p.loc)) if p.loc else p for p in e.problems]
         raise SpecError(problems, source=Path(path)) from None

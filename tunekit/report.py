@@ -156,15 +156,14 @@ class SweepView:
         self.started = self.last_summary = time.monotonic()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
             if console.is_terminal else None
+        self.shown = False
 
     def __enter__(self) -> SweepView:
-        if self.live:
-            self.live.start()
-        else:
-            self._say(f"{self.name}: {self.total} trial(s) of {self.epochs} epoch(s)")
-        return self
+        return self  # it shows itself when the sweep starts: nothing if it is refused first
 
     def __exit__(self, *exc: object) -> None:
+        if not self.shown:
+            return
         if self.live:
             self.live.stop()
         else:
@@ -184,6 +183,11 @@ class SweepView:
             self._say(self._summary())
 
     def sweep_started(self, joined: str, asks: Any) -> None:
+        self.shown = True
+        if self.live:
+            self.live.start()
+        else:
+            self._say(f"{self.name}: {self.total} trial(s) of {self.epochs} epoch(s)")
         self.asks = f"each trial asks for {asks}"
         self._say(f"{self.name} runs on {joined}; {self.asks}")
         if asks.warning:
