@@ -29,12 +29,20 @@ from tunekit.spec import TrialConfig
 from tunekit.train import fit, fit_pack
 
 
-def config(images: int, epochs: int, device: str, seed: int, compile: bool = False
-           ) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "data": {"subset": images}, "model": {"norm": "GN"},
-        "train": {"epochs": epochs, "batch_size": 64, "device": device, "seed": seed,
-                  "compile": compile}})
+def config(images: int, epochs: int, device: str, seed: int, compile: bool = False) -> TrialConfig:
+    return TrialConfig.model_validate(
+        {
+            "data": {"subset": images},
+            "model": {"norm": "GN"},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 64,
+                "device": device,
+                "seed": seed,
+                "compile": compile,
+            },
+        }
+    )
 
 
 def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> tuple[float, float]:
@@ -44,6 +52,7 @@ def one_trial(images: int, epochs: int, device: str, seed: int = 1) -> tuple[flo
 
     def mark(metrics, _state) -> None:
         marks.append((time.time(), metrics.seconds))
+
     fit(config(images, epochs, device, seed), mark, threads=1)
     start = marks[-2][0]
     return start, start + marks[-1][1]
@@ -77,8 +86,10 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run this on a GPU machine (or --device cpu)")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU, 1 thread per trial"
-    print(f"{name} · torch {torch.__version__} · {args.images} images × {args.epochs} epochs",
-          flush=True)
+    print(
+        f"{name} · torch {torch.__version__} · {args.images} images × {args.epochs} epochs",
+        flush=True,
+    )
     out: dict[str, object] = {"device": name, "torch": torch.__version__}
 
     start, end = one_trial(args.images, args.epochs, args.device)
@@ -88,32 +99,48 @@ def main() -> None:
 
     gpu = 1 / args.share if args.device == "cuda" else 0
     env = {k: os.environ[k] for k in ("TUNEKIT_DATA_DIR",) if k in os.environ}
-    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env},
-             num_cpus=max(args.share, os.cpu_count() or 1), log_to_driver=False)
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        num_cpus=max(args.share, os.cpu_count() or 1),
+        log_to_driver=False,
+    )
     task = ray.remote(num_cpus=1, num_gpus=gpu)(one_trial)
-    passes = ray.get([task.remote(args.images, args.epochs + 1, args.device, seed)
-                      for seed in range(1, args.share + 1)])
+    passes = ray.get(
+        [
+            task.remote(args.images, args.epochs + 1, args.device, seed)
+            for seed in range(1, args.share + 1)
+        ]
+    )
     ray.shutdown()
     shared, window = common_window(passes, args.images)
     out["shared"] = shared
-    print(f"{args.share} trials × {gpu:g} GPU:     {shared:10,.0f} img/s in all, over the "
-          f"{window:.1f} s all {args.share} trained at once ({shared / alone:.2f}× alone)",
-          flush=True)
+    print(
+        f"{args.share} trials × {gpu:g} GPU:     {shared:10,.0f} img/s in all, over the "
+        f"{window:.1f} s all {args.share} trained at once ({shared / alone:.2f}× alone)",
+        flush=True,
+    )
 
     for k in (int(x) for x in args.packs.split(",")):
         for compile in (False, True):
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             rate = pack_rate(k, args.pack_images, args.epochs, args.device, compile)
-            mode = "compiled, CUDA graph" if compile and args.device == "cuda" else (
-                "compiled" if compile else "eager")
+            mode = (
+                "compiled, CUDA graph"
+                if compile and args.device == "cuda"
+                else ("compiled" if compile else "eager")
+            )
             memory = ""
             if args.device == "cuda":
                 memory = f", {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak"
             out[f"pack{k}_{'compiled' if compile else 'eager'}"] = rate
-            print(f"pack of {k:>3} ({mode:>20}): {rate:10,.0f} img/s in all ({rate / alone:.1f}× "
-                  f"one trial alone, {rate / shared:.1f}× {args.share} sharing{memory})",
-                  flush=True)
+            print(
+                f"pack of {k:>3} ({mode:>20}): {rate:10,.0f} img/s in all ({rate / alone:.1f}× "
+                f"one trial alone, {rate / shared:.1f}× {args.share} sharing{memory})",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

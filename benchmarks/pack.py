@@ -25,11 +25,22 @@ from tunekit.train import fit, fit_pack
 
 
 def config(images: int, device: str, seed: int, compile: bool = False) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "data": {"subset": images}, "model": {"norm": "GN"},
-        "train": {"epochs": 2, "batch_size": 64, "device": device, "seed": seed, "l1": 1e-5,
-                  "optimizer": {"lr": 0.01 + 0.001 * seed}, "scheduler": {"name": "none"},
-                  "compile": compile}})
+    return TrialConfig.model_validate(
+        {
+            "data": {"subset": images},
+            "model": {"norm": "GN"},
+            "train": {
+                "epochs": 2,
+                "batch_size": 64,
+                "device": device,
+                "seed": seed,
+                "l1": 1e-5,
+                "optimizer": {"lr": 0.01 + 0.001 * seed},
+                "scheduler": {"name": "none"},
+                "compile": compile,
+            },
+        }
+    )
 
 
 def launches(k: int, images: int, device: str) -> int:
@@ -43,8 +54,10 @@ def packed(k: int, images: int, device: str, threads: int, compile: bool) -> flo
 
 
 def separate(k: int, images: int, device: str, threads: int) -> float:
-    runs = [fit(config(images, device, s), threads=threads).history[-1].images_per_s
-            for s in range(min(k, 4))]
+    runs = [
+        fit(config(images, device, s), threads=threads).history[-1].images_per_s
+        for s in range(min(k, 4))
+    ]
     return 1 / (sum(1 / r for r in runs) / len(runs))  # turns on one device: harmonic mean
 
 
@@ -54,17 +67,24 @@ def main() -> None:
     ap.add_argument("--ks", default="1,4,16,64", help="pack sizes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--compile", action="store_true", help="the packed step compiled "
-                    "(torch.compile fullgraph; a CUDA graph on CUDA)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="the packed step compiled (torch.compile fullgraph; a CUDA graph on CUDA)",
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here")
-    where = torch.cuda.get_device_name(0) if args.device == "cuda" else \
-        f"CPU, {args.threads} thread(s)"
-    print(f"{where} · torch {torch.__version__} · {args.images} images per trial · "
-          f"{'compiled' if args.compile else 'eager'} packed step")
-    print(f"{'K':>4} {'launches/step':>14} {'packed img/s':>14} {'separate img/s':>16} "
-          f"{'ratio':>7}")
+    where = (
+        torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
+    )
+    print(
+        f"{where} · torch {torch.__version__} · {args.images} images per trial · "
+        f"{'compiled' if args.compile else 'eager'} packed step"
+    )
+    print(
+        f"{'K':>4} {'launches/step':>14} {'packed img/s':>14} {'separate img/s':>16} {'ratio':>7}"
+    )
     for k in (int(x) for x in args.ks.split(",")):
         n = launches(k, args.images, args.device)
         p = packed(k, args.images, args.device, args.threads, args.compile)

@@ -64,8 +64,10 @@ def main() -> None:
     slots = min(cores // smoke.resources.cpus_per_trial, len(trials))
     ideal = makespan(totals, slots)
     overhead = (wall - ideal) * slots / len(trials)
-    print(f"smoke sweep: {len(trials)} trials, {slots} at a time on {cores} cores "
-          f"(Ray already started)")
+    print(
+        f"smoke sweep: {len(trials)} trials, {slots} at a time on {cores} cores "
+        f"(Ray already started)"
+    )
     print(f"  wall time          : {wall:7.1f} s")
     print(f"  Σ trial time       : {sum(totals):7.1f} s  ({', '.join(f'{t:.1f}' for t in totals)})")
     print(f"  same trials packed : {ideal:7.1f} s  on {slots} slots with no overhead")
@@ -73,19 +75,28 @@ def main() -> None:
 
     rates = {}
     for cpus, cap in ((1, None), (2, 1)):
-        spec = ExperimentSpec.model_validate({
-            "name": f"packing-{cpus}cpu", "data": {"subset": args.images},
-            "train": {"epochs": 2, "batch_size": 64, "scheduler": {"name": "none"}},
-            "search": {"grid": {"train.seed": [1, 2]}},
-            "resources": {"cpus_per_trial": cpus, "gpus_per_trial": 0},
-            "sweep": {"storage": results, "max_concurrent": cap}})
+        spec = ExperimentSpec.model_validate(
+            {
+                "name": f"packing-{cpus}cpu",
+                "data": {"subset": args.images},
+                "train": {"epochs": 2, "batch_size": 64, "scheduler": {"name": "none"}},
+                "search": {"grid": {"train.seed": [1, 2]}},
+                "resources": {"cpus_per_trial": cpus, "gpus_per_trial": 0},
+                "sweep": {"storage": results, "max_concurrent": cap},
+            }
+        )
         _, trials, _ = timed(make_plan(spec))
         per_trial = [t.history[-1]["images_per_s"] for t in trials]
         rates[cpus] = sum(per_trial) if cpus == 1 else statistics.mean(per_trial)
-        print(f"{cpus} thread(s) per trial: " + ", ".join(f"{r:,.0f}" for r in per_trial)
-              + " img/s per trial")
-    print(f"aggregate img/s: 2 × 1-thread trials at once {rates[1]:,.0f}; "
-          f"1 × 2-thread trial at a time {rates[2]:,.0f}; ratio {rates[1] / rates[2]:.2f}x")
+        print(
+            f"{cpus} thread(s) per trial: "
+            + ", ".join(f"{r:,.0f}" for r in per_trial)
+            + " img/s per trial"
+        )
+    print(
+        f"aggregate img/s: 2 × 1-thread trials at once {rates[1]:,.0f}; "
+        f"1 × 2-thread trial at a time {rates[2]:,.0f}; ratio {rates[1] / rates[2]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

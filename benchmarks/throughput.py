@@ -44,10 +44,14 @@ def seed_style(images: int, threads: int, workers: int) -> float:
     torch.set_num_threads(threads)
     spec = TrialConfig().data
     root = idx.prepare(spec.dataset, data_root(spec))
-    tf = transforms.Compose([transforms.RandomRotation((-7.0, 7.0), fill=(0,)),
-                             transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    ds = torch.utils.data.Subset(datasets.MNIST(str(root), train=True, transform=tf),
-                                 range(images))
+    tf = transforms.Compose(
+        [
+            transforms.RandomRotation((-7.0, 7.0), fill=(0,)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.1307,), (0.3081,)),
+        ]
+    )
+    ds = torch.utils.data.Subset(datasets.MNIST(str(root), train=True, transform=tf), range(images))
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
     model = Net("GN", 4, 0.069)
     for i, m in enumerate(model.features):  # the seed's dropout layer
@@ -70,8 +74,10 @@ def seed_style(images: int, threads: int, workers: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-CONFIG = ("{'data': {'subset': %d}, 'model': {'norm': 'GN'}, 'train': {'epochs': 2, "
-          "'batch_size': %d, 'l1': %g, 'scheduler': {'name': 'none'}, 'device': 'cpu'}}")
+CONFIG = (
+    "{'data': {'subset': %d}, 'model': {'norm': 'GN'}, 'train': {'epochs': 2, "
+    "'batch_size': %d, 'l1': %g, 'scheduler': {'name': 'none'}, 'device': 'cpu'}}"
+)
 
 
 def tunekit_step(images: int, threads: int) -> float:
@@ -81,12 +87,20 @@ def tunekit_step(images: int, threads: int) -> float:
 
 def baseline_step(folder: str, images: int, threads: int) -> float:
     """The same measurement with the tunekit in `folder`, in a process of its own."""
-    code = ("from tunekit.spec import TrialConfig; from tunekit.train import fit; "
-            f"c = TrialConfig.model_validate({CONFIG % (images, BATCH, L1)}); "
-            f"print(fit(c, threads={threads}).history[-1].images_per_s)")
+    code = (
+        "from tunekit.spec import TrialConfig; from tunekit.train import fit; "
+        f"c = TrialConfig.model_validate({CONFIG % (images, BATCH, L1)}); "
+        f"print(fit(c, threads={threads}).history[-1].images_per_s)"
+    )
     env = {**os.environ, "PYTHONPATH": folder}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=folder, text=True,
-                         capture_output=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=folder,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -108,14 +122,18 @@ def main() -> None:
             line += f"   baseline {base[-1]:,.0f} img/s"
         print(line, flush=True)
     a, b = statistics.median(ref), statistics.median(ours)
-    print(f"\nGN, batch {BATCH}, L1 {L1:g}, {args.threads} thread(s), {args.images} images/round, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"\nGN, batch {BATCH}, L1 {L1:g}, {args.threads} thread(s), {args.images} images/round, "
+        f"median of {args.rounds} rounds"
+    )
     print(f"seed-style loop : {a:8,.0f} img/s")
     if base:
         print(f"baseline        : {statistics.median(base):8,.0f} img/s   ({args.baseline})")
     print(f"tunekit         : {b:8,.0f} img/s")
-    print(f"speed-up        : {b / a:8.2f}x the seed-style loop" + (
-        f", {b / statistics.median(base):.2f}x the baseline" if base else ""))
+    print(
+        f"speed-up        : {b / a:8.2f}x the seed-style loop"
+        + (f", {b / statistics.median(base):.2f}x the baseline" if base else "")
+    )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,13 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     images = rng.integers(0, 40, (n, 28, 28))
     for i, k in enumerate(labels):
         r, c = 3 + 8 * (k // 4), 3 + 8 * (k % 4)
-        images[i, r:r + 6, c:c + 6] = 255
+        images[i, r : r + 6, c : c + 6] = 255
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def make_mnist(root: Path, n_train: int = 256, n_test: int = 128, gz: bool = True,
-               folder: str = "MNIST") -> Path:
+def make_mnist(
+    root: Path, n_train: int = 256, n_test: int = 128, gz: bool = True, folder: str = "MNIST"
+) -> Path:
     """A synthetic dataset in the IDX format, as `<root>/<folder>/raw/` (MNIST, FashionMNIST,
     KMNIST all ship so)."""
     raw = root / folder / "raw"
@@ -74,23 +75,33 @@ def real_mnist() -> Path:
     where the README's quickstart sweep downloaded it."""
     root = Path(os.environ.get("TUNEKIT_DATA_DIR") or REPO / "data")
     if not (root / "MNIST" / "raw").is_dir():
-        pytest.skip(f"no MNIST in {root / 'MNIST' / 'raw'}: run the quickstart sweep, or set "
-                    "TUNEKIT_DATA_DIR to the folder holding MNIST/raw")
+        pytest.skip(
+            f"no MNIST in {root / 'MNIST' / 'raw'}: run the quickstart sweep, or set "
+            "TUNEKIT_DATA_DIR to the folder holding MNIST/raw"
+        )
     return root
 
 
-def run_tunekit(*args: str, cwd: Path, data: Path, timeout: float = 300,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_tunekit(
+    *args: str, cwd: Path, data: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m tunekit ARGS` in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "tunekit", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout,
-                          env={**os.environ, "TUNEKIT_DATA_DIR": str(data), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tunekit", *args],
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(data), **(env or {})},
+    )
 
 
 def progress(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """What each trial of a sweep reported to Ray (its progress.csv rows), by trial folder."""
-    return {p.parent.name: list(csv.DictReader(p.open()))
-            for p in sorted(run_dir.glob("*/progress.csv"))}
+    return {
+        p.parent.name: list(csv.DictReader(p.open()))
+        for p in sorted(run_dir.glob("*/progress.csv"))
+    }
 
 
 class RayNodes:
@@ -104,14 +115,25 @@ class RayNodes:
     def start(self, *args: str, wait_for: int) -> None:
         """Start a node; return once the cluster at self.address has `wait_for` nodes."""
         log = open(self.tmp / f"node{len(self.procs)}.log", "w")
-        self.procs.append(subprocess.Popen(
-            [self.ray, "start", "--block", "--disable-usage-stats", *args], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                [self.ray, "start", "--block", "--disable-usage-stats", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert all(p.poll() is None for p in self.procs), (self.tmp / log.name).read_text()
-            status = subprocess.run([self.ray, "status", f"--address={self.address}"],
-                                    env=self.env, capture_output=True, text=True, timeout=60)
+            status = subprocess.run(
+                [self.ray, "status", f"--address={self.address}"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if status.returncode == 0 and status.stdout.count(" node_") >= wait_for:
                 return
             time.sleep(1)
@@ -121,6 +143,7 @@ class RayNodes:
 
     def stop(self) -> None:
         import signal
+
         for proc in reversed(self.procs):
             for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
                 try:
@@ -150,10 +173,27 @@ def serve_mlflow(root: Path) -> Iterator[str]:
     port = free_port()
     root.mkdir(parents=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / "server.log", "w"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -175,14 +215,23 @@ BUCKET = "tunekit-runs"
 
 
 class S3:
-    """moto's server: an IAM user whose keys may do anything, a bucket, then credentials enforced."""
+    """moto's server: an IAM user whose keys may do anything, a bucket, then credentials
+    enforced."""
 
     def __init__(self, root: Path):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
-             str(self.port)], stdout=open(root / "moto.log", "w"), stderr=subprocess.STDOUT)
+            [
+                str(Path(sys.executable).parent / "moto_server"),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            stdout=open(root / "moto.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(120):
             try:
                 urllib.request.urlopen(f"http://{self.endpoint}/moto-api/", timeout=1).read()
@@ -191,21 +240,41 @@ class S3:
                 assert self.proc.poll() is None, (root / "moto.log").read_text()
                 time.sleep(0.5)
         import boto3
-        anyone = dict(endpoint_url=f"http://{self.endpoint}", region_name="us-east-1",
-                      aws_access_key_id="setup", aws_secret_access_key="setup")
+
+        anyone = dict(
+            endpoint_url=f"http://{self.endpoint}",
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
         iam = boto3.client("iam", **anyone)
         iam.create_user(UserName="tunekit")
         key = iam.create_access_key(UserName="tunekit")["AccessKey"]
-        iam.put_user_policy(UserName="tunekit", PolicyName="all", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="tunekit",
+            PolicyName="all",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
         boto3.client("s3", **anyone).create_bucket(Bucket=BUCKET)
-        urllib.request.urlopen(urllib.request.Request(  # from now on, only these keys work
-            f"http://{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST",
-            headers={"Content-Type": "text/plain"})).read()
-        self.env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                    "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        urllib.request.urlopen(
+            urllib.request.Request(  # from now on, only these keys work
+                f"http://{self.endpoint}/moto-api/reset-auth",
+                data=b"0",
+                method="POST",
+                headers={"Content-Type": "text/plain"},
+            )
+        ).read()
+        self.env = {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def uri(self, prefix: str, bucket: str = BUCKET) -> str:
         return f"s3://{bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http"
@@ -213,6 +282,7 @@ class S3:
     def read(self, path: str) -> str:
         """A file in the bucket, read with the good keys (as the driver would)."""
         import pyarrow.fs
+
         os.environ.update(self.env)
         fs, base = pyarrow.fs.FileSystem.from_uri(self.uri(""))
         with fs.open_input_stream(f"{BUCKET}/{path}") as f:

@@ -42,26 +42,51 @@ def fake_autoscaler_config(gcs_port: int) -> dict:
     real = yaml.safe_load((REPO / "cluster.yaml").read_text())
     types = real["available_node_types"]
     head = types[real["head_node_type"]]
-    workers = {name: {"resources": node["resources"], "min_workers": node.get("min_workers", 0),
-                      "max_workers": node["max_workers"], "node_config": {}}
-               for name, node in types.items() if name != real["head_node_type"]}
-    config = {
-        "cluster_name": "fake", "max_workers": real["max_workers"],
-        "upscaling_speed": real["upscaling_speed"], "idle_timeout_minutes": IDLE_MINUTES,
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}",
-                     "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True},
-        "auth": {"ssh_user": "ubuntu"},
-        "available_node_types": {FAKE_HEAD: {"resources": head["resources"], "node_config": {},
-                                             "max_workers": 0}, **workers},
-        "head_node_type": FAKE_HEAD,
-        "file_mounts": {}, "file_mounts_sync_continuously": False,
+    workers = {
+        name: {
+            "resources": node["resources"],
+            "min_workers": node.get("min_workers", 0),
+            "max_workers": node["max_workers"],
+            "node_config": {},
+        }
+        for name, node in types.items()
+        if name != real["head_node_type"]
     }
-    for key in ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
-                "setup_commands", "head_setup_commands", "worker_setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands"):
+    config = {
+        "cluster_name": "fake",
+        "max_workers": real["max_workers"],
+        "upscaling_speed": real["upscaling_speed"],
+        "idle_timeout_minutes": IDLE_MINUTES,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": f"127.0.0.1:{gcs_port}",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            FAKE_HEAD: {"resources": head["resources"], "node_config": {}, "max_workers": 0},
+            **workers,
+        },
+        "head_node_type": FAKE_HEAD,
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+    }
+    for key in (
+        "cluster_synced_files",
+        "rsync_exclude",
+        "rsync_filter",
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         config[key] = []
     from ray.autoscaler._private.util import validate_config
+
     validate_config(config)
     return config
 
@@ -85,21 +110,40 @@ class FakeCluster:
         self.token = secrets.token_hex(32)
         self.storage = s3.uri("autoscale")
         # what ~/tunekit.env holds on cluster.yaml's head, plus token auth as it sets it
-        self.env = {**os.environ, **s3.env, "HOME": str(self.home),
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                    "TUNEKIT_DATA_DIR": str(make_mnist(root / "data", n_train=600, n_test=100)),
-                    "TUNEKIT_STORAGE": self.storage, "MLFLOW_TRACKING_URI": mlflow_uri,
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self.env = {
+            **os.environ,
+            **s3.env,
+            "HOME": str(self.home),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "TUNEKIT_DATA_DIR": str(make_mnist(root / "data", n_train=600, n_test=100)),
+            "TUNEKIT_STORAGE": self.storage,
+            "MLFLOW_TRACKING_URI": mlflow_uri,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+        }
         for var in ("RAY_ADDRESS", cluster.GPUS_ENV):  # the GPU ask is left to tunekit
             self.env.pop(var, None)
         self.head = subprocess.Popen(
-            ["ray", "start", "--head", "--block", "--disable-usage-stats",
-             "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=0",
-             f"--autoscaling-config={bootstrap}", f"--temp-dir={self.ray_tmp}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             "--object-store-memory=100000000"],
-            env={**self.env, "RAY_FAKE_CLUSTER": "1"}, start_new_session=True,
-            stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT)
+            [
+                "ray",
+                "start",
+                "--head",
+                "--block",
+                "--disable-usage-stats",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                f"--autoscaling-config={bootstrap}",
+                f"--temp-dir={self.ray_tmp}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                "--object-store-memory=100000000",
+            ],
+            env={**self.env, "RAY_FAKE_CLUSTER": "1"},
+            start_new_session=True,
+            stdout=open(root / "head.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 180
         while not self.jobs_api_answers():
             assert self.head.poll() is None, (root / "head.log").read_text()
@@ -124,18 +168,30 @@ class FakeCluster:
         """Ray's state API (through the dashboard): 'nodes' or 'placement_groups', dead and
         removed ones included."""
         out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(f"""
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
                 import dataclasses, json
                 from ray.util.state import list_{what}
                 print(json.dumps([dataclasses.asdict(x) for x in list_{what}(
                     address="{self.dashboard}", detail=True)]))
-             """)], env=self.env, capture_output=True, text=True, timeout=120)
+             """),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def workers(self, alive: bool = True) -> list[dict]:
-        return [n for n in self.state("nodes")
-                if not n["is_head_node"] and (n["state"] == "ALIVE") == alive]
+        return [
+            n
+            for n in self.state("nodes")
+            if not n["is_head_node"] and (n["state"] == "ALIVE") == alive
+        ]
 
     def head_node_id(self) -> str:
         return next(n["node_id"] for n in self.state("nodes") if n["is_head_node"])
@@ -181,11 +237,13 @@ search:
 def complete_runs(c: FakeCluster, experiment: str, epochs: int) -> list:
     """MLflow's trial runs of `experiment`: each done, with every epoch logged once."""
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(c.env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, experiment
-    runs = [r for r in client.search_runs([exp.experiment_id])
-            if "mlflow.parentRunId" in r.data.tags]
+    runs = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
     for run in runs:
         assert run.data.tags["tunekit.status"] == "done", run.data.tags
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
@@ -203,7 +261,8 @@ def wait_until(condition, what: str, timeout: float) -> float:
 
 
 def test_the_autoscaler_starts_gpu_workers_from_zero_for_a_sweep_and_a_job_then_removes_them(
-        fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     c = fake_cluster
     assert c.workers() == []  # nothing but the head
     with pytest.raises(urllib.error.HTTPError) as refused:  # token auth: no token, no job API
@@ -215,16 +274,22 @@ def test_the_autoscaler_starts_gpu_workers_from_zero_for_a_sweep_and_a_job_then_
     # 1. a sweep from a shell on the head, as `ray attach cluster.yaml` gives
     (tmp_path / "sweep.yaml").write_text(SPEC.replace("NAME", "autoscaled"))
     log = tmp_path / "sweep.log"
-    sweep = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", "sweep.yaml",
-                              "--address", c.address], cwd=tmp_path, env=c.env,
-                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "sweep", "sweep.yaml", "--address", c.address],
+        cwd=tmp_path,
+        env=c.env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     wait_until(lambda: "asks for" in log.read_text() or sweep.poll() is not None, "the ask", 180)
     asked = time.time()
     assert sweep.wait(600) == 0, log.read_text()
     ended = time.time()
     out = " ".join(log.read_text().split())
-    assert ("each trial asks for 1 CPU + 0.5 GPU (auto: the autoscaler may start 'gpu_worker' "
-            "nodes with 1 GPU(s); per pack of up to 2 trials)") in out, out  # 0.25 per trial
+    assert (
+        "each trial asks for 1 CPU + 0.5 GPU (auto: the autoscaler may start 'gpu_worker' "
+        "nodes with 1 GPU(s); per pack of up to 2 trials)"
+    ) in out, out  # 0.25 per trial
     assert "WARNING: no node that runs trials is up and no autoscaler" not in out
 
     started = c.workers(alive=False) + c.workers()
@@ -249,19 +314,37 @@ def test_the_autoscaler_starts_gpu_workers_from_zero_for_a_sweep_and_a_job_then_
     assert gpu_bundles == [{"CPU": 1.0, "GPU": 0.5}] * 3, bundles  # three packs of two trials
 
     gone = wait_until(lambda: not c.workers(), "idle workers removed", 180)
-    print(f"\nautoscaler: first worker up {first:.1f} s after the sweep asked; trial bundles "
-          f"{gpu_bundles}; trials ran on {sorted(ran_on)} (workers it started: "
-          f"{sorted(worker_ids)}, head {head}); no worker alive {time.time() - ended:.0f} s "
-          f"after the sweep ended (idle timeout {IDLE_MINUTES * 60:.0f} s; {gone:.0f} s of "
-          f"polling)")
+    print(
+        f"\nautoscaler: first worker up {first:.1f} s after the sweep asked; trial bundles "
+        f"{gpu_bundles}; trials ran on {sorted(ran_on)} (workers it started: "
+        f"{sorted(worker_ids)}, head {head}); no worker alive {time.time() - ended:.0f} s "
+        f"after the sweep ended (idle timeout {IDLE_MINUTES * 60:.0f} s; {gone:.0f} s of "
+        f"polling)"
+    )
 
     # 2. the same as a Ray job, through the token-protected job API on 127.0.0.1
-    (tmp_path / "job.yaml").write_text(SPEC.replace("NAME", "asjob").replace(
-        "epochs: 2", "epochs: 1").replace("[1, 2]", "[1]"))  # shorter: the path is what counts
+    (tmp_path / "job.yaml").write_text(
+        SPEC.replace("NAME", "asjob").replace("epochs: 2", "epochs: 1").replace("[1, 2]", "[1]")
+    )  # shorter: the path is what counts
     job = subprocess.run(
-        ["ray", "job", "submit", "--address", c.dashboard, "--", sys.executable, "-m",
-         "tunekit", "sweep", str(tmp_path / "job.yaml")],
-        env=c.env, capture_output=True, text=True, timeout=900)
+        [
+            "ray",
+            "job",
+            "submit",
+            "--address",
+            c.dashboard,
+            "--",
+            sys.executable,
+            "-m",
+            "tunekit",
+            "sweep",
+            str(tmp_path / "job.yaml"),
+        ],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert job.returncode == 0, job.stdout + job.stderr
     assert "succeeded" in job.stdout, job.stdout
     assert "(from RAY_ADDRESS)" in " ".join(job.stdout.split()), job.stdout

@@ -17,8 +17,15 @@ runner = CliRunner()
 
 
 def test_validate_prints_the_varying_parameters_and_count() -> None:
-    result = runner.invoke(app, ["validate", str(REPO / "experiments" / "assignment6.yaml"),
-                                 "--set", "sweep.max_trials=100"])
+    result = runner.invoke(
+        app,
+        [
+            "validate",
+            str(REPO / "experiments" / "assignment6.yaml"),
+            "--set",
+            "sweep.max_trials=100",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "42 trial(s), valid." in result.output
     for column in ("model.norm", "train.l1", "train.l2", "train.batch_size", "train.seed"):
@@ -27,11 +34,13 @@ def test_validate_prints_the_varying_parameters_and_count() -> None:
 
 
 def test_validate_with_set() -> None:
-    result = runner.invoke(app, ["validate", str(REPO / "experiments" / "smoke.yaml"),
-                                 "--set", "search.repeats=2"])
+    result = runner.invoke(
+        app, ["validate", str(REPO / "experiments" / "smoke.yaml"), "--set", "search.repeats=2"]
+    )
     assert result.exit_code == 2  # search is not overridable from the command line
-    result = runner.invoke(app, ["validate", str(REPO / "experiments" / "smoke.yaml"),
-                                 "--set", "train.epochs=3"])
+    result = runner.invoke(
+        app, ["validate", str(REPO / "experiments" / "smoke.yaml"), "--set", "train.epochs=3"]
+    )
     assert result.exit_code == 0 and "3 trial(s)" in result.output
 
 
@@ -46,17 +55,22 @@ def test_schema_is_json_schema_of_the_spec() -> None:
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*a, **k):
         raise AssertionError("training started on bad input")
+
     monkeypatch.setattr(tunekit.train, "fit", forbidden)
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--set", "model.norm=XN"], "model.norm"),
-    (["--set", "train.epoch=1"], "did you mean 'epochs'"),
-    (["--set", "noequals"], "expected FIELD=VALUE"),
-    (["--trial", "3"], "plans 3 trial(s), numbered 0..2"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--set", "model.norm=XN"], "model.norm"),
+        (["--set", "train.epoch=1"], "did you mean 'epochs'"),
+        (["--set", "noequals"], "expected FIELD=VALUE"),
+        (["--trial", "3"], "plans 3 trial(s), numbered 0..2"),
+    ],
+)
 def test_train_rejects_bad_input_with_exit_2_and_starts_nothing(
-        args: list[str], fragment: str, no_training: None) -> None:
+    args: list[str], fragment: str, no_training: None
+) -> None:
     result = runner.invoke(app, ["train", str(REPO / "experiments" / "smoke.yaml"), *args])
     assert result.exit_code == 2
     assert fragment in result.output
@@ -70,38 +84,54 @@ def test_train_bad_yaml_file(tmp_path: Path, no_training: None) -> None:
 
 
 def test_train_runs_one_trial(tiny_data: Path) -> None:
-    result = runner.invoke(app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--trial",
-                                 "2", "--set", "train.epochs=2", "--threads", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(REPO / "experiments" / "smoke.yaml"),
+            "--trial",
+            "2",
+            "--set",
+            "train.epochs=2",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "trial 2: model.norm=LN" in result.output
     assert "epoch   1" in result.output and "epoch   2" in result.output
     assert "max val_acc" in result.output
 
 
-def test_train_without_data_says_where_it_looked(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_without_data_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TUNEKIT_DATA_DIR", str(tmp_path / "nowhere"))
-    result = runner.invoke(app, ["train", str(REPO / "experiments" / "smoke.yaml"),
-                                 "--set", "data.download=false"])
+    result = runner.invoke(
+        app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--set", "data.download=false"]
+    )
     assert result.exit_code == 1
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in result.output
 
 
 def test_train_refuses_a_set_that_its_trial_overrides(no_training: None) -> None:
     # smoke.yaml's grid sets model.norm: --set model.norm=LN would be silently ignored
-    result = runner.invoke(app, ["train", str(REPO / "experiments" / "smoke.yaml"),
-                                 "--set", "model.norm=LN"])
+    result = runner.invoke(
+        app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--set", "model.norm=LN"]
+    )
     assert result.exit_code == 2
     assert "error: --set: trial 0 sets model.norm itself" in result.output
 
 
-def test_train_uses_the_trials_cpus_as_threads(tiny_data: Path, monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_train_uses_the_trials_cpus_as_threads(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     seen = {}
 
     def fake_fit(config, report, threads=None):
         seen["threads"] = threads
         raise SystemExit(0)
+
     monkeypatch.setattr(tunekit.train, "fit", fake_fit)
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\nresources: {cpus_per_trial: 3}\n")
@@ -109,13 +139,16 @@ def test_train_uses_the_trials_cpus_as_threads(tiny_data: Path, monkeypatch: pyt
     assert seen == {"threads": 3}
 
 
-@pytest.mark.parametrize("args,header", [
-    (["train", "SMOKE", "--trial", "99"], "error: --trial: "),
-    (["report", "smoke", "-f", "xml"], "error: --format: 'xml' is not one of"),
-    (["validate", "SMOKE", "--set", "x"], "error: --set: expected FIELD=VALUE"),
-    (["validate", "SMOKE", "-f", "xml"], "error: --format: 'xml' is not one of"),
-    (["sweep", "SMOKE", "--resume", "--restart"], "error: --restart: use --resume"),
-])
+@pytest.mark.parametrize(
+    "args,header",
+    [
+        (["train", "SMOKE", "--trial", "99"], "error: --trial: "),
+        (["report", "smoke", "-f", "xml"], "error: --format: 'xml' is not one of"),
+        (["validate", "SMOKE", "--set", "x"], "error: --set: expected FIELD=VALUE"),
+        (["validate", "SMOKE", "-f", "xml"], "error: --format: 'xml' is not one of"),
+        (["sweep", "SMOKE", "--resume", "--restart"], "error: --restart: use --resume"),
+    ],
+)
 def test_errors_about_arguments_say_so(args: list[str], header: str, no_training: None) -> None:
     args = [str(REPO / "experiments" / "smoke.yaml") if a == "SMOKE" else a for a in args]
     result = runner.invoke(app, args)
@@ -133,11 +166,13 @@ def test_plot_out_an_existing_file(tmp_path: Path) -> None:
 
 def test_validate_json_is_the_plan_at_full_precision(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: x\nsearch:\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n"
-                    "  num_samples: 3\n")
+    spec.write_text(
+        "name: x\nsearch:\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n  num_samples: 3\n"
+    )
     result = runner.invoke(app, ["validate", str(spec), "--format", "json"])
     plan = json.loads(result.output)
     from tunekit.plan import load_plan
+
     assert plan["trials"] == [t.record() for t in load_plan(spec).trials]
     table = runner.invoke(app, ["validate", str(spec)]).output
     assert str(plan["trials"][0]["params"]["train.l2"]) not in table  # no float noise in tables
@@ -146,25 +181,38 @@ def test_validate_json_is_the_plan_at_full_precision(tmp_path: Path) -> None:
 
 def test_validate_summarises_a_large_plan(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: x\nsearch:\n  grid:\n    train.seed: [" + ", ".join(map(str, range(100)))
-                    + "]\n    model.norm: [BN, GN, LN]\n")
+    spec.write_text(
+        "name: x\nsearch:\n  grid:\n    train.seed: ["
+        + ", ".join(map(str, range(100)))
+        + "]\n    model.norm: [BN, GN, LN]\n"
+    )
     result = runner.invoke(app, ["validate", str(spec)])
     assert result.exit_code == 0, result.output
     assert "300 trial(s), valid." in result.output
-    assert "285 trial(s) not shown; the plan is train.seed: 100 value(s) × model.norm: 3 value(s)" \
+    assert (
+        "285 trial(s) not shown; the plan is train.seed: 100 value(s) × model.norm: 3 value(s)"
         in result.output
+    )
     assert len(result.output.splitlines()) < 40
 
 
 def test_help_and_validate_start_fast() -> None:
     import subprocess
     import sys
+
     for args in (["--help"], ["validate", str(REPO / "experiments" / "assignment6.yaml")]):
         out = subprocess.run([sys.executable, "-m", "tunekit", *args], capture_output=True)
         assert out.returncode == 0
         # no torch, Ray, MLflow or matplotlib on these paths (their import alone takes seconds)
-        probe = subprocess.run([sys.executable, "-c", "import sys; from tunekit import cli, plan, "
-                                "report; print(sorted(m for m in ('torch', 'ray', 'mlflow', "
-                                "'matplotlib') if m in sys.modules))"], capture_output=True,
-                               text=True)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from tunekit import cli, plan, "
+                "report; print(sorted(m for m in ('torch', 'ray', 'mlflow', "
+                "'matplotlib') if m in sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr

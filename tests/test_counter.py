@@ -53,8 +53,10 @@ def test_dropout_masks_keep_1_minus_p_and_are_a_member_s_own() -> None:
     trio, alone = Packed(nets), Packed(nets[1:2])
     assert list(trio.dropped) == [3, 7, 12, 16, 21, 26]  # the six dropout layers
     assert trio.dropped[3] == 8 * 28 * 28 // 2  # two 16-bit draws per hash
-    keys = counter.step_keys(counter.keys(torch.tensor([5, 9, 4], dtype=torch.int32),
-                                          counter.DROPOUT, 1), torch.tensor(7))
+    keys = counter.step_keys(
+        counter.keys(torch.tensor([5, 9, 4], dtype=torch.int32), counter.DROPOUT, 1),
+        torch.tensor(7),
+    )
     masks, one = trio._masks(16, keys), alone._masks(16, keys[1:2])
     for i in trio.dropped:
         assert torch.equal(masks[i][:, 1], one[i][:, 0])  # member 2's mask: its key's alone

@@ -28,8 +28,10 @@ def test_reads_gz_files_as_shipped(tiny_data: Path) -> None:
     assert d.test_images.shape == (128, 1, 28, 28)
     # the source folder was only read: extraction went to tunekit's cache
     assert sorted(p.name for p in (tiny_data / "MNIST" / "raw").iterdir()) == sorted(
-        f"{s}-{k}-idx{n}-ubyte.gz" for s in ("train", "t10k") for k, n in (("images", 3),
-                                                                               ("labels", 1)))
+        f"{s}-{k}-idx{n}-ubyte.gz"
+        for s in ("train", "t10k")
+        for k, n in (("images", 3), ("labels", 1))
+    )
 
 
 def test_extracted_files_are_used_in_place(tmp_path: Path) -> None:
@@ -70,8 +72,9 @@ def test_concurrent_first_extraction_does_not_race(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_prepare_in_child, args=(str(root), str(cache), out))
-             for _ in range(4)]
+    procs = [
+        ctx.Process(target=_prepare_in_child, args=(str(root), str(cache), out)) for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -81,8 +84,13 @@ def test_concurrent_first_extraction_does_not_race(tmp_path: Path) -> None:
     assert len(roots) == 1
     raw = Path(roots.pop()) / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(
-        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte"])  # no temporary files left behind
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
+    )  # no temporary files left behind
     assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 3000 * 28 * 28
 
 
@@ -101,8 +109,10 @@ def test_rotation_by_zero_is_identity_and_keeps_shape() -> None:
 
 def _epoch_labels(d: data.Data, seeds: list[int], number: int) -> list[torch.Tensor]:
     draws = data.epoch(d, torch.tensor(seeds, dtype=torch.int32), number)
-    return [data.train_batch(d, draws, start, size)[1]
-            for start, size in data.steps(len(d.train_labels), 50)]
+    return [
+        data.train_batch(d, draws, start, size)[1]
+        for start, size in data.steps(len(d.train_labels), 50)
+    ]
 
 
 def test_batches_cover_every_image_once_per_member_and_are_seeded(tiny_data: Path) -> None:
@@ -139,10 +149,12 @@ def test_batches_are_normalized_rotated_and_keep_every_image(tiny_data: Path) ->
     assert not torch.equal(x, plain)  # rotated
 
 
-def test_a_failed_download_leaves_nothing_behind(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_download_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
+
     monkeypatch.setattr(idx.CLASSES["mnist"], "download", offline)
     (tmp_path / "here").mkdir()
     for root in (tmp_path / "here", tmp_path / "new" / "data"):

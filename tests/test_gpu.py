@@ -24,24 +24,35 @@ from tunekit.train import fit, fit_pack
 
 from conftest import progress
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device here: the GPU check needs an NVIDIA GPU")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: the GPU check needs an NVIDIA GPU"
+)
 
 
 @pytest.fixture(autouse=True)
 def cudnn_as_it_was():
     """Tests that change cuDNN's flags leave them as they found them."""
-    before = (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic,
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.backends.cudnn.enabled,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     yield
-    (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic,
-     torch.backends.cudnn.benchmark) = before
+    (
+        torch.backends.cudnn.enabled,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    ) = before
 
 
 def config(device: str, root: Path, **train: object) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "data": {"root": str(root)}, "model": {"norm": "GN"},
-        "train": {"epochs": 1, "batch_size": 64, "device": device, **train}})
+    return TrialConfig.model_validate(
+        {
+            "data": {"root": str(root)},
+            "model": {"norm": "GN"},
+            "train": {"epochs": 1, "batch_size": 64, "device": device, **train},
+        }
+    )
 
 
 def small(cfg: TrialConfig, images: int) -> TrialConfig:
@@ -58,9 +69,11 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
     from tunekit.models.seed_cnn import Net
     from tunekit.pack import Packed
     from tunekit import counter
+
     pack = Packed([Net("GN", dropout=0.5)], "cuda")
-    keys = counter.step_keys(counter.keys(seeds[:1], counter.DROPOUT, 1),
-                             torch.tensor(0, device="cuda"))
+    keys = counter.step_keys(
+        counter.keys(seeds[:1], counter.DROPOUT, 1), torch.tensor(0, device="cuda")
+    )
     kept = pack._masks(64, keys)[3]
     assert kept.is_cuda and 0.49 < (kept > 0).float().mean().item() < 0.51
     on_cpu = Packed([Net("GN", dropout=0.5)])._masks(64, keys.cpu())[3]
@@ -70,9 +83,11 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
 def test_one_trial_on_cuda_reaches_the_cpu_accuracy_band(real_mnist: Path) -> None:
     on_gpu = fit(config("cuda", real_mnist), threads=2)
     on_cpu = fit(config("cpu", real_mnist), threads=2)
-    print(f"GN batch 64, 1 epoch: cuda {on_gpu.max_val_acc:.2f}% at "
-          f"{on_gpu.history[0].images_per_s:,.0f} img/s; cpu {on_cpu.max_val_acc:.2f}% at "
-          f"{on_cpu.history[0].images_per_s:,.0f} img/s")
+    print(
+        f"GN batch 64, 1 epoch: cuda {on_gpu.max_val_acc:.2f}% at "
+        f"{on_gpu.history[0].images_per_s:,.0f} img/s; cpu {on_cpu.max_val_acc:.2f}% at "
+        f"{on_cpu.history[0].images_per_s:,.0f} img/s"
+    )
     assert on_gpu.max_val_acc >= 97.0
     assert abs(on_gpu.max_val_acc - on_cpu.max_val_acc) < 1.0  # other kernels, same training
 
@@ -94,27 +109,36 @@ def test_a_resumed_cuda_trial_continues_exactly(real_mnist: Path) -> None:
     assert abs(a.val_acc - b.val_acc) <= 0.05
 
 
-def test_four_trials_with_a_quarter_gpu_each_share_one_device(tmp_path: Path,
-                                                               real_mnist: Path) -> None:
-    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""
+def test_four_trials_with_a_quarter_gpu_each_share_one_device(
+    tmp_path: Path, real_mnist: Path
+) -> None:
+    (tmp_path / "spec.yaml").write_text(
+        textwrap.dedent("""
         name: quarter
         train: {epochs: 2, batch_size: 64}
         search:
           grid: {train.seed: [1, 2, 3, 4]}
         resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}
         sweep: {max_concurrent: 4, pack: 1}
-    """))  # pack: 1, else auto packs the four into one Ray trial and nothing is shared
-    out = subprocess.run([sys.executable, "-m", "tunekit", "sweep", "spec.yaml"], cwd=tmp_path,
-                         text=True, capture_output=True, timeout=600,
-                         env={**os.environ, "TUNEKIT_DATA_DIR": str(real_mnist)})
+    """)
+    )  # pack: 1, else auto packs the four into one Ray trial and nothing is shared
+    out = subprocess.run(
+        [sys.executable, "-m", "tunekit", "sweep", "spec.yaml"],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(real_mnist)},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "quarter")
     assert sorted(rows) == [f"trial_{i:04d}" for i in range(4)]
     last = [trial[-1] for trial in rows.values()]
     assert {r["device"] for r in last} == {"cuda"} and len({r["gpu_ids"] for r in last}) == 1
     assert not any(r["warning"] for r in last)
-    spans = [(float(r["timestamp"]) - float(r["time_total_s"]), float(r["timestamp"]))
-             for r in last]
+    spans = [
+        (float(r["timestamp"]) - float(r["time_total_s"]), float(r["timestamp"])) for r in last
+    ]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # all four at once
 
 
@@ -123,12 +147,13 @@ def test_a_pack_on_cuda_is_its_members_alone(real_mnist: Path) -> None:
     # ~1e-7 and SGD amplifies that over steps): compare with torch's own CUDA kernels, over a
     # short run, leaving room only for the float atomics some backward kernels use.
     torch.backends.cudnn.enabled = False
-    configs = [small(config("cuda", real_mnist, seed=s, l1=l1, optimizer={"lr": lr}), 640)
-               for s, lr, l1 in ((1, 0.04, 0.0), (2, 0.02, 1e-4), (3, 0.06, 0.0))]
+    configs = [
+        small(config("cuda", real_mnist, seed=s, l1=l1, optimizer={"lr": lr}), 640)
+        for s, lr, l1 in ((1, 0.04, 0.0), (2, 0.02, 1e-4), (3, 0.06, 0.0))
+    ]
     for packed, cfg in zip(fit_pack(configs, threads=2), configs):
         alone = fit(cfg, threads=2)
-        assert packed.history[0].train_loss == pytest.approx(alone.history[0].train_loss,
-                                                             rel=1e-4)
+        assert packed.history[0].train_loss == pytest.approx(alone.history[0].train_loss, rel=1e-4)
         for k, v in alone.best_state.items():
             assert torch.allclose(packed.best_state[k].float(), v.float(), atol=1e-4), k
 
@@ -136,6 +161,8 @@ def test_a_pack_on_cuda_is_its_members_alone(real_mnist: Path) -> None:
 def test_the_compiled_step_is_captured_and_trains_like_eager(real_mnist: Path) -> None:
     eager = fit(small(config("cuda", real_mnist, epochs=2), 6400), threads=2)
     graphed = fit(small(config("cuda", real_mnist, epochs=2, compile=True), 6400), threads=2)
-    print(f"6,400 images, epoch 2: eager {eager.history[1].images_per_s:,.0f} img/s, "
-          f"compiled + CUDA graph {graphed.history[1].images_per_s:,.0f} img/s")
+    print(
+        f"6,400 images, epoch 2: eager {eager.history[1].images_per_s:,.0f} img/s, "
+        f"compiled + CUDA graph {graphed.history[1].images_per_s:,.0f} img/s"
+    )
     assert abs(eager.history[1].val_acc - graphed.history[1].val_acc) < 1.5

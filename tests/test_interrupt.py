@@ -40,8 +40,9 @@ def trial_runs(cwd: Path) -> list:
     exp = client.get_experiment_by_name("chaos")
     if exp is None:
         return []
-    return [r for r in client.search_runs([exp.experiment_id])
-            if "mlflow.parentRunId" in r.data.tags]
+    return [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
 
 
 def assert_runs_carry_the_plan(cwd: Path, when: str) -> None:
@@ -60,13 +61,17 @@ def epochs_trained(cwd: Path) -> int:
 
 
 def start(cwd: Path, data: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", "spec.yaml", *args],
-                            cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TUNEKIT_DATA_DIR": str(data)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "sweep", "spec.yaml", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+    )
 
 
-def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
-        tmp_path: Path) -> None:
+def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(tmp_path: Path) -> None:
     data = make_mnist(tmp_path / "data", n_train=3000, n_test=200)
     (tmp_path / "spec.yaml").write_text(SPEC)
     plan_file = tmp_path / "runs" / "chaos" / "tunekit_plan.json"
@@ -143,15 +148,17 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(
 
 
 def test_resume_with_another_plan_is_refused_and_restart_starts_over(
-        tmp_path: Path, tiny_data: Path) -> None:
+    tmp_path: Path, tiny_data: Path
+) -> None:
     (tmp_path / "spec.yaml").write_text(SPEC.replace("subset: 3000", "subset: 200"))
     first = tunekit("sweep", "spec.yaml", "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
     assert first.returncode == 0, first.stdout + first.stderr
     stored = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     runs_before = {r.info.run_id for r in trial_runs(tmp_path)}
 
-    changed = tunekit("sweep", "spec.yaml", "--resume", "--set", "train.epochs=2", cwd=tmp_path,
-                      data=tiny_data)
+    changed = tunekit(
+        "sweep", "spec.yaml", "--resume", "--set", "train.epochs=2", cwd=tmp_path, data=tiny_data
+    )
     assert changed.returncode == 2, changed.stdout + changed.stderr
     assert "trials.0.config.train.epochs: 1 -> 2" in changed.stderr
     assert "--restart" in changed.stderr and "interrupted" not in changed.stdout
@@ -163,13 +170,15 @@ def test_resume_with_another_plan_is_refused_and_restart_starts_over(
 
     # Ray's state cut short, as a kill while writing it left it before tunekit wrote whole files
     (tmp_path / "runs" / "chaos" / "tuner.pkl").write_bytes(b"")
-    cut = tunekit("sweep", "spec.yaml", "--resume", "--set", "train.epochs=1", cwd=tmp_path,
-                  data=tiny_data)
+    cut = tunekit(
+        "sweep", "spec.yaml", "--resume", "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data
+    )
     assert cut.returncode == 2 and "Aborted" not in cut.stdout, cut.stdout + cut.stderr
     assert "tuner.pkl) cannot be read" in cut.stderr and "--restart" in cut.stderr
 
-    restart = tunekit("sweep", "spec.yaml", "--restart", "--set", "train.epochs=2", cwd=tmp_path,
-                      data=tiny_data)
+    restart = tunekit(
+        "sweep", "spec.yaml", "--restart", "--set", "train.epochs=2", cwd=tmp_path, data=tiny_data
+    )
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert "MLflow runs are kept" in restart.stdout
     rows = progress(tmp_path / "runs" / "chaos")

@@ -18,16 +18,21 @@ def imports() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for f in PACKAGE.rglob("*.py"):
         name = ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(
-            ".__init__")
+            ".__init__"
+        )
         deps: set[str] = set()
         for node in _runtime_nodes(ast.parse(f.read_text())):
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 deps.add(node.module)
-                deps |= {f"{node.module}.{a.name}" for a in node.names
-                         if (PACKAGE.parent / node.module.replace(".", "/") / a.name).with_suffix(
-                             ".py").exists()}
+                deps |= {
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if (PACKAGE.parent / node.module.replace(".", "/") / a.name)
+                    .with_suffix(".py")
+                    .exists()
+                }
         found[name] = {d if d.startswith("tunekit") else d.split(".")[0] for d in deps}
     return found
 
@@ -58,25 +63,38 @@ def reach(graph: dict[str, set[str]], module: str) -> set[str]:
 GRAPH = imports()
 
 
-@pytest.mark.parametrize("module", ["track", "sweep", "train", "trainable", "trials", "results",
-                                    "pack", "plan", "spec", "stats"])
+@pytest.mark.parametrize(
+    "module",
+    ["track", "sweep", "train", "trainable", "trials", "results", "pack", "plan", "spec", "stats"],
+)
 def test_no_display_code_below_the_cli(module: str) -> None:
     reached = reach(GRAPH, f"tunekit.{module}")
-    assert not reached & (DISPLAY | DISPLAY_LIBRARIES), sorted(reached & (DISPLAY |
-                                                                          DISPLAY_LIBRARIES))
+    assert not reached & (DISPLAY | DISPLAY_LIBRARIES), sorted(
+        reached & (DISPLAY | DISPLAY_LIBRARIES)
+    )
 
 
 def test_the_trainer_knows_no_ray_mlflow_or_plan() -> None:
     reached = reach(GRAPH, "tunekit.train")
-    assert not reached & {"ray", "mlflow", "tunekit.plan", "tunekit.sweep", "tunekit.trainable",
-                          "tunekit.track"}, sorted(reached)
+    assert not reached & {
+        "ray",
+        "mlflow",
+        "tunekit.plan",
+        "tunekit.sweep",
+        "tunekit.trainable",
+        "tunekit.track",
+    }, sorted(reached)
 
 
 def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:
     assert {m for m, deps in GRAPH.items() if "mlflow" in deps} == {"tunekit.track"}
     ray_users = {m for m, deps in GRAPH.items() if "ray" in deps}
-    assert ray_users <= {"tunekit.cluster", "tunekit.sweep", "tunekit.trainable",
-                         "tunekit.storage"}, sorted(ray_users)
+    assert ray_users <= {
+        "tunekit.cluster",
+        "tunekit.sweep",
+        "tunekit.trainable",
+        "tunekit.storage",
+    }, sorted(ray_users)
 
 
 def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:

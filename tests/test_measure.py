@@ -1,4 +1,5 @@
-"""Measuring the step: the dry run's time estimate, and the GPU pack size chosen from measurements."""
+"""Measuring the step: the dry run's time estimate, and the GPU pack size chosen from
+measurements."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from tunekit.spec import ExperimentSpec, TrialConfig
 
 
 def test_the_estimate_times_each_shape_and_spreads_the_trials_over_the_cores(
-        tiny_data: Path) -> None:
-    spec = ExperimentSpec.model_validate({
-        "name": "e", "train": {"epochs": 3, "device": "cpu"},
-        "search": {"grid": {"train.batch_size": [16, 64], "train.seed": [1, 2, 3]}}})
+    tiny_data: Path,
+) -> None:
+    spec = ExperimentSpec.model_validate(
+        {
+            "name": "e",
+            "train": {"epochs": 3, "device": "cpu"},
+            "search": {"grid": {"train.batch_size": [16, 64], "train.seed": [1, 2, 3]}},
+        }
+    )
     est = measure.estimate(make_plan(spec), cpus=2, gpus=0)
     assert [n for _, n in est.shapes] == [3, 3] and est.at_once == 2 and est.units == 6
     assert sorted(step.batch for step, _ in est.shapes) == [16, 64]
@@ -24,14 +30,21 @@ def test_the_estimate_times_each_shape_and_spreads_the_trials_over_the_cores(
         assert step.steps_per_epoch == 256 // step.batch  # the tiny set: 256 images
     work = sum(3 * n * step.epoch_seconds() for step, n in est.shapes)
     assert est.seconds == pytest.approx(work / 2)
-    one = measure.estimate(make_plan(spec.model_copy(update={"sweep": spec.sweep.model_copy(
-        update={"max_concurrent": 1})})), cpus=2, gpus=0)
+    one = measure.estimate(
+        make_plan(
+            spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"max_concurrent": 1})})
+        ),
+        cpus=2,
+        gpus=0,
+    )
     assert one.at_once == 1
 
 
 def test_a_pack_is_timed_as_one_step_of_all_its_members(tiny_data: Path) -> None:
-    configs = [TrialConfig.model_validate({"train": {"batch_size": 32, "device": "cpu",
-                                                     "seed": s}}) for s in (1, 2, 3)]
+    configs = [
+        TrialConfig.model_validate({"train": {"batch_size": 32, "device": "cpu", "seed": s}})
+        for s in (1, 2, 3)
+    ]
     step = measure.time_steps(configs, steps=2, warm=1)
     assert step.k == 3 and step.images_per_s == pytest.approx(96 / step.seconds)
 

@@ -21,8 +21,10 @@ def test_parameter_count_and_output(norm: str) -> None:
     assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # log-probabilities
 
 
-@pytest.mark.parametrize("norm,cls,groups", [("BN", nn.BatchNorm2d, None),
-                                             ("GN", nn.GroupNorm, 4), ("LN", nn.GroupNorm, 1)])
+@pytest.mark.parametrize(
+    "norm,cls,groups",
+    [("BN", nn.BatchNorm2d, None), ("GN", nn.GroupNorm, 4), ("LN", nn.GroupNorm, 1)],
+)
 def test_norm_factory(norm: str, cls: type, groups: int | None) -> None:
     layer = make_norm(norm, 16, groups=4)
     assert type(layer) is cls and getattr(layer, "num_groups", None) == groups
@@ -35,19 +37,27 @@ def test_factory_rejects_unknown_norm_instead_of_skipping_it() -> None:
         make_norm("XN", 8)
 
 
-@pytest.mark.parametrize("norm,layer", [("BN", "BatchNorm2d"), ("GN", "GroupNorm"),
-                                        ("LN", "GroupNorm")])
+@pytest.mark.parametrize(
+    "norm,layer", [("BN", "BatchNorm2d"), ("GN", "GroupNorm"), ("LN", "GroupNorm")]
+)
 def test_architecture_order(norm: str, layer: str) -> None:
     kinds = [type(m).__name__ for m in Net(norm).features]
     block = ["Conv2d", "ReLU", layer]
     # blocks 1-5 drop out after the norm (before a pool); block 6 pools first, then drops out
     assert kinds == (block + ["Dropout"]) * 2 + ["MaxPool2d"] + (block + ["Dropout"]) * 2 + [
-        "MaxPool2d"] + block + ["Dropout"] + block + ["MaxPool2d", "Dropout"]
+        "MaxPool2d"
+    ] + block + ["Dropout"] + block + ["MaxPool2d", "Dropout"]
     head = [type(m).__name__ for m in Net(norm).head]
     assert head == ["AdaptiveAvgPool2d", "Conv2d"] and Net(norm).head[1].bias is None
     convs = [m for m in Net("GN").features if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (1, 8), (8, 8), (8, 8), (8, 16), (16, 16), (16, 16)]
+        (1, 8),
+        (8, 8),
+        (8, 8),
+        (8, 16),
+        (16, 16),
+        (16, 16),
+    ]
     assert all(c.bias is None and c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
 
 

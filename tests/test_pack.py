@@ -19,15 +19,27 @@ from tunekit.train import build, fit, fit_pack, train_step
 
 
 def config(norm: str = "GN", seed: int = 1, lr: float = 0.04, **train: object) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "model": {"norm": norm},
-        "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "device": "cpu",
-                  "seed": seed, "optimizer": {"lr": lr}, **train}})
+    return TrialConfig.model_validate(
+        {
+            "model": {"norm": norm},
+            "train": {
+                "epochs": 2,
+                "batch_size": 32,
+                "eval_batch_size": 64,
+                "device": "cpu",
+                "seed": seed,
+                "optimizer": {"lr": lr},
+                **train,
+            },
+        }
+    )
 
 
-MEMBERS = [dict(seed=1, lr=0.04),
-           dict(seed=2, lr=0.02, l1=1e-4),
-           dict(seed=3, lr=0.06, l1=1e-5, l2=5e-4, penalize="weights")]
+MEMBERS = [
+    dict(seed=1, lr=0.04),
+    dict(seed=2, lr=0.02, l1=1e-4),
+    dict(seed=3, lr=0.06, l1=1e-5, l2=5e-4, penalize="weights"),
+]
 
 
 @pytest.fixture
@@ -43,8 +55,9 @@ def exact():
 
 def same(a, b) -> None:
     """Every epoch's metrics and every weight of the best epoch, bit for bit."""
-    assert [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in a.history] == \
-        [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in b.history]
+    assert [m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in a.history] == [
+        m.as_dict() | {"seconds": 0, "images_per_s": 0} for m in b.history
+    ]
     assert a.best_epoch == b.best_epoch and a.best_state.keys() == b.best_state.keys()
     for k in a.best_state:
         assert torch.equal(a.best_state[k], b.best_state[k]), k
@@ -53,7 +66,8 @@ def same(a, b) -> None:
 
 @pytest.mark.parametrize("norm", ["BN", "GN", "LN"])
 def test_a_pack_of_three_is_the_three_trials_alone_in_any_order_and_company(
-        tiny_data: Path, exact, norm: str) -> None:
+    tiny_data: Path, exact, norm: str
+) -> None:
     configs = [config(norm, **m) for m in MEMBERS]
     packed = fit_pack(configs, threads=1)
     for result, cfg in zip(packed, configs):
@@ -83,17 +97,24 @@ def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: s
     assert torch.equal(pack.member_net(1).features[0].weight, nets[1].features[0].weight * 0.5)
 
 
-def test_a_member_with_lr_0_does_not_move_and_the_others_train_on(tiny_data: Path,
-                                                                     exact) -> None:
+def test_a_member_with_lr_0_does_not_move_and_the_others_train_on(tiny_data: Path, exact) -> None:
     still = config(seed=1, l2=1e-3, l1=1e-4)  # lr 0 is no valid spec: set it past validation
-    still = still.model_copy(update={"train": still.train.model_copy(update={
-        "optimizer": still.train.optimizer.model_copy(update={"lr": 0.0})})})
+    still = still.model_copy(
+        update={
+            "train": still.train.model_copy(
+                update={"optimizer": still.train.optimizer.model_copy(update={"lr": 0.0})}
+            )
+        }
+    )
     configs = [still, config(seed=2, lr=0.05)]
     torch.manual_seed(1)
     start = Net("GN").state_dict()
     still, moving = fit_pack(configs, threads=1)
-    assert all(torch.equal(still.best_state[k], v) for k, v in start.items()
-               if "running" not in k and "tracked" not in k)
+    assert all(
+        torch.equal(still.best_state[k], v)
+        for k, v in start.items()
+        if "running" not in k and "tracked" not in k
+    )
     same(moving, fit(configs[1], threads=1))
 
 
@@ -108,8 +129,7 @@ def test_a_member_that_diverges_fails_alone(tiny_data: Path, exact) -> None:
 def test_a_pack_resumed_from_its_checkpoint_continues_exactly(tiny_data: Path) -> None:
     configs = [config(norm="BN", epochs=3, **m) for m in MEMBERS]
     states: list[dict] = []
-    full = fit_pack(configs, lambda metrics, state: states.append(copy.deepcopy(state)),
-                    threads=1)
+    full = fit_pack(configs, lambda metrics, state: states.append(copy.deepcopy(state)), threads=1)
     torch.manual_seed(999)
     resumed = fit_pack(configs, threads=1, resume=states[0])
     for a, b in zip(full, resumed):
@@ -124,8 +144,19 @@ def test_trials_of_other_shapes_are_not_packed() -> None:
 def test_the_plan_packs_trials_of_one_shape_in_plan_order() -> None:
     from tunekit.plan import make_plan
     from tunekit.spec import ExperimentSpec
-    spec = ExperimentSpec.model_validate({"name": "p", "search": {"grid": {
-        "train.batch_size": [32, 64], "train.seed": [1, 2, 3], "train.l1": [0.0, 1e-4]}}})
+
+    spec = ExperimentSpec.model_validate(
+        {
+            "name": "p",
+            "search": {
+                "grid": {
+                    "train.batch_size": [32, 64],
+                    "train.seed": [1, 2, 3],
+                    "train.l1": [0.0, 1e-4],
+                }
+            },
+        }
+    )
     plan = make_plan(spec)
     packs = plan.packs(4)
     assert sorted(i for p in packs for i in p) == list(range(12))  # every trial, once
@@ -136,9 +167,11 @@ def test_the_plan_packs_trials_of_one_shape_in_plan_order() -> None:
 
 
 def test_a_pack_asks_for_its_members_gpu_shares_up_to_one_gpu(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from tunekit import cluster
     from tunekit.spec import ExperimentSpec
+
     spec = ExperimentSpec.model_validate({"name": "p"})
     monkeypatch.setenv(cluster.GPUS_ENV, "0.25")
     assert cluster.ask(spec).packed(2).gpus == 0.5 and cluster.ask(spec).packed(16).gpus == 1.0
@@ -160,13 +193,15 @@ def step_of(k: int, norm: str, l1: float, batch: int = 32):
     def inputs(s: int) -> tuple:
         x, y = datamod.train_batch(d, draws, s * batch, batch)
         return pack, sgd, x, y, keys, torch.tensor(s, dtype=torch.int32), lr[s], momentum[s], live
+
     return inputs
 
 
 @pytest.mark.parametrize("norm", ["GN", "BN"])
 @pytest.mark.parametrize("l1", [0.0, 1e-4])
 def test_a_step_launches_about_as_many_kernels_for_16_members_as_for_one(
-        tiny_data: Path, norm: str, l1: float) -> None:
+    tiny_data: Path, norm: str, l1: float
+) -> None:
     counts = {}
     for k in (1, 16):
         inputs = step_of(k, norm, l1)
@@ -181,6 +216,7 @@ def test_a_step_launches_about_as_many_kernels_for_16_members_as_for_one(
 
 def test_the_step_compiles_whole(tiny_data: Path) -> None:
     import torch._dynamo
+
     inputs = step_of(2, "BN", 1e-4)
     torch._dynamo.reset()
     with torch._dynamo.config.patch(trace_autograd_ops=True):
@@ -193,6 +229,7 @@ def test_the_compiled_step_trains_as_the_eager_one(tiny_data: Path) -> None:
     """AOTAutograd's traced forward and backward (the graph inductor and CUDA graphs take) against
     eager, over a few steps of a pack: the same training up to float rounding."""
     from tunekit.train import compiled
+
     eager, traced = step_of(2, "GN", 1e-4), step_of(2, "GN", 1e-4)
     pack, sgd = traced(0)[:2]
     step = compiled(pack, sgd, backend="aot_eager")

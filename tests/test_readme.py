@@ -38,8 +38,9 @@ def test_readme_commands_name_specs_that_validate() -> None:
         if not specs or args[0] not in ("validate", "sweep", "train"):
             continue
         sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]
-        result = CliRunner().invoke(app, ["validate", str(REPO / specs[0]),
-                                          *[x for s in sets for x in ("--set", s)]])
+        result = CliRunner().invoke(
+            app, ["validate", str(REPO / specs[0]), *[x for s in sets for x in ("--set", s)]]
+        )
         assert result.exit_code == 0, (args, result.output)
         if "--trial" in args:
             trial = int(args[args.index("--trial") + 1])
@@ -48,9 +49,17 @@ def test_readme_commands_name_specs_that_validate() -> None:
     assert seen >= 8
 
 
-@pytest.mark.parametrize("name,size", [("smoke", 3), ("assignment6", 42),
-                                       ("assignment6_as_run", 36), ("norm_grid", 48),
-                                       ("norm_batch", 18), ("tpe", 20)])
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("smoke", 3),
+        ("assignment6", 42),
+        ("assignment6_as_run", 36),
+        ("norm_grid", 48),
+        ("norm_batch", 18),
+        ("tpe", 20),
+    ],
+)
 def test_readme_sizes_of_the_shipped_studies(name: str, size: int) -> None:
     assert load_plan(EXPERIMENTS / f"{name}.yaml").size == size
     mention = re.search(rf"`experiments/{name}.yaml` \(([^)]*)\)", README)
@@ -64,17 +73,26 @@ def test_readme_smoke_description_matches_the_spec() -> None:
 
 
 def test_readme_published_table_is_the_assignment_cases() -> None:
-    table = README[README.index("| norm | L1 | L2 | batch |"):].split("\n\n")[0].splitlines()[2:]
+    table = README[README.index("| norm | L1 | L2 | batch |") :].split("\n\n")[0].splitlines()[2:]
     rows = set()
     for line in table:
         norm, l1, l2, batches, _ = [c.strip() for c in line.strip("|").split("|")]
         rows |= {(norm, float(l1), float(l2), int(b)) for b in batches.split(" / ")}
-    cases = {(c["model.norm"], c["train.l1"], c["train.l2"], c["train.batch_size"])
-             for c in load_plan(EXPERIMENTS / "assignment6.yaml").spec.search.cases}
+    cases = {
+        (c["model.norm"], c["train.l1"], c["train.l2"], c["train.batch_size"])
+        for c in load_plan(EXPERIMENTS / "assignment6.yaml").spec.search.cases
+    }
     assert len(rows) == len(cases) == 14
-    as_run = {(c["model.norm"], c["train.batch_size"])
-              for c in load_plan(EXPERIMENTS / "assignment6_as_run.yaml").spec.search.cases}
+    as_run = {
+        (c["model.norm"], c["train.batch_size"])
+        for c in load_plan(EXPERIMENTS / "assignment6_as_run.yaml").spec.search.cases
+    }
     assert as_run == {(norm, batch) for norm, _, _, batch in cases}  # the same rows, unlabelled
     for norm, l1, l2, batch in cases:
-        assert any(r[0] == norm and r[3] == batch and r[1] == pytest.approx(l1, rel=1e-3)
-                   and r[2] == pytest.approx(l2, rel=1e-3) for r in rows), (norm, l1, l2, batch)
+        assert any(
+            r[0] == norm
+            and r[3] == batch
+            and r[1] == pytest.approx(l1, rel=1e-3)
+            and r[2] == pytest.approx(l2, rel=1e-3)
+            for r in rows
+        ), (norm, l1, l2, batch)

@@ -28,8 +28,9 @@ def problems(tmp_path: Path, text: str) -> list:
     return e.value.problems
 
 
-@pytest.mark.parametrize("name", ["smoke", "assignment6", "assignment6_as_run", "norm_grid",
-                                  "norm_batch", "tpe"])
+@pytest.mark.parametrize(
+    "name", ["smoke", "assignment6", "assignment6_as_run", "norm_grid", "norm_batch", "tpe"]
+)
 def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
     spec = load_spec(REPO / "experiments" / f"{name}.yaml")
     dumped = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -41,12 +42,20 @@ def test_shipped_experiments_round_trip(name: str, tmp_path: Path) -> None:
 def test_shipped_experiment_sizes() -> None:
     names = ("smoke", "assignment6", "assignment6_as_run", "norm_grid", "norm_batch")
     counts = {n: len(load_plan(REPO / "experiments" / f"{n}.yaml").trials) for n in names}
-    assert counts == {"smoke": 3, "assignment6": 42, "assignment6_as_run": 36, "norm_grid": 48,
-                      "norm_batch": 18}
+    assert counts == {
+        "smoke": 3,
+        "assignment6": 42,
+        "assignment6_as_run": 36,
+        "norm_grid": 48,
+        "norm_batch": 18,
+    }
 
 
 def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Path) -> None:
-    spec = load_plan(write(tmp_path, """
+    spec = load_plan(
+        write(
+            tmp_path,
+            """
         name: x
         train: {seed: 7}
         search:
@@ -55,13 +64,16 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
           sample: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}
           num_samples: 2
           repeats: 3
-    """)).spec
+    """,
+        )
+    ).spec
     trials = expand(spec)
     assert len(trials) == 3 * 2 * 2 * 2 * 3
     assert [t.index for t in trials] == list(range(len(trials)))
     assert {t.config.train.seed for t in trials} == {7, 8, 9}
     assert {(t.config.model.norm, t.config.train.batch_size) for t in trials} == {
-        (n, b) for n in ("BN", "GN", "LN") for b in (32, 64)}
+        (n, b) for n in ("BN", "GN", "LN") for b in (32, 64)
+    }
     lrs = {t.config.train.optimizer.lr for t in trials}
     assert len(lrs) == 2 and all(0.001 <= lr <= 0.1 for lr in lrs)
     case2 = [t for t in trials if t.config.train.l1 == 0.0001]
@@ -79,8 +91,12 @@ def test_defaults_are_the_seed_recipe() -> None:
     assert (spec.model.norm, spec.model.groups, spec.model.dropout) == ("GN", 4, 0.069)
     t = spec.train
     assert (t.epochs, t.optimizer.lr, t.optimizer.momentum) == (25, 0.04104, 0.9)
-    assert (t.scheduler.name, t.scheduler.step_size, t.scheduler.gamma,
-            t.scheduler.start_epoch) == ("step", 2, 0.09, 12)
+    assert (
+        t.scheduler.name,
+        t.scheduler.step_size,
+        t.scheduler.gamma,
+        t.scheduler.start_epoch,
+    ) == ("step", 2, 0.09, 12)
     assert spec.data.rotation == 7.0
 
 
@@ -95,48 +111,113 @@ BAD = {
     "wrong type": ("name: x\ntrain: {epochs: many}\n", "train.epochs", "integer", 2),
     "out of range": ("name: x\nmodel: {dropout: 1.5}\n", "model.dropout", "less than 1", 2),
     "bad choice": ("name: x\nmodel: {norm: XN}\n", "model.norm", "'BN', 'GN' or 'LN'", 2),
-    "grid key names no field": ("name: x\nsearch:\n  grid: {train.batchsize: [8]}\n",
-                                "search.grid", "did you mean 'train.batch_size'", 3),
-    "case key names no field": ("name: x\nsearch:\n  cases: [{model.nrom: GN}]\n",
-                                "search.cases", "'model.nrom' names no field", 3),
-    "bad grid value": ("name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n",
-                       "search.grid.model.norm", "'BN', 'GN' or 'LN'", 3),
-    "groups do not divide": ("name: x\nsearch:\n  grid: {model.groups: [2, 3]}\n",
-                             "search.grid.model.groups", "does not divide", 3),
-    "base groups do not divide": ("name: x\nmodel: {norm: GN, groups: 5}\n",
-                                  "model.groups", "valid: [1, 2, 4, 8]", 2),
+    "grid key names no field": (
+        "name: x\nsearch:\n  grid: {train.batchsize: [8]}\n",
+        "search.grid",
+        "did you mean 'train.batch_size'",
+        3,
+    ),
+    "case key names no field": (
+        "name: x\nsearch:\n  cases: [{model.nrom: GN}]\n",
+        "search.cases",
+        "'model.nrom' names no field",
+        3,
+    ),
+    "bad grid value": (
+        "name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n",
+        "search.grid.model.norm",
+        "'BN', 'GN' or 'LN'",
+        3,
+    ),
+    "groups do not divide": (
+        "name: x\nsearch:\n  grid: {model.groups: [2, 3]}\n",
+        "search.grid.model.groups",
+        "does not divide",
+        3,
+    ),
+    "base groups do not divide": (
+        "name: x\nmodel: {norm: GN, groups: 5}\n",
+        "model.groups",
+        "valid: [1, 2, 4, 8]",
+        2,
+    ),
     "empty search": ("name: x\nsearch: {}\n", "search", "search is empty", 2),
-    "empty grid axis": ("name: x\nsearch:\n  grid: {model.norm: []}\n", "search.grid",
-                        "has no values", 3),
+    "empty grid axis": (
+        "name: x\nsearch:\n  grid: {model.norm: []}\n",
+        "search.grid",
+        "has no values",
+        3,
+    ),
     "scheduler field of another name": (
-        "name: x\ntrain:\n  scheduler: {name: onecycle, gamma: 0.5}\n", "train.scheduler",
-        "gamma do(es) not apply to scheduler 'onecycle'", 3),
-    "bad distribution": ("name: x\nsearch:\n  sample: {train.l2: {loguniform: [0.1, 0.01]}}\n",
-                         "search.sample.train.l2", "low must be below high", 3),
+        "name: x\ntrain:\n  scheduler: {name: onecycle, gamma: 0.5}\n",
+        "train.scheduler",
+        "gamma do(es) not apply to scheduler 'onecycle'",
+        3,
+    ),
+    "bad distribution": (
+        "name: x\nsearch:\n  sample: {train.l2: {loguniform: [0.1, 0.01]}}\n",
+        "search.sample.train.l2",
+        "low must be below high",
+        3,
+    ),
     "sampled value out of range": (
         "name: x\nsearch:\n  sample: {model.dropout: {uniform: [0.5, 1.5]}}\n",
-        "search.sample.model.dropout", "less than 1", 3),
+        "search.sample.model.dropout",
+        "less than 1",
+        3,
+    ),
     "missing name": ("model: {norm: GN}\n", "name", "Field required", None),
-    "duplicate block": ("name: x\ntrain: {epochs: 3}\nmodel: {norm: GN}\ntrain: {seed: 2}\n",
-                        "train", "given twice, on lines 2 and 4", 4),
-    "duplicate nested key": ("name: x\ntrain:\n  epochs: 3\n  epochs: 4\n", "train.epochs",
-                             "given twice, on lines 3 and 4", 4),
-    "infinite float": ("name: x\ntrain:\n  optimizer: {lr: .inf}\n", "train.optimizer.lr",
-                       "finite number", 3),
+    "duplicate block": (
+        "name: x\ntrain: {epochs: 3}\nmodel: {norm: GN}\ntrain: {seed: 2}\n",
+        "train",
+        "given twice, on lines 2 and 4",
+        4,
+    ),
+    "duplicate nested key": (
+        "name: x\ntrain:\n  epochs: 3\n  epochs: 4\n",
+        "train.epochs",
+        "given twice, on lines 3 and 4",
+        4,
+    ),
+    "infinite float": (
+        "name: x\ntrain:\n  optimizer: {lr: .inf}\n",
+        "train.optimizer.lr",
+        "finite number",
+        3,
+    ),
     "nan float": ("name: x\nmodel: {dropout: .nan}\n", "model.dropout", "finite number", 2),
-    "infinite grid value": ("name: x\nsearch:\n  grid: {train.l2: [0.0, .inf]}\n",
-                            "search.grid.train.l2", "finite number", 3),
-    "plan too large": ("name: x\nsweep: {max_trials: 10}\nsearch:\n"
-                       "  grid: {train.seed: [1, 2, 3, 4], train.batch_size: [8, 16, 32]}\n",
-                       "search", "the plan has 12 trials, more than sweep.max_trials = 10", 4),
-    "tpe without budget": ("name: x\nsearch:\n  method: tpe\n"
-                           "  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
-                           "search", "method tpe searches `sample`", 3),
-    "tpe with a grid": ("name: x\nsearch:\n  method: tpe\n  budget: 4\n  grid: {model.norm: "
-                        "[BN]}\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
-                        "search", "it takes no grid", 3),
-    "budget without tpe": ("name: x\nsearch:\n  budget: 4\n  grid: {model.norm: [BN]}\n",
-                           "search", "budget is for method tpe", 3),
+    "infinite grid value": (
+        "name: x\nsearch:\n  grid: {train.l2: [0.0, .inf]}\n",
+        "search.grid.train.l2",
+        "finite number",
+        3,
+    ),
+    "plan too large": (
+        "name: x\nsweep: {max_trials: 10}\nsearch:\n"
+        "  grid: {train.seed: [1, 2, 3, 4], train.batch_size: [8, 16, 32]}\n",
+        "search",
+        "the plan has 12 trials, more than sweep.max_trials = 10",
+        4,
+    ),
+    "tpe without budget": (
+        "name: x\nsearch:\n  method: tpe\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
+        "search",
+        "method tpe searches `sample`",
+        3,
+    ),
+    "tpe with a grid": (
+        "name: x\nsearch:\n  method: tpe\n  budget: 4\n  grid: {model.norm: "
+        "[BN]}\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
+        "search",
+        "it takes no grid",
+        3,
+    ),
+    "budget without tpe": (
+        "name: x\nsearch:\n  budget: 4\n  grid: {model.norm: [BN]}\n",
+        "search",
+        "budget is for method tpe",
+        3,
+    ),
     "not a mapping": ("- a\n- b\n", "<spec>", "YAML mapping", 1),
 }
 
@@ -167,22 +248,28 @@ def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
 
 def test_distributions_draw_inside_their_bounds() -> None:
     import random
+
     rng = random.Random(0)
-    for d, lo, hi in ((Distribution(uniform=(1.0, 2.0)), 1.0, 2.0),
-                      (Distribution(loguniform=(1e-6, 1e-2)), 1e-6, 1e-2),
-                      (Distribution(randint=(3, 5)), 3, 4)):
+    for d, lo, hi in (
+        (Distribution(uniform=(1.0, 2.0)), 1.0, 2.0),
+        (Distribution(loguniform=(1e-6, 1e-2)), 1e-6, 1e-2),
+        (Distribution(randint=(3, 5)), 3, 4),
+    ):
         draws = [d.draw(rng) for _ in range(200)]
         assert all(lo <= x <= hi for x in draws) and len(set(draws)) > 1
     assert {Distribution(choice=["BN", "LN"]).draw(rng) for _ in range(50)} == {"BN", "LN"}
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (b"name: x\nmodel: {norm: \xff\xfe}\n", "is not UTF-8 text (byte 0xff at offset 22)"),
-    (b"", "is empty"),
-    (b"  \n# only a comment\n", "is empty"),
-    (None, "is a folder"),
-    ("missing", "cannot be read: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"name: x\nmodel: {norm: \xff\xfe}\n", "is not UTF-8 text (byte 0xff at offset 22)"),
+        (b"", "is empty"),
+        (b"  \n# only a comment\n", "is empty"),
+        (None, "is a folder"),
+        ("missing", "cannot be read: No such file or directory"),
+    ],
+)
 def test_unreadable_files_are_one_clear_line(tmp_path: Path, content, fragment: str) -> None:
     path = tmp_path / "spec.yaml"
     if content is None:
@@ -198,15 +285,21 @@ def test_unreadable_files_are_one_clear_line(tmp_path: Path, content, fragment: 
 
 def test_a_huge_plan_is_refused_fast_and_can_be_allowed(tmp_path: Path) -> None:
     import time
-    text = ("name: x\nsearch:\n  grid:\n    train.seed: [" + ", ".join(map(str, range(400)))
-            + "]\n    train.batch_size: [8, 16, 32, 64, 128]\n    model.norm: [BN, GN, LN]\n"
-            "    train.l1: [0.0, 0.1]\n    train.l2: [0.0, 0.1]\n    model.dropout: [0.0, 0.1]\n")
+
+    text = (
+        "name: x\nsearch:\n  grid:\n    train.seed: ["
+        + ", ".join(map(str, range(400)))
+        + "]\n    train.batch_size: [8, 16, 32, 64, 128]\n    model.norm: [BN, GN, LN]\n"
+        "    train.l1: [0.0, 0.1]\n    train.l2: [0.0, 0.1]\n    model.dropout: [0.0, 0.1]\n"
+    )
     start = time.perf_counter()
     found = problems(tmp_path, text)
     assert time.perf_counter() - start < 5  # refused from its size, not after expanding it
     assert "the plan has 48,000 trials" in found[0].message
-    plan = load_plan(write(tmp_path, text.replace("400", "4").replace(
-        ", ".join(map(str, range(400))), "1, 2")), {"sweep.max_trials": 100_000})
+    plan = load_plan(
+        write(tmp_path, text.replace("400", "4").replace(", ".join(map(str, range(400))), "1, 2")),
+        {"sweep.max_trials": 100_000},
+    )
     assert plan.size == len(plan.trials) == 2 * 5 * 3 * 2 * 2 * 2
 
 
@@ -215,7 +308,14 @@ def test_numbers_people_read_have_about_four_significant_digits() -> None:
     assert fmt(0.09537845024235195) == "0.09538"
     assert fmt("0.09537845024235195") == "0.09538"  # as MLflow keeps params
     assert [fmt(v) for v in (0.04104, 0.006604, 128, "128", "GN", 0.0001, True)] == [
-        "0.04104", "0.006604", "128", "128", "GN", "0.0001", "True"]
+        "0.04104",
+        "0.006604",
+        "128",
+        "128",
+        "GN",
+        "0.0001",
+        "True",
+    ]
 
 
 def test_plan_identity_differences_name_trial_and_field(tmp_path: Path) -> None:
@@ -229,12 +329,17 @@ def test_plan_identity_differences_name_trial_and_field(tmp_path: Path) -> None:
 
 
 def test_plan_json_keeps_full_precision(tmp_path: Path) -> None:
-    plan = load_plan(write(tmp_path, """
+    plan = load_plan(
+        write(
+            tmp_path,
+            """
         name: x
         search:
           sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}
           num_samples: 3
-    """))
+    """,
+        )
+    )
     records = plan.as_json()["trials"]
     assert [r["trial"] for r in records] == [0, 1, 2]
     assert [r["params"]["train.l2"] for r in records] == [t.config.train.l2 for t in plan.trials]

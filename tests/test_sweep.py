@@ -34,13 +34,19 @@ def spec_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
-    out = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), "--set", "train.epochs=2",
-                  cwd=tmp_path, data=tiny_data)
+    out = tunekit(
+        "sweep",
+        str(REPO / "experiments" / "smoke.yaml"),
+        "--set",
+        "train.epochs=2",
+        cwd=tmp_path,
+        data=tiny_data,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "smoke")
     assert len(rows) == 3
     assert all([r["epoch"] for r in trial] == ["1", "2"] for trial in rows.values())
-    table = out.stdout[out.stdout.index("max val_acc per configuration"):]
+    table = out.stdout[out.stdout.index("max val_acc per configuration") :]
     for norm in ("BN", "GN", "LN"):
         line = next(line for line in table.splitlines() if f" {norm} " in line)
         assert "done" in line
@@ -50,14 +56,16 @@ def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
         for epoch in (1, 2):
             assert f"trial {i} (model.norm={norm}) epoch {epoch}/2: val_acc" in out.stdout
     # the sweep's results are not overwritten by accident
-    again = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path,
-                    data=tiny_data)
+    again = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path, data=tiny_data)
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
-                                                             tiny_data: Path) -> None:
-    spec = spec_file(tmp_path, """
+def test_the_sweep_runs_exactly_the_plan_that_validate_shows(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    spec = spec_file(
+        tmp_path,
+        """
         name: planned
         train: {epochs: 1, batch_size: 32, scheduler: {name: none}}
         search:
@@ -66,7 +74,8 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
           sample: {train.optimizer.lr: {loguniform: [0.01, 0.1]}}
           num_samples: 2
           repeats: 2
-    """)
+    """,
+    )
     shown = tunekit("validate", str(spec), "--format", "json", cwd=tmp_path, data=tiny_data)
     plan = json.loads(shown.stdout)["trials"]
     assert [t["trial"] for t in plan] == list(range(16))
@@ -77,15 +86,20 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
     assert out.returncode == 0, out.stdout + out.stderr
 
     run_dir = tmp_path / "runs" / "planned"
-    ray_configs = {json.loads(p.read_text())["trial"]: p.parent.name
-                   for p in run_dir.glob("trial_*/params.json")}
+    ray_configs = {
+        json.loads(p.read_text())["trial"]: p.parent.name
+        for p in run_dir.glob("trial_*/params.json")
+    }
     assert ray_configs == {t["trial"]: f"trial_{t['trial']:04d}" for t in plan}
     rows = progress(run_dir)
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = {int(r.data.tags["tunekit.trial"]): r for r in client.search_runs(
-        [client.get_experiment_by_name("planned").experiment_id])
-        if "mlflow.parentRunId" in r.data.tags}
+    runs = {
+        int(r.data.tags["tunekit.trial"]): r
+        for r in client.search_runs([client.get_experiment_by_name("planned").experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    }
     assert sorted(runs) == list(range(16))
     for t in plan:
         config, run = t["config"], runs[t["trial"]]
@@ -94,9 +108,17 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
         assert float(trained["lr"]) == pytest.approx(config["train"]["optimizer"]["lr"], rel=1e-12)
         p = run.data.params
         assert float(p["train.optimizer.lr"]) == config["train"]["optimizer"]["lr"]  # exactly
-        assert (p["model.norm"], int(p["train.seed"]), float(p["train.l1"]), float(
-            p["train.l2"])) == (config["model"]["norm"], config["train"]["seed"],
-                                config["train"]["l1"], config["train"]["l2"])
+        assert (
+            p["model.norm"],
+            int(p["train.seed"]),
+            float(p["train.l1"]),
+            float(p["train.l2"]),
+        ) == (
+            config["model"]["norm"],
+            config["train"]["seed"],
+            config["train"]["l1"],
+            config["train"]["l2"],
+        )
         assert run.info.run_name.startswith(f"trial {t['trial']}: ")
 
     # `tunekit train --trial N` reproduces the sweep's trial N
@@ -109,23 +131,29 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(tmp_path: Path,
     assert f"val loss {float(first['val_loss']):.4f} acc {float(first['val_acc']):6.2f}%" in line
 
 
-def test_failed_trials_end_with_their_reason_and_the_rest_succeed(tmp_path: Path,
-                                                                  tiny_data: Path) -> None:
-    spec = spec_file(tmp_path, f"""
+def test_failed_trials_end_with_their_reason_and_the_rest_succeed(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    spec = spec_file(
+        tmp_path,
+        f"""
         name: faults
         train: {{epochs: 2, batch_size: 32, scheduler: {{name: none}}}}
         search:
           cases:
             - {{model.norm: GN}}
-            - {{model.norm: LN, data.root: {tmp_path / 'missing'}, data.download: false}}
+            - {{model.norm: LN, data.root: {tmp_path / "missing"}, data.download: false}}
             - {{model.norm: BN, train.optimizer.lr: 1.0e+30}}
             - {{model.norm: BN}}
-    """)
+    """,
+    )
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "2 of 4 trial(s) failed" in out.stdout
-    assert f"DataError: mnist files not found in {tmp_path / 'missing' / 'MNIST' / 'raw'}" \
+    assert (
+        f"DataError: mnist files not found in {tmp_path / 'missing' / 'MNIST' / 'raw'}"
         in out.stdout
+    )
     assert "DivergedError: training loss became nan in epoch 1" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "faults")
@@ -136,10 +164,12 @@ def test_failed_trials_end_with_their_reason_and_the_rest_succeed(tmp_path: Path
 def test_dry_run_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_ray(*a, **k):
         raise AssertionError("ray.init called by --dry-run")
+
     monkeypatch.setattr(ray, "init", no_ray)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["sweep", str(REPO / "experiments" / "norm_grid.yaml"),
-                                      "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["sweep", str(REPO / "experiments" / "norm_grid.yaml"), "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "48 trial(s)" in result.output and "asks for 1 CPU" in result.output
     assert "estimate: " in result.output  # about how long, or why there is none
@@ -155,16 +185,23 @@ def test_bad_spec_starts_no_sweep(tmp_path: Path, tiny_data: Path) -> None:
 
 def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     data = make_mnist(tmp_path / "data", n_train=2500, n_test=500)
-    spec = spec_file(tmp_path, """
+    spec = spec_file(
+        tmp_path,
+        """
         name: killed
         train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
         search:
           grid: {model.norm: [BN, GN, LN], train.seed: [1, 2]}
-    """)
+    """,
+    )
     run_dir, log = tmp_path / "runs" / "killed", tmp_path / "killed.log"
-    driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=tmp_path,
-                              env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "sweep", str(spec)],
+        cwd=tmp_path,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     # Ray saves which trials finished every 2 s (TUNE_GLOBAL_CHECKPOINT_S): a trial that ended
     # in the last 2 s before a kill may redo its last epoch. Finished = ended 3 s before the kill.
     deadline, ended = time.monotonic() + 240, {}
@@ -202,6 +239,7 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     assert not os.path.samefile(run_dir / "tuner.pkl", tmp_path / "tuner.pkl.killed")
     # MLflow: still exactly one run per trial, each with every epoch once
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("killed")
     runs = client.search_runs([exp.experiment_id])
@@ -215,40 +253,63 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # Trials long enough (~10 s) that the second node's worker is up before the first node
     # could finish them all by itself: Tune reuses a finished trial's worker for the next one.
     data = make_mnist(tmp_path / "data", n_train=4000, n_test=200)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "TUNEKIT_DATA_DIR": str(data)}
     # A user's local sweep, running before this test's cluster starts and after it stops.
     (tmp_path / "mine").mkdir()
-    mine = spec_file(tmp_path / "mine", """
+    mine = spec_file(
+        tmp_path / "mine",
+        """
         name: mine
         train: {epochs: 6, batch_size: 32}
         data: {subset: 2000}
         search:
           grid: {model.norm: [GN]}
-    """)
-    user = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(mine)],
-                            cwd=tmp_path / "mine", text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ,
-                                                           "TUNEKIT_DATA_DIR": str(data)})
+    """,
+    )
+    user = subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "sweep", str(mine)],
+        cwd=tmp_path / "mine",
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+    )
     nodes = RayNodes(tmp_path, env)
     nodes.address = "127.0.0.1:6399"
     common = ["--num-cpus=1", "--object-store-memory=100000000"]
     try:
-        nodes.start("--head", "--port=6399", "--include-dashboard=false",
-                    f"--temp-dir={tempfile.mkdtemp(prefix='tk', dir='/tmp')}",  # sockets: short
-                    *common, wait_for=1)
+        nodes.start(
+            "--head",
+            "--port=6399",
+            "--include-dashboard=false",
+            f"--temp-dir={tempfile.mkdtemp(prefix='tk', dir='/tmp')}",  # sockets: short
+            *common,
+            wait_for=1,
+        )
         nodes.start(f"--address={nodes.address}", *common, wait_for=2)
-        spec = spec_file(tmp_path, """
+        spec = spec_file(
+            tmp_path,
+            """
             name: twonode
             train: {epochs: 4, batch_size: 32}
             search:
               grid: {model.norm: [BN, GN, LN, BN], train.seed: [1]}
-        """)
-        out = tunekit("sweep", str(spec), "--address", nodes.address, cwd=tmp_path,
-                      data=data, env={"RAY_AUTH_MODE": "token"})
+        """,
+        )
+        out = tunekit(
+            "sweep",
+            str(spec),
+            "--address",
+            nodes.address,
+            cwd=tmp_path,
+            data=data,
+            env={"RAY_AUTH_MODE": "token"},
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         rows = progress(tmp_path / "runs" / "twonode")
         assert len(rows) == 4
@@ -263,14 +324,19 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
     assert not {r["node_id"] for r in mine_rows["trial_0000"]} & nodes_used  # its own Ray
 
 
-def kill_after_a_finished_ray_trial(spec: Path, cwd: Path, data: Path, run_dir: Path,
-                                    at_least: int) -> dict[str, str]:
+def kill_after_a_finished_ray_trial(
+    spec: Path, cwd: Path, data: Path, run_dir: Path, at_least: int
+) -> dict[str, str]:
     """Start a sweep, SIGKILL it once `at_least` Ray trials reported and one of them ended 3 s
     ago (Ray saves its state every 2 s); the progress of those finished, by folder."""
     log = cwd / "sweep.log"
-    driver = subprocess.Popen([sys.executable, "-m", "tunekit", "sweep", str(spec)], cwd=cwd,
-                              env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "sweep", str(spec)],
+        cwd=cwd,
+        env={**os.environ, "TUNEKIT_DATA_DIR": str(data)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, ended = time.monotonic() + 300, {}
         while True:
@@ -309,8 +375,7 @@ sweep: {max_concurrent: 1}
 
 
 @pytest.mark.slow
-def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
-        tmp_path: Path) -> None:
+def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(tmp_path: Path) -> None:
     """Each proposal is one pack of its 2 seeds: killed mid-sweep and resumed, no proposal is
     split or trained twice, invalid ones are reported and never trained, and TPE's study holds
     one value per proposal: its seeds' mean max val_acc."""
@@ -333,9 +398,13 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
         assert (run_dir / name / "progress.csv").read_text() == text
 
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("tpe").experiment_id])
-            if "mlflow.parentRunId" in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("tpe").experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    ]
     assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(8))
     by_proposal: dict[int, list] = {}
     for r in runs:
@@ -353,8 +422,9 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
             assert r.data.tags["tunekit.status"] == "done"
             assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
         by_proposal.setdefault(trial // 2, []).append(r)
-    statuses = {p: {r.data.tags["tunekit.status"] for r in seeds}
-                for p, seeds in by_proposal.items()}
+    statuses = {
+        p: {r.data.tags["tunekit.status"] for r in seeds} for p, seeds in by_proposal.items()
+    }
     assert {"invalid"} in statuses.values() and {"done"} in statuses.values(), statuses
     assert "invalid" in out.stdout
 
@@ -362,6 +432,7 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
     import optuna
     import pickle
     import statistics
+
     state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
     study, sampler = state["_ot_study"], state["_sampler"]
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
@@ -374,29 +445,38 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(
             assert t.state == optuna.trial.TrialState.FAIL
         else:
             assert t.state == optuna.trial.TrialState.COMPLETE
-            assert t.value == pytest.approx(statistics.fmean(
-                r.data.metrics["max_val_acc"] for r in seeds))
+            assert t.value == pytest.approx(
+                statistics.fmean(r.data.metrics["max_val_acc"] for r in seeds)
+            )
 
 
-def test_asha_stops_weak_configurations_early_with_all_their_seeds(tmp_path: Path,
-                                                                   tiny_data: Path) -> None:
+def test_asha_stops_weak_configurations_early_with_all_their_seeds(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     """ASHA over a grid with repeats decides on a configuration's seed mean: weak ones stop
     early, and a configuration's seeds stop together."""
-    spec = spec_file(tmp_path, """
+    spec = spec_file(
+        tmp_path,
+        """
         name: asha3
         train: {epochs: 4, batch_size: 32, scheduler: {name: none}}
         search:
           grid: {train.optimizer.lr: [0.05, 1.0e-6, 0.04, 2.0e-6]}
           repeats: 2
         sweep: {asha: {grace_period: 1, reduction_factor: 2}}
-    """)
+    """,
+    )
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr  # stopped early is not failed
     assert "stopped" in out.stdout
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("asha3").experiment_id])
-            if "mlflow.parentRunId" in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("asha3").experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    ]
     epochs: dict[str, set[int]] = {}
     for r in runs:
         steps = len(client.get_metric_history(r.info.run_id, "val_acc"))
@@ -404,13 +484,16 @@ def test_asha_stops_weak_configurations_early_with_all_their_seeds(tmp_path: Pat
     assert len(runs) == 8 and all(len(e) == 1 for e in epochs.values()), epochs  # together
     lasted = sorted(e.pop() for e in epochs.values())
     assert lasted[0] < 4 and lasted[-1] == 4, lasted  # and ASHA did stop some
-    packs = sorted(json.loads(p.read_text())["pack"]
-                   for p in (tmp_path / "runs" / "asha3").glob("pack_*/params.json"))
+    packs = sorted(
+        json.loads(p.read_text())["pack"]
+        for p in (tmp_path / "runs" / "asha3").glob("pack_*/params.json")
+    )
     assert packs == [[0, 1], [2, 3], [4, 5], [6, 7]]  # a Ray trial per configuration
 
 
 def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
     from tunekit.sweep import _exception
+
     ray_text = textwrap.dedent("""\
         Failure # 1 (occurred at 2026-11-25_17-08-32)
         ray::ImplicitFunc.train() (pid=1834, ip=192.0.2.2, actor_id=0c00, repr=_train)
@@ -423,47 +506,64 @@ def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
         >
         Check that all nodes in the cluster have read/write access to the configured storage path.
         """)
-    assert _exception(ray_text) == ("RuntimeError: Unable to set up cluster storage with the "
-                                    "following settings:\nStorageContext<\n  storage_filesystem="
-                                    "'local',\n  storage_fs_path='/home/ray/runs',\n>\nCheck "
-                                    "that all nodes in the cluster have read/write access to the "
-                                    "configured storage path.")
+    assert _exception(ray_text) == (
+        "RuntimeError: Unable to set up cluster storage with the "
+        "following settings:\nStorageContext<\n  storage_filesystem="
+        "'local',\n  storage_fs_path='/home/ray/runs',\n>\nCheck "
+        "that all nodes in the cluster have read/write access to the "
+        "configured storage path."
+    )
     assert _exception("tunekit.errors.DivergedError: loss became nan in epoch 2\n") == (
-        "DivergedError: loss became nan in epoch 2")
+        "DivergedError: loss became nan in epoch 2"
+    )
 
 
 def test_a_sweep_of_packs_records_every_trial_as_its_own_and_resumes(tmp_path: Path) -> None:
     """Six trials in two packs of three; one member diverges and fails alone; the driver is
     killed mid-sweep and resumed: MLflow holds one run per trial with every epoch once."""
     data = make_mnist(tmp_path / "data", n_train=3000, n_test=200)
-    spec = spec_file(tmp_path, """
+    spec = spec_file(
+        tmp_path,
+        """
         name: packs
         train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
         search:
           grid: {train.seed: [1, 2, 3], train.optimizer.lr: [0.03, 1.0e+30]}
         sweep: {pack: 3}
-    """)
+    """,
+    )
     log = tmp_path / "packs.log"
     run = [sys.executable, "-m", "tunekit", "sweep", str(spec)]
     env = {**os.environ, "TUNEKIT_DATA_DIR": str(data)}
-    proc = subprocess.Popen(run, cwd=tmp_path, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        run,
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while "epoch 1/3" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
-    out = subprocess.run([*run, "--resume"], cwd=tmp_path, env=env, text=True,
-                         capture_output=True, timeout=300)
+    out = subprocess.run(
+        [*run, "--resume"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300
+    )
     assert out.returncode == 1, log.read_text() + out.stdout + out.stderr  # the diverged ones
     assert sorted(p.name for p in (tmp_path / "runs" / "packs").glob("pack_*")) == [
-        "pack_0000", "pack_0003"]
+        "pack_0000",
+        "pack_0003",
+    ]
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("packs")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in
-            r.data.tags]
+    runs = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
     assert sorted(int(r.data.tags["tunekit.trial"]) for r in runs) == list(range(6))
     for r in runs:
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
@@ -481,6 +581,7 @@ def forge_cuda(path: Path) -> None:
     """Rewrite a torch file as a GPU worker writes it: every tensor tagged for cuda:0."""
     import torch
     import torch.serialization
+
     state = torch.load(path, weights_only=True, map_location="cpu")
     tag = torch.serialization.location_tag
     torch.serialization.location_tag = lambda storage: "cuda:0"
@@ -490,19 +591,24 @@ def forge_cuda(path: Path) -> None:
         torch.serialization.location_tag = tag
 
 
-def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(tmp_path: Path,
-                                                                   tiny_data: Path) -> None:
+def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     """The cluster's head has no GPU: it reads checkpoints and artifacts GPU workers wrote."""
     import torch
     from tunekit import trainable
     from tunekit.spec import TrialConfig
     from tunekit.train import fit
-    spec = spec_file(tmp_path, """
+
+    spec = spec_file(
+        tmp_path,
+        """
         name: gpu_written
         train: {epochs: 2, batch_size: 32}
         search: {grid: {train.seed: [1, 2]}}
         sweep: {pack: 1}
-    """)
+    """,
+    )
     assert tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data).returncode == 0
     states = sorted((tmp_path / "runs" / "gpu_written").glob("trial_*/checkpoint_*/state.pt"))
     artifacts = sorted((tmp_path / "mlruns").rglob("*.pt"))

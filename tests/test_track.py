@@ -26,8 +26,7 @@ SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
 def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """What each trial reported to Ray, by plan number (its folder is trial_0003)."""
-    return {str(int(name.removeprefix("trial_"))): rows
-            for name, rows in progress(run_dir).items()}
+    return {str(int(name.removeprefix("trial_"))): rows for name, rows in progress(run_dir).items()}
 
 
 def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:
@@ -48,14 +47,17 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
         p = run.data.params
         # the plan's trial N: smoke's grid is BN, GN, LN in that order
         assert p["model.norm"] == "BN GN LN".split()[int(run.data.tags["tunekit.trial"])]
-        assert run.info.run_name == f"trial {run.data.tags['tunekit.trial']}: " \
-                                    f"model.norm={p['model.norm']}"
+        assert (
+            run.info.run_name == f"trial {run.data.tags['tunekit.trial']}: "
+            f"model.norm={p['model.norm']}"
+        )
         assert p["model.norm"] in ("BN", "GN", "LN") and p["train.epochs"] == "2"
         assert p["train.batch_size"] == "64" and p["train.optimizer.lr"] == "0.04104"
         assert p["model.norm"] in run.info.run_name
         for key in ("val_acc", "train_loss", "val_loss", "train_acc", "lr", "images_per_s"):
-            history = sorted((m.step, m.value) for m in client.get_metric_history(
-                run.info.run_id, key))
+            history = sorted(
+                (m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)
+            )
             assert history == [(int(r["epoch"]), pytest.approx(float(r[key]))) for r in rows]
         best = max(rows, key=lambda r: float(r["val_acc"]))
         assert run.data.metrics["max_val_acc"] == pytest.approx(float(best["val_acc"]))
@@ -63,8 +65,13 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
         assert run.data.tags["tunekit.status"] == "done" and run.info.status == "FINISHED"
         assert run.data.tags["tunekit.sweep_id"] == parents[0].info.run_id
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert names == {"best_model.pt", "config.yaml", "curves.png", "misclassified.png",
-                         "misclassified.pt"}
+        assert names == {
+            "best_model.pt",
+            "config.yaml",
+            "curves.png",
+            "misclassified.png",
+            "misclassified.pt",
+        }
         d = client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id))
         net = Net(p["model.norm"])
         net.load_state_dict(torch.load(Path(d) / "best_model.pt", weights_only=True))
@@ -72,11 +79,16 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
         assert config["model"]["norm"] == p["model.norm"] and config["train"]["epochs"] == 2
         assert (Path(d) / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parent = parents[0].info.run_id
-    assert {a.path for a in client.list_artifacts(parent, "spec")} == {"spec/smoke.yaml",
-                                                                       "spec/resolved.yaml"}
-    plan = json.loads(Path(client.download_artifacts(parent, "plan.json", str(tmp_path))).read_text())
+    assert {a.path for a in client.list_artifacts(parent, "spec")} == {
+        "spec/smoke.yaml",
+        "spec/resolved.yaml",
+    }
+    plan = json.loads(
+        Path(client.download_artifacts(parent, "plan.json", str(tmp_path))).read_text()
+    )
     assert [(t["trial"], t["params"]) for t in plan["trials"]] == [
-        (i, {"model.norm": n}) for i, n in enumerate(("BN", "GN", "LN"))]
+        (i, {"model.norm": n}) for i, n in enumerate(("BN", "GN", "LN"))
+    ]
     plots = {a.path for a in client.list_artifacts(parent, "plots")}
     assert {"plots/val_acc.png", "plots/train_loss.png", "plots/curves.json"} <= plots
     # the end-of-sweep table is the seed's, rebuilt from MLflow
@@ -90,24 +102,29 @@ def mlflow_server(tmp_path: Path):
 
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
-def test_smoke_sweep_against_a_real_mlflow_server(tmp_path: Path, tiny_data: Path,
-                                                  mlflow_server: str) -> None:
+def test_smoke_sweep_against_a_real_mlflow_server(
+    tmp_path: Path, tiny_data: Path, mlflow_server: str
+) -> None:
     out = tunekit("sweep", SMOKE, "--tracking-uri", mlflow_server, cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
     exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=smoke")["experiment"]
-    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
-                                               "max_results": 100})["runs"]
+    runs = rest(
+        mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
+    )["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-    parent = next(r["info"]["run_id"] for r, t in zip(runs, tags)
-                  if t.get("tunekit.role") == "sweep")
+    parent = next(
+        r["info"]["run_id"] for r, t in zip(runs, tags) if t.get("tunekit.role") == "sweep"
+    )
     children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent]
     assert len(runs) == 4 and len(children) == 3
     reported = ray_rows(tmp_path / "runs" / "smoke")
@@ -116,7 +133,8 @@ def test_smoke_sweep_against_a_real_mlflow_server(tmp_path: Path, tiny_data: Pat
         trial = {t["key"]: t["value"] for t in run["data"]["tags"]}["tunekit.trial"]
         history = rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_acc")
         assert [(m["step"], m["value"]) for m in history["metrics"]] == [
-            (int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in reported[trial]]
+            (int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in reported[trial]
+        ]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["model.norm"] in ("BN", "GN", "LN")
         files = rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]
@@ -124,11 +142,19 @@ def test_smoke_sweep_against_a_real_mlflow_server(tmp_path: Path, tiny_data: Pat
     assert (Path(tmp_path / "server" / "artifacts")).exists()  # served, not written by the client
 
 
-def test_unreachable_tracking_server_fails_fast_and_starts_nothing(tmp_path: Path,
-                                                                   tiny_data: Path) -> None:
+def test_unreachable_tracking_server_fails_fast_and_starts_nothing(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     start = time.monotonic()
-    out = tunekit("sweep", SMOKE, "--tracking-uri", f"http://127.0.0.1:{free_port()}",
-                  cwd=tmp_path, data=tiny_data, timeout=60)
+    out = tunekit(
+        "sweep",
+        SMOKE,
+        "--tracking-uri",
+        f"http://127.0.0.1:{free_port()}",
+        cwd=tmp_path,
+        data=tiny_data,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "cannot reach the MLflow tracking server at http://127.0.0.1:" in out.stderr
     assert time.monotonic() - start < 30
@@ -145,24 +171,41 @@ def _left(servers: list[str]) -> list[str]:
 def _mlflow_servers(ui: subprocess.Popen) -> list[str]:
     """The processes `tunekit ui` started (the MLflow UI, its web workers and job consumers),
     by their process group: the one of tunekit's child."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True,
-                         text=True).stdout.splitlines()[1:]
+    out = subprocess.run(
+        ["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True, text=True
+    ).stdout.splitlines()[1:]
     rows = [line.split(None, 3) for line in out]
     groups = {pgid for pid, ppid, pgid, _ in rows if ppid == str(ui.pid)}
     return [args for pid, ppid, pgid, args in rows if pgid in groups and pid != str(ui.pid)]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(tmp_path: Path,
-                                                                      stop: int) -> None:
+def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(
+    tmp_path: Path, stop: int
+) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from tunekit.track import EXPERIMENT_KIND, connect
+
     client = connect(store)
     exp_id = client.create_experiment("study", tags=EXPERIMENT_KIND)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "tunekit", "ui", "study", "--port", str(port),
-                           "--tracking-uri", store], cwd=tmp_path, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunekit",
+            "ui",
+            "study",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            store,
+        ],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         line = ui.stdout.readline()  # printed once the UI answers
         assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?" in line, line
@@ -184,35 +227,57 @@ def test_ui_serves_the_store_tunekit_used_on_its_runs_and_stops_whole(tmp_path: 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run "
-                                             "installs it)")
-def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(tmp_path: Path,
-                                                                 tiny_data: Path) -> None:
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run installs it)"
+)
+def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     """What a new user sees: headless Chromium opens the printed URL and the page lists the
     trials by name (MLflow 3 would show its GenAI overview, or fold them under the sweep)."""
     out = tunekit("sweep", SMOKE, "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr
     names = [f"trial {i}: model.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "tunekit", "ui", SMOKE, "--port", str(port)],
-                          cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "tunekit", "ui", SMOKE, "--port", str(port)],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = ui.stdout.readline().split(": ", 1)[1].split()[0]
-        browse = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-dev-shm-usage", "--window-size=1600,1000",
-                  "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'chromium'}"]
-        subprocess.run([*browse, f"--screenshot={tmp_path / 'runs.png'}", url],
-                       capture_output=True, timeout=120, check=True)
-        page = subprocess.run([*browse, "--dump-dom", url], capture_output=True, text=True,
-                              timeout=120, check=True).stdout
+        browse = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1600,1000",
+            "--virtual-time-budget=20000",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+        ]
+        subprocess.run(
+            [*browse, f"--screenshot={tmp_path / 'runs.png'}", url],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        page = subprocess.run(
+            [*browse, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
     finally:
         ui.send_signal(signal.SIGINT)
         ui.wait(30)
     import html
     import re
-    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", re.sub(
-        r"<(script|style)[^>]*>.*?</\1>", " ", page, flags=re.S))).split())
+
+    text = " ".join(
+        html.unescape(
+            re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", page, flags=re.S))
+        ).split()
+    )
     assert "Training runs" in text and "smoke sweep" in text, text[:2000]
     assert all(name in text for name in names), text[:2000]
     assert (tmp_path / "runs.png").stat().st_size > 10_000  # a page was drawn
@@ -220,6 +285,7 @@ def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(tmp_path: Path,
 
 def test_ui_on_a_non_local_host_says_what_it_exposes(tmp_path: Path) -> None:
     from tunekit.track import connect, serve_ui
+
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     connect(store)
     said: list[str] = []
@@ -227,10 +293,12 @@ def test_ui_on_a_non_local_host_says_what_it_exposes(tmp_path: Path) -> None:
     def announce(line: str) -> None:
         said.append(line)
         raise KeyboardInterrupt  # stop at the first line: the warning, before any server
+
     with pytest.raises(KeyboardInterrupt):
         serve_ui(store, "0.0.0.0", free_port(), None, announce)
-    assert said[0].startswith("WARNING: --host 0.0.0.0 serves the MLflow UI") and \
-        "anyone" in said[0]
+    assert (
+        said[0].startswith("WARNING: --host 0.0.0.0 serves the MLflow UI") and "anyone" in said[0]
+    )
 
 
 def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: Path) -> None:
@@ -243,23 +311,28 @@ def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: 
         assert list(tmp_path.iterdir()) == []  # no mlflow.db, no plots/ folder
 
 
-def test_a_trial_that_failed_then_finished_on_resume_shows_no_old_error(tmp_path: Path,
-                                                                          tiny_data: Path) -> None:
+def test_a_trial_that_failed_then_finished_on_resume_shows_no_old_error(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     """A trial's status and error are its last attempt's: the data missing where it ran, then
     there on --resume."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: again\ntrain: {epochs: 1, batch_size: 32}\n"
-                    "search:\n  grid: {model.norm: [GN]}\n")
+    spec.write_text(
+        "name: again\ntrain: {epochs: 1, batch_size: 32}\nsearch:\n  grid: {model.norm: [GN]}\n"
+    )
     empty = tmp_path / "nodata"
     empty.mkdir()
     first = tunekit("sweep", str(spec), cwd=tmp_path, data=empty)
     assert first.returncode != 0, first.stdout + first.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("again")
-    (run,) = [r for r in client.search_runs([exp.experiment_id])
-              if "mlflow.parentRunId" in r.data.tags]
-    assert run.data.tags["tunekit.status"] == "failed" and "DataError" in run.data.tags[
-        "tunekit.error"]
+    (run,) = [
+        r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+    ]
+    assert (
+        run.data.tags["tunekit.status"] == "failed"
+        and "DataError" in run.data.tags["tunekit.error"]
+    )
     again = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=tiny_data)
     assert again.returncode == 0, again.stdout + again.stderr
     run = client.get_run(run.info.run_id)

@@ -20,8 +20,9 @@ from tunekit.train import fit
 
 
 def config(**train) -> TrialConfig:
-    return TrialConfig.model_validate({"train": {"epochs": 2, "batch_size": 32, "device": "cpu",
-                                                 "eval_batch_size": 64, **train}})
+    return TrialConfig.model_validate(
+        {"train": {"epochs": 2, "batch_size": 32, "device": "cpu", "eval_batch_size": 64, **train}}
+    )
 
 
 def sgd_against_torch(train: TrainSpec, steps: int = 3) -> tuple[Packed, Net]:
@@ -44,19 +45,32 @@ def sgd_against_torch(train: TrainSpec, steps: int = 3) -> tuple[Packed, Net]:
         ref.zero_grad()
         loss = F.nll_loss(net(x), y) + train.l1 * sum(p.abs().sum() for p in covered)
         loss.backward()
-        grad = torch.cat([p.grad.flatten() - train.l1 * p.sign().flatten()
-                          if any(p is q for q in covered) else p.grad.flatten()
-                          for p in net.parameters()])
+        grad = torch.cat(
+            [
+                p.grad.flatten() - train.l1 * p.sign().flatten()
+                if any(p is q for q in covered)
+                else p.grad.flatten()
+                for p in net.parameters()
+            ]
+        )
         ref.step()
-        sgd.step(pack.params, grad, torch.tensor([train.optimizer.lr]),
-                 torch.tensor([train.optimizer.momentum]), one)
+        sgd.step(
+            pack.params,
+            grad,
+            torch.tensor([train.optimizer.lr]),
+            torch.tensor([train.optimizer.momentum]),
+            one,
+        )
     return pack, net
 
 
-@pytest.mark.parametrize("l1,l2,penalize", [(0.0, 0.0, "all"), (0.0, 0.01, "all"),
-                                            (0.01, 0.0, "all"), (0.01, 0.01, "weights")])
+@pytest.mark.parametrize(
+    "l1,l2,penalize",
+    [(0.0, 0.0, "all"), (0.0, 0.01, "all"), (0.01, 0.0, "all"), (0.01, 0.01, "weights")],
+)
 def test_the_fused_step_is_torch_sgd_with_l2_as_decay_and_the_l1_gradient(
-        l1: float, l2: float, penalize: str) -> None:
+    l1: float, l2: float, penalize: str
+) -> None:
     pack, net = sgd_against_torch(TrainSpec(l1=l1, l2=l2, penalize=penalize))
     for name, value in net.state_dict().items():
         if name in pack.slots:
@@ -67,8 +81,9 @@ def test_l2_applies_whether_or_not_l1_is_set_and_covers_what_penalize_says() -> 
     net = Net("GN")
     pack = Packed([net, net])
     sgd = FusedSGD(pack, [TrainSpec(l2=0.01, penalize="weights"), TrainSpec(l1=0.1)])
-    kernels = torch.cat([torch.full((s.numel,), len(s.shape) == 4) for s in pack.slots.values()
-                         for _ in range(2)])
+    kernels = torch.cat(
+        [torch.full((s.numel,), len(s.shape) == 4) for s in pack.slots.values() for _ in range(2)]
+    )
     mine = pack.owner == 0
     assert torch.all(sgd.l2[mine & kernels] == 0.01) and torch.all(sgd.l2[mine & ~kernels] == 0)
     assert torch.all(sgd.l2[~mine] == 0) and torch.allclose(sgd.l1[~mine], torch.tensor(0.1))
@@ -76,18 +91,23 @@ def test_l2_applies_whether_or_not_l1_is_set_and_covers_what_penalize_says() -> 
 
 
 def test_step_schedule_starts_after_start_epoch() -> None:
-    t = TrainSpec(optimizer={"lr": 1.0}, scheduler=SchedulerSpec(step_size=2, gamma=0.1,
-                                                                 start_epoch=3))
+    t = TrainSpec(
+        optimizer={"lr": 1.0}, scheduler=SchedulerSpec(step_size=2, gamma=0.1, start_epoch=3)
+    )
     lrs = [schedule.epoch_values(t, e, 10)[0][0] for e in range(1, 10)]
     assert lrs == pytest.approx([1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_onecycle_is_torch_s_one_cycle_in_lr_and_momentum() -> None:
-    t = TrainSpec(epochs=3, optimizer={"lr": 0.1, "momentum": 0.9},
-                  scheduler=SchedulerSpec(name="onecycle", pct_start=0.4))
+    t = TrainSpec(
+        epochs=3,
+        optimizer={"lr": 0.1, "momentum": 0.9},
+        scheduler=SchedulerSpec(name="onecycle", pct_start=0.4),
+    )
     opt = torch.optim.SGD(Net("BN").parameters(), lr=0.1, momentum=0.9)
-    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, epochs=3, steps_per_epoch=7,
-                                              pct_start=0.4)
+    ref = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, epochs=3, steps_per_epoch=7, pct_start=0.4
+    )
     expected = []
     for _ in range(21):
         expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
@@ -95,7 +115,8 @@ def test_onecycle_is_torch_s_one_cycle_in_lr_and_momentum() -> None:
         ref.step()
     got = [pair for e in (1, 2, 3) for pair in zip(*schedule.epoch_values(t, e, 7))]
     assert [v for pair in got for v in pair] == pytest.approx(
-        [v for pair in expected for v in pair], rel=1e-12)
+        [v for pair in expected for v in pair], rel=1e-12
+    )
 
 
 def test_fit_trains_on_every_image_and_reports_finite_losses(tiny_data: Path) -> None:
@@ -149,8 +170,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data: Path) -> None:
         assert (a.train_loss, a.val_loss, a.val_acc) == (b.train_loss, b.val_loss, b.val_acc)
 
 
-def test_resume_needs_no_generator_state_whatever_the_process_drew_since(
-        tiny_data: Path) -> None:
+def test_resume_needs_no_generator_state_whatever_the_process_drew_since(tiny_data: Path) -> None:
     states = []
     cfg = config(epochs=2, seed=3)  # dropout, rotations and batch order: all drawn every step
     full = fit(cfg, lambda m, s: states.append(_copy(s)), threads=1)
@@ -161,9 +181,9 @@ def test_resume_needs_no_generator_state_whatever_the_process_drew_since(
     assert all(torch.equal(full.best_state[k], v) for k, v in resumed.best_state.items())
 
 
-def test_a_checkpoint_of_an_earlier_trainer_is_refused_with_a_clear_reason(
-        tiny_data: Path) -> None:
+def test_a_checkpoint_of_an_earlier_trainer_is_refused_with_a_clear_reason(tiny_data: Path) -> None:
     from tunekit.errors import TunekitError
+
     old = {"model": Net("GN").state_dict(), "optimizer": {}, "history": [], "best": {}}
     with pytest.raises(TunekitError, match="--restart"):
         fit(config(epochs=2), threads=1, resume=old)
@@ -171,6 +191,7 @@ def test_a_checkpoint_of_an_earlier_trainer_is_refused_with_a_clear_reason(
 
 def _copy(state: dict) -> dict:
     import copy
+
     return copy.deepcopy(state)
 
 
@@ -180,12 +201,18 @@ def test_diverging_loss_raises(tiny_data: Path) -> None:
 
 
 def test_one_real_epoch_of_gn_batch_64_reaches_97_percent(real_mnist: Path) -> None:
-    cfg = TrialConfig.model_validate({"data": {"root": str(real_mnist)},
-                                      "model": {"norm": "GN"},
-                                      "train": {"epochs": 1, "batch_size": 64}})
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"root": str(real_mnist)},
+            "model": {"norm": "GN"},
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    )
     result = fit(cfg, threads=2)  # the CI machine's cores; fixed so the run is reproducible
-    print(f"real MNIST, GN, batch 64, 1 epoch: {result.max_val_acc:.2f}% "
-          f"at {result.history[0].images_per_s:,.0f} img/s")
+    print(
+        f"real MNIST, GN, batch 64, 1 epoch: {result.max_val_acc:.2f}% "
+        f"at {result.history[0].images_per_s:,.0f} img/s"
+    )
     assert result.max_val_acc >= 97.0
 
 

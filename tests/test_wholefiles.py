@@ -29,8 +29,11 @@ with fs.open_output_stream(sys.argv[2]) as out:
 
 def kill_half_way(kind: str, path: Path) -> None:
     """Start a writer of `path`, let it write one chunk of two, SIGKILL it."""
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, kind, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert writer.stdin and writer.stdout
     writer.stdin.write(b'{"trials": [1, 2,\n')
     writer.stdin.flush()
@@ -40,7 +43,8 @@ def kill_half_way(kind: str, path: Path) -> None:
 
 
 def test_a_writer_killed_half_way_leaves_the_old_file_whole_and_no_part_in_sight(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     state = tmp_path / "experiment_state.json"
     state.write_text('{"trials": [1]}')
     kill_half_way("whole", state)
@@ -56,7 +60,8 @@ def test_a_writer_killed_half_way_leaves_the_old_file_whole_and_no_part_in_sight
 
 
 def test_whole_files_copy_trees_like_the_local_filesystem_and_travel_to_other_nodes(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     src = tmp_path / "staging"
     (src / "trial_0000").mkdir(parents=True)
     (src / "trial_0000" / "progress.csv").write_text("epoch\n1\n")

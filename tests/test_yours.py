@@ -20,7 +20,7 @@ from tunekit.train import fit, fit_pack
 
 from conftest import make_mnist, run_tunekit as tunekit
 
-MODELS = '''
+MODELS = """
 import torch
 from torch import nn
 
@@ -61,7 +61,7 @@ def fashion(n=64):
 
 def broken_loader():
     raise OSError("the bucket is gone")
-'''
+"""
 
 
 @pytest.fixture
@@ -83,18 +83,22 @@ def spec(folder: Path, text: str, name: str = "yours") -> Path:
 
 @pytest.mark.ray
 def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
-    path = spec(yours, """
+    path = spec(
+        yours,
+        """
         data: {dataset: fashion_mnist}
         model: {import: "their_models:SmallCNN", args: {width: 4, norm: GN}, output: log_probs}
         train: {epochs: 2, batch_size: 64, scheduler: {name: none}, device: cpu}
         search:
           grid: {model.args.width: [2, 4]}
           repeats: 2
-        """)
+        """,
+    )
     out = tunekit("sweep", str(path), cwd=yours, data=yours / "data")
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = json.loads(tunekit("report", str(path), "-f", "json", cwd=yours,
-                              data=yours / "data").stdout)
+    rows = json.loads(
+        tunekit("report", str(path), "-f", "json", cwd=yours, data=yours / "data").stdout
+    )
     # the columns are the plan's varying parameters: the width, not the seed CNN's four
     assert {r["width"] for r in rows} == {"2", "4"} and all(r["n"] == 2 for r in rows)
     assert not {"norm", "Norm", "l1", "batch_size"} & set(rows[0])
@@ -102,10 +106,14 @@ def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
     assert markdown.stdout.startswith("| width | trial |")
 
     from mlflow import MlflowClient
+
     client = MlflowClient(f"sqlite:///{yours / 'mlflow.db'}")
     exp = client.get_experiment_by_name("yours")
-    runs = {int(r.data.tags["tunekit.trial"]): r for r in client.search_runs([exp.experiment_id])
-            if "mlflow.parentRunId" in r.data.tags}
+    runs = {
+        int(r.data.tags["tunekit.trial"]): r
+        for r in client.search_runs([exp.experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    }
     assert sorted(runs) == [0, 1, 2, 3]
     for i, r in runs.items():
         assert r.data.params["model.import"] == "their_models:SmallCNN"
@@ -122,26 +130,46 @@ def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
 BAD = {  # what the spec sets -> the key the one line names, and what it says
     "missing module": ('model: {import: "nowhere:Net"}', "model.import", "no module named"),
     "missing attribute": ('model: {import: "their_models:Nett"}', "model.import", "has no 'Nett'"),
-    "args it does not take": ('model: {import: "their_models:mlp", args: {width: 3}}',
-                              "model.args", "unexpected keyword argument 'width'"),
-    "not a module": ('model: {import: "their_models:not_a_module"}', "model.import",
-                     "not an nn.Module"),
-    "wrong classes": ('model: {import: "their_models:mlp", args: {classes: 5}}', "model.import",
-                      "should be (2, 10)"),
-    "not log-probabilities": ('model: {import: "their_models:mlp", output: log_probs}',
-                              "model.output", "not log-probabilities"),
-    "missing files": ('data: {dataset: kmnist, download: false}', "data.root",
-                      "kmnist files not found"),
-    "subset too large": ('data: {dataset: fashion_mnist, subset: 100000}', "data.subset",
-                         "more than the 512 training images"),
-    "broken loader": ('data: {import: "their_models:broken_loader"}', "data.import",
-                      "raised OSError: the bucket is gone"),
+    "args it does not take": (
+        'model: {import: "their_models:mlp", args: {width: 3}}',
+        "model.args",
+        "unexpected keyword argument 'width'",
+    ),
+    "not a module": (
+        'model: {import: "their_models:not_a_module"}',
+        "model.import",
+        "not an nn.Module",
+    ),
+    "wrong classes": (
+        'model: {import: "their_models:mlp", args: {classes: 5}}',
+        "model.import",
+        "should be (2, 10)",
+    ),
+    "not log-probabilities": (
+        'model: {import: "their_models:mlp", output: log_probs}',
+        "model.output",
+        "not log-probabilities",
+    ),
+    "missing files": (
+        "data: {dataset: kmnist, download: false}",
+        "data.root",
+        "kmnist files not found",
+    ),
+    "subset too large": (
+        "data: {dataset: fashion_mnist, subset: 100000}",
+        "data.subset",
+        "more than the 512 training images",
+    ),
+    "broken loader": (
+        'data: {import: "their_models:broken_loader"}',
+        "data.import",
+        "raised OSError: the bucket is gone",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_model_or_data_exits_2_in_one_line_with_nothing_started(yours: Path,
-                                                                   case: str) -> None:
+def test_bad_model_or_data_exits_2_in_one_line_with_nothing_started(yours: Path, case: str) -> None:
     text, key, says = BAD[case]
     if "data:" not in text:
         text = "data: {dataset: fashion_mnist}\n" + text
@@ -155,11 +183,15 @@ def test_bad_model_or_data_exits_2_in_one_line_with_nothing_started(yours: Path,
 
 def test_images_that_do_not_fit_the_model_name_the_dataset(tmp_path: Path) -> None:
     from tunekit.checks import check_config
+
     root = tmp_path / "data"
     write_cifar(root, 20, 10)
     config = TrialConfig.model_validate({"data": {"dataset": "cifar10", "root": str(root)}})
-    with pytest.raises(SpecError, match=r"data.dataset: images of shape 3×32×32 do not fit "
-                                        r"seed_cnn: RuntimeError"):
+    with pytest.raises(
+        SpecError,
+        match=r"data.dataset: images of shape 3×32×32 do not fit "
+        r"seed_cnn: RuntimeError",
+    ):
         check_config(config)
 
 
@@ -189,6 +221,7 @@ def test_cifar10_reads_its_python_batches_with_crop_and_flip(tmp_path: Path) -> 
     assert np.array_equal(found.train_images.reshape(50, -1).numpy(), images[:50])
     assert found.test_labels.tolist() == labels[50:]
     from tunekit import data
+
     d = data.load(spec_)
     draws = data.epoch(d, torch.tensor([1, 2], dtype=torch.int32), 1)
     assert draws.shifts.abs().max() <= 4 and draws.flips.any() and not draws.flips.all()
@@ -208,13 +241,13 @@ def test_cifar10_reads_its_python_batches_with_crop_and_flip(tmp_path: Path) -> 
 
 
 def test_your_dataset_callable_is_read_and_checked(yours: Path) -> None:
-    found = datasets.load(DataSpec.model_validate({"import": "their_models:fashion",
-                                                   "args": {"n": 40}}))
+    found = datasets.load(
+        DataSpec.model_validate({"import": "their_models:fashion", "args": {"n": 40}})
+    )
     assert found.train_images.shape == (40, 1, 28, 28) and found.classes == 3
     assert DataSpec.model_validate({"import": "their_models:fashion"}).rotation == 0.0
     with pytest.raises(SpecError, match="data.args: .*unexpected keyword argument 'm'"):
-        datasets.load(DataSpec.model_validate({"import": "their_models:fashion",
-                                               "args": {"m": 1}}))
+        datasets.load(DataSpec.model_validate({"import": "their_models:fashion", "args": {"m": 1}}))
 
 
 @pytest.fixture
@@ -227,12 +260,24 @@ def exact():
 
 @pytest.mark.parametrize("model", ["their_models:mlp", "their_models:SmallCNN"])
 def test_a_pack_of_your_model_is_its_members_alone(yours: Path, exact, model: str) -> None:
-    configs = [TrialConfig.model_validate({
-        "data": {"dataset": "fashion_mnist", "subset": 256},
-        "model": {"import": model, **({"output": "log_probs"} if "CNN" in model else {})},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu", "seed": seed, "l1": l1,
-                  "optimizer": {"lr": lr}, "scheduler": {"name": "none"}}})
-        for seed, lr, l1 in ((1, 0.05, 0.0), (2, 0.02, 1e-4), (3, 0.08, 0.0))]
+    configs = [
+        TrialConfig.model_validate(
+            {
+                "data": {"dataset": "fashion_mnist", "subset": 256},
+                "model": {"import": model, **({"output": "log_probs"} if "CNN" in model else {})},
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "device": "cpu",
+                    "seed": seed,
+                    "l1": l1,
+                    "optimizer": {"lr": lr},
+                    "scheduler": {"name": "none"},
+                },
+            }
+        )
+        for seed, lr, l1 in ((1, 0.05, 0.0), (2, 0.02, 1e-4), (3, 0.08, 0.0))
+    ]
     packed = fit_pack(configs, threads=1)
     for result, config in zip(packed, configs):
         alone = fit(config, threads=1)
@@ -244,6 +289,7 @@ def test_a_pack_of_your_model_is_its_members_alone(yours: Path, exact, model: st
 
 def test_a_model_that_draws_random_numbers_is_not_packed_and_says_why(yours: Path) -> None:
     import their_models  # type: ignore[import-not-found]
+
     assert packable(their_models.mlp(), (1, 28, 28)) is None
     why = packable(their_models.dropped_mlp(), (1, 28, 28))
     assert why is not None and "layer '3' (Dropout, p=0.2) draws random numbers" in why
@@ -253,30 +299,40 @@ def test_a_model_that_draws_random_numbers_is_not_packed_and_says_why(yours: Pat
 
 @pytest.mark.ray
 def test_an_unpackable_model_trains_in_packs_of_one_and_says_so(yours: Path) -> None:
-    path = spec(yours, """
+    path = spec(
+        yours,
+        """
         data: {dataset: fashion_mnist, subset: 128}
         model: {import: "their_models:dropped_mlp"}
         train: {epochs: 1, batch_size: 64, device: cpu}
         search: {grid: {model.args.p: [0.1, 0.3]}}
         sweep: {pack: 2}
-        """)
+        """,
+    )
     out = tunekit("sweep", str(path), cwd=yours, data=yours / "data")
     assert out.returncode == 0, out.stdout + out.stderr
     said = [line for line in out.stdout.splitlines() if "packs of 1" in line]
     assert len(said) == 1 and "Dropout" in said[0], out.stdout
     assert sorted(p.name for p in (yours / "runs" / "yours").glob("trial_*")) == [
-        "trial_0000", "trial_0001"]
+        "trial_0000",
+        "trial_0001",
+    ]
 
 
 @pytest.mark.ray
 def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) -> None:
     import tunekit
-    path = spec(yours, """
+
+    path = spec(
+        yours,
+        """
         data: {dataset: fashion_mnist, subset: 128}
         model: {import: "their_models:mlp"}
         train: {epochs: 3, batch_size: 64, device: cpu}
         search: {grid: {model.args.hidden: [8, 16]}}
-        """, name="api")
+        """,
+        name="api",
+    )
     plan = tunekit.load(path, {"train.epochs": 1})  # as --set train.epochs=1
     assert plan.size == 2 and plan.trials[1].config.model.args == {"hidden": 16}
     assert plan.trials[0].config.train.epochs == 1
@@ -286,6 +342,7 @@ def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) ->
     assert {r["hidden"] for r in table} == {"8", "16"} and all(r["n"] == 1 for r in table)
     again = tunekit.table(path)  # later, from MLflow alone
     assert [(r["hidden"], r["max_val_acc"]) for r in again] == [
-        (r["hidden"], r["max_val_acc"]) for r in table]
+        (r["hidden"], r["max_val_acc"]) for r in table
+    ]
     with pytest.raises(SpecError, match="train.epochs"):
         tunekit.load(path, {"train.epochs": 0})

@@ -13,5 +13,6 @@ __all__ = ["Outcome", "load", "run", "table"]
 def __getattr__(name: str) -> Any:
     if name in __all__:
         from tunekit import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'tunekit' has no attribute {name!r}")

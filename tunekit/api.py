@@ -29,6 +29,7 @@ def load(spec: str | Path, overrides: Mapping[str, Any] | None = None) -> Plan:
     import paths in it find modules beside the spec and in the current folder."""
     from tunekit.imports import search_here
     from tunekit.plan import load_plan
+
     spec = Path(spec)
     search_here(spec.parent, Path.cwd())
     return load_plan(spec, overrides)
@@ -38,6 +39,7 @@ def check(plan: Plan) -> Checked:
     """The data read and each model built once on a dummy batch (`checks`), problems named
     against the spec file."""
     from tunekit import checks
+
     try:
         return checks.check(plan)
     except SpecError as e:
@@ -48,6 +50,7 @@ def check(plan: Plan) -> Checked:
 class Outcome:
     """A finished (or interrupted) sweep: every trial's state, its MLflow records, the rows of
     the results table."""
+
     plan: Plan
     states: list[Any]  # trials.TrialState, by plan number
     records: list[Any]  # records.RunRecord, as MLflow holds them
@@ -62,17 +65,26 @@ class Outcome:
         return [r.as_dict() for r in self.rows]
 
 
-def run(plan: Plan | str | Path, *, overrides: Mapping[str, Any] | None = None,
-        address: str | None = None, resume: bool = False, restart: bool = False,
-        tracking_uri: str | None = None, listeners: Sequence[Any] = (),
-        draw: Callable[[Any, Path], None] | None = None,
-        say: Callable[[str], None] = lambda line: None,
-        interrupted: threading.Event | None = None, checked: Checked | None = None) -> Outcome:
+def run(
+    plan: Plan | str | Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    tracking_uri: str | None = None,
+    listeners: Sequence[Any] = (),
+    draw: Callable[[Any, Path], None] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+    interrupted: threading.Event | None = None,
+    checked: Checked | None = None,
+) -> Outcome:
     """Run (or resume) a plan's sweep as `tunekit sweep` does: the checks, storage and MLflow
     before any trial, then Ray Tune, every trial recorded in MLflow. `listeners` follow it
     (`trials.Listener`); `say` gets the lines the CLI prints before it starts."""
     from tunekit import cluster, storage, sweep, track
     from tunekit.results import result_rows
+
     if not isinstance(plan, Plan):
         plan = load(plan, overrides)
     if plan.source is None:
@@ -91,17 +103,26 @@ def run(plan: Plan | str | Path, *, overrides: Mapping[str, Any] | None = None,
         say(f"WARNING: {unchecked}")
     path = storage.record(plan, resume=resume, restart=restart)
     if restart:
-        say(f"starting {s.name} over: the earlier sweep's results were set aside, its MLflow "
-            "runs are kept")
+        say(
+            f"starting {s.name} over: the earlier sweep's results were set aside, its MLflow "
+            "runs are kept"
+        )
     tracker = track.Tracker(client, plan, plan.source, path, resume=resume, draw=draw)
     interrupted = interrupted or threading.Event()
-    states = sweep.run(plan, address=address, resume=resume,
-                       listeners=[*listeners, tracker], interrupted=interrupted, checked=checked)
+    states = sweep.run(
+        plan,
+        address=address,
+        resume=resume,
+        listeners=[*listeners, tracker],
+        interrupted=interrupted,
+        checked=checked,
+    )
     cluster.stop_ray()
     tracker.finish(states)
     records = track.trial_runs(client, tracker.parent)
-    return Outcome(plan, states, records, result_rows(records), uri, tracker.parent, path,
-                   interrupted.is_set())
+    return Outcome(
+        plan, states, records, result_rows(records), uri, tracker.parent, path, interrupted.is_set()
+    )
 
 
 def table(spec_or_name: str | Path, tracking_uri: str | None = None) -> list[dict[str, Any]]:
@@ -110,8 +131,10 @@ def table(spec_or_name: str | Path, tracking_uri: str | None = None) -> list[dic
     from tunekit import track
     from tunekit.results import result_rows
     from tunekit.spec import load_spec
+
     spec = load_spec(spec_or_name) if Path(spec_or_name).is_file() else None
     name = track.experiment_name(spec) if spec else str(spec_or_name)
     client = track.connect(track.tracking_uri(spec, tracking_uri), create=False)
-    return [r.as_dict() for r in result_rows(
-        track.trial_runs(client, track.find_sweep(client, name)))]
+    return [
+        r.as_dict() for r in result_rows(track.trial_runs(client, track.find_sweep(client, name)))
+    ]

@@ -20,6 +20,7 @@ from tunekit.spec import TrialConfig, resolve
 @dataclass(frozen=True)
 class Checked:
     """What the checks found."""
+
     image_shape: tuple[int, ...]  # C×H×W
     classes: int
     unpackable: str | None = None  # why a pack of the plan's model would not be its members
@@ -32,8 +33,9 @@ def _configs(plan: Plan) -> list[TrialConfig]:
     if not plan.adaptive:
         found: dict[str, TrialConfig] = {}
         for t in plan.trials:
-            key = repr((t.config.data.model_dump(mode="json"),
-                        t.config.model.model_dump(mode="json")))
+            key = repr(
+                (t.config.data.model_dump(mode="json"), t.config.model.model_dump(mode="json"))
+            )
             found.setdefault(key, t.config)
         return list(found.values())
     spec = plan.spec
@@ -49,8 +51,11 @@ def check_config(config: TrialConfig) -> tuple[tuple[int, ...], int, Any]:
     the model)."""
     images = datasets.check(config.data)
     data_key = "data.import" if config.data.import_ else "data.dataset"
-    return images.shape, images.classes, models.check(config.model, images.shape, images.classes,
-                                                       data_key)
+    return (
+        images.shape,
+        images.classes,
+        models.check(config.model, images.shape, images.classes, data_key),
+    )
 
 
 def check(plan: Plan) -> Checked:
@@ -66,7 +71,14 @@ def check(plan: Plan) -> Checked:
     ship = imports.to_ship(list(dict.fromkeys(targets)))
     s = plan.spec
     if unpackable and s.search.repeats > 1 and (plan.adaptive or s.sweep.asha):
-        raise SpecError([Problem("search.repeats", f"with {'tpe' if plan.adaptive else 'asha'}, "
-                                 "a configuration's seeds train as one pack, and this model "
-                                 f"cannot be packed: {unpackable}")])
+        raise SpecError(
+            [
+                Problem(
+                    "search.repeats",
+                    f"with {'tpe' if plan.adaptive else 'asha'}, "
+                    "a configuration's seeds train as one pack, and this model "
+                    f"cannot be packed: {unpackable}",
+                )
+            ]
+        )
     return Checked(shape, classes, unpackable, ship)

@@ -21,7 +21,6 @@ import yaml
 from tunekit.errors import TunekitError, UsageError, first_line
 
 
-
 class _Command(typer.core.TyperCommand):
     """Help as people write it: `tunekit sweep [OPTIONS] SPEC`, flags without a type."""
 
@@ -43,17 +42,39 @@ def _untyped(option: Any) -> Any:
     return option
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                  pretty_exceptions_enable=False,
-                  help="Hyperparameter studies of small vision models: YAML spec in, table out.")
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter studies of small vision models: YAML spec in, table out.",
+)
 
-SPEC = typer.Argument(..., metavar="SPEC", help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
-                      show_default=False)
-SET = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a field: --set train.epochs=1 (repeatable).")
-TRACKING = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: the spec's "
-                        "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-NAME = typer.Argument(..., metavar="SPEC_OR_NAME", help="A spec file, or the name of its MLflow experiment.",
-                      show_default=False)
+SPEC = typer.Argument(
+    ...,
+    metavar="SPEC",
+    help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
+    show_default=False,
+)
+SET = typer.Option(
+    None,
+    "--set",
+    metavar="FIELD=VALUE",
+    help="Override a field: --set train.epochs=1 (repeatable).",
+)
+TRACKING = typer.Option(
+    None,
+    "--tracking-uri",
+    metavar="URI",
+    help="MLflow tracking URI (default: the spec's "
+    "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+NAME = typer.Argument(
+    ...,
+    metavar="SPEC_OR_NAME",
+    help="A spec file, or the name of its MLflow experiment.",
+    show_default=False,
+)
 
 
 @contextmanager
@@ -63,6 +84,7 @@ def _handled() -> Iterator[None]:
         yield
     except TunekitError as e:
         from tunekit.report import print_error
+
         print_error(str(e))
         raise typer.Exit(e.exit_code) from None
 
@@ -80,12 +102,14 @@ def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
 def _plan(spec: Path, sets: Optional[List[str]]):
     """The spec's plan; import paths in it find modules beside the spec and in this folder."""
     from tunekit.api import load
+
     return load(spec, _overrides(sets))
 
 
 def _checked(check: Any, what: Any, spec: Path) -> Any:
     """`check(what)`, its problems named against the spec file."""
     from tunekit.errors import SpecError
+
     try:
         return check(what)
     except SpecError as e:
@@ -99,10 +123,17 @@ def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
 
 
 @app.command(cls=_Command)
-def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
-             format: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
-                                        help="table, or json: every trial at full precision.")
-             ) -> None:
+def validate(
+    spec: Path = SPEC,
+    set_: Optional[List[str]] = SET,
+    format: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="table, or json: every trial at full precision.",
+    ),
+) -> None:
     """Check a spec and print its plan: the numbered trials and the values each one sets."""
     with _handled():
         _choice("--format", format, ("table", "json"))
@@ -111,6 +142,7 @@ def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             typer.echo(json.dumps(plan.as_json(), indent=1))
             return
         from tunekit.report import console, plan_table
+
         console.print(plan_table(plan))
         console.print(f"{plan.size} trial(s), valid.")
 
@@ -119,36 +151,59 @@ def validate(spec: Path = SPEC, set_: Optional[List[str]] = SET,
 def schema() -> None:
     """Print the JSON Schema of experiment specs (for editor completion and checks)."""
     from tunekit.spec import ExperimentSpec
+
     typer.echo(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
 
 
 @app.command(cls=_Command)
-def train(spec: Path = SPEC,
-          trial: int = typer.Option(0, "--trial", metavar="N", help="Which trial of the plan to run (its "
-                                    "number in validate and the sweep)."),
-          set_: Optional[List[str]] = SET,
-          threads: Optional[int] = typer.Option(None, min=1, metavar="N", help="torch threads (default: the "
-                                                "spec's resources.cpus_per_trial, as in a sweep).")
-          ) -> None:
+def train(
+    spec: Path = SPEC,
+    trial: int = typer.Option(
+        0,
+        "--trial",
+        metavar="N",
+        help="Which trial of the plan to run (its number in validate and the sweep).",
+    ),
+    set_: Optional[List[str]] = SET,
+    threads: Optional[int] = typer.Option(
+        None,
+        min=1,
+        metavar="N",
+        help="torch threads (default: the spec's resources.cpus_per_trial, as in a sweep).",
+    ),
+) -> None:
     """Run one trial of a spec here, in this process, exactly as the sweep runs it."""
     with _handled():
         plan = _plan(spec, set_)
         if plan.adaptive:
-            raise UsageError("--trial", "a TPE plan's trials exist only once TPE proposes them; "
-                                        "set their values with --set on a spec without search")
+            raise UsageError(
+                "--trial",
+                "a TPE plan's trials exist only once TPE proposes them; "
+                "set their values with --set on a spec without search",
+            )
         if not 0 <= trial < len(plan.trials):
-            raise UsageError("--trial", f"{spec} plans {len(plan.trials)} trial(s), numbered "
-                                        f"0..{len(plan.trials) - 1}; got {trial}")
+            raise UsageError(
+                "--trial",
+                f"{spec} plans {len(plan.trials)} trial(s), numbered "
+                f"0..{len(plan.trials) - 1}; got {trial}",
+            )
         t = plan.trials[trial]
-        clash = sorted(k for k in _overrides(set_) if any(
-            p == k or p.startswith(k + ".") or k.startswith(p + ".") for p in t.params))
+        clash = sorted(
+            k
+            for k in _overrides(set_)
+            if any(p == k or p.startswith(k + ".") or k.startswith(p + ".") for p in t.params)
+        )
         if clash:
-            raise UsageError("--set", f"trial {trial} sets {', '.join(clash)} itself (search "
-                                      f"wins over --set); pick the trial that has the value you "
-                                      f"want (tunekit validate {spec})")
+            raise UsageError(
+                "--set",
+                f"trial {trial} sets {', '.join(clash)} itself (search "
+                f"wins over --set); pick the trial that has the value you "
+                f"want (tunekit validate {spec})",
+            )
         from tunekit.checks import check_config
         from tunekit.report import EpochProgress, console, fit_summary
         from tunekit.train import fit
+
         _checked(check_config, t.config, spec)  # the data read and the model built, or exit 2
         threads = threads or plan.spec.resources.cpus_per_trial
         console.print(f"[bold]{plan.spec.name}[/] trial {trial}: {t.label} · {threads} thread(s)")
@@ -169,18 +224,29 @@ def _interruptible() -> Iterator[threading.Event]:
 
 
 @app.command(cls=_Command)
-def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
-          address: Optional[str] = typer.Option(
-              None, metavar="ADDRESS", help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
-                         "Default: start a local Ray for this sweep."),
-          resume: bool = typer.Option(False, "--resume", metavar="",
-                                      help="Carry on an interrupted sweep of the same plan."),
-          restart: bool = typer.Option(False, "--restart", metavar="",
-                                       help="Start over: set the earlier sweep's results aside "
-                                            "(its MLflow runs are kept)."),
-          dry_run: bool = typer.Option(False, "--dry-run", metavar="",
-                                       help="Print the plan and resources; start nothing."),
-          tracking_uri: Optional[str] = TRACKING) -> None:
+def sweep(
+    spec: Path = SPEC,
+    set_: Optional[List[str]] = SET,
+    address: Optional[str] = typer.Option(
+        None,
+        metavar="ADDRESS",
+        help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
+        "Default: start a local Ray for this sweep.",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", metavar="", help="Carry on an interrupted sweep of the same plan."
+    ),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        metavar="",
+        help="Start over: set the earlier sweep's results aside (its MLflow runs are kept).",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", metavar="", help="Print the plan and resources; start nothing."
+    ),
+    tracking_uri: Optional[str] = TRACKING,
+) -> None:
     """Run every trial of a spec's plan on Ray Tune, record it in MLflow, print the results.
 
     Exit code 0 when every trial finished, 1 when any failed, 130 when interrupted (Ctrl-C):
@@ -188,9 +254,12 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
     """
     with _handled(), _interruptible() as interrupted:
         if resume and restart:
-            raise UsageError("--restart", "not both --resume and --restart: --resume carries "
-                                          "on, --restart starts over")
+            raise UsageError(
+                "--restart",
+                "not both --resume and --restart: --resume carries on, --restart starts over",
+            )
         from tunekit import api, cluster, figures, report
+
         plan = api.load(spec, _overrides(set_))
         checked = api.check(plan)  # the data read, each model built: exit 2 if not
         asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
@@ -201,24 +270,53 @@ def sweep(spec: Path = SPEC, set_: Optional[List[str]] = SET,
             return
         s = plan.spec
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
-            outcome = api.run(plan, address=address, resume=resume, restart=restart,
-                              tracking_uri=tracking_uri, listeners=[view],
-                              draw=figures.trial_figures, interrupted=interrupted,
-                              checked=checked, say=lambda line: report.console.print(
-                                  line, markup=False, highlight=False))
+            outcome = api.run(
+                plan,
+                address=address,
+                resume=resume,
+                restart=restart,
+                tracking_uri=tracking_uri,
+                listeners=[view],
+                draw=figures.trial_figures,
+                interrupted=interrupted,
+                checked=checked,
+                say=lambda line: report.console.print(line, markup=False, highlight=False),
+            )
         from tunekit import track
+
         with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
-            _plot(track.connect(outcome.tracking_uri), outcome.sweep_run, outcome.records,
-                  Path(d), grids=False)
-        report.console.print(f"MLflow: {outcome.tracking_uri}, experiment "
-                             f"{track.experiment_name(s)!r}, sweep run {outcome.sweep_run}",
-                             highlight=False, soft_wrap=True)
-        again = ["tunekit sweep", str(spec), *(f"--set {x}" for x in set_ or []),
-                 *([f"--address {address}"] if address else []),
-                 *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []), "--resume"]
-        code = report.sweep_outcome(s.name, outcome.rows, outcome.states, plan.size,
-                                    outcome.interrupted, " ".join(again), outcome.path, s.claims,
-                                    list(s.search.sample))
+            _plot(
+                track.connect(outcome.tracking_uri),
+                outcome.sweep_run,
+                outcome.records,
+                Path(d),
+                grids=False,
+            )
+        report.console.print(
+            f"MLflow: {outcome.tracking_uri}, experiment "
+            f"{track.experiment_name(s)!r}, sweep run {outcome.sweep_run}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        again = [
+            "tunekit sweep",
+            str(spec),
+            *(f"--set {x}" for x in set_ or []),
+            *([f"--address {address}"] if address else []),
+            *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []),
+            "--resume",
+        ]
+        code = report.sweep_outcome(
+            s.name,
+            outcome.rows,
+            outcome.states,
+            plan.size,
+            outcome.interrupted,
+            " ".join(again),
+            outcome.path,
+            s.claims,
+            list(s.search.sample),
+        )
         raise typer.Exit(code)
 
 
@@ -227,6 +325,7 @@ def _estimate(plan) -> str:
     import os
     import torch
     from tunekit import measure, report
+
     try:
         est = measure.estimate(plan, os.cpu_count() or 1, torch.cuda.device_count())
     except TunekitError as e:
@@ -241,6 +340,7 @@ def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
     """
     from tunekit import track
     from tunekit.spec import load_spec
+
     spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else None
     name = track.experiment_name(spec) if spec else name_or_spec
     client = track.connect(track.tracking_uri(spec, tracking_uri), create=False)
@@ -251,10 +351,12 @@ def _study(name_or_spec: str, recorded_spec: str) -> tuple[list, list[str]]:
     """(claims to test, parameters a search sampled): the spec file's, if one was given
     (validated as it loads), else those of the spec the sweep recorded."""
     from tunekit.spec import ExperimentSpec, load_spec
+
     if Path(name_or_spec).is_file():
         spec = load_spec(name_or_spec)
     else:
         import yaml
+
         try:
             spec = ExperimentSpec.model_validate(yaml.safe_load(recorded_spec) or {})
         except Exception:  # noqa: BLE001 (recorded by an older tunekit, or none: nothing to add)
@@ -263,17 +365,32 @@ def _study(name_or_spec: str, recorded_spec: str) -> tuple[list, list[str]]:
 
 
 @app.command("report", cls=_Command)
-def report_(name_or_spec: str = NAME,
-            format: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
-                                       help="table, markdown, csv, json; or html (with --out)."),
-            out: Optional[Path] = typer.Option(
-                None, "--out", metavar="FOLDER", help="Write the whole study report (markdown or html: table, "
-                                    "statistics, graphs, digits, spec, environment) into this "
-                                    "folder, and log it to the sweep's MLflow run."),
-            trials: Optional[Path] = typer.Option(
-                None, "--trials", metavar="CSV", help="Rebuild the table and statistics from a study's "
-                                       "trials.csv instead of MLflow (claims from the spec)."),
-            tracking_uri: Optional[str] = TRACKING) -> None:
+def report_(
+    name_or_spec: str = NAME,
+    format: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="table, markdown, csv, json; or html (with --out).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        metavar="FOLDER",
+        help="Write the whole study report (markdown or html: table, "
+        "statistics, graphs, digits, spec, environment) into this "
+        "folder, and log it to the sweep's MLflow run.",
+    ),
+    trials: Optional[Path] = typer.Option(
+        None,
+        "--trials",
+        metavar="CSV",
+        help="Rebuild the table and statistics from a study's "
+        "trials.csv instead of MLflow (claims from the spec).",
+    ),
+    tracking_uri: Optional[str] = TRACKING,
+) -> None:
     """The results of the latest sweep, from MLflow, with the statistics over seeds.
 
     Trials that differ only in their seed are one configuration: mean and 95% interval of max
@@ -288,11 +405,14 @@ def report_(name_or_spec: str = NAME,
         if out is not None and out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the report")
         from tunekit import report, results, track
+
         if trials is not None:  # no MLflow: the committed values
             from tunekit.records import read_trials_csv
+
             if out is not None:
-                raise UsageError("--trials", "holds the values, not the curves and digits: use "
-                                             "it without --out")
+                raise UsageError(
+                    "--trials", "holds the values, not the curves and digits: use it without --out"
+                )
             records, name = read_trials_csv(trials), trials.parent.name
             claims, sampled = _study(name_or_spec, "")
         else:
@@ -303,15 +423,30 @@ def report_(name_or_spec: str = NAME,
         rows = results.result_rows(records)
         if out is not None:
             from tunekit import study
-            doc = study.Study(name, sweep_run, client.tracking_uri, rows,
-                              {r.run_id: track.history(client, r.run_id) for r in records},
-                              {r.run_id: w for r in records
-                               if (w := track.misclassified(client, r.run_id)) is not None},
-                              spec_text, env, records, claims, sampled)
+
+            doc = study.Study(
+                name,
+                sweep_run,
+                client.tracking_uri,
+                rows,
+                {r.run_id: track.history(client, r.run_id) for r in records},
+                {
+                    r.run_id: w
+                    for r in records
+                    if (w := track.misclassified(client, r.run_id)) is not None
+                },
+                spec_text,
+                env,
+                records,
+                claims,
+                sampled,
+            )
             paths = study.write(doc, out, format)
             track.log_plots(client, sweep_run, paths, "report")
-            report.console.print(f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to "
-                                 f"sweep run {sweep_run}", highlight=False)
+            report.console.print(
+                f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to sweep run {sweep_run}",
+                highlight=False,
+            )
             return
         table = report.results_table(f"{name}: max val_acc", rows, format)
         if isinstance(table, str):
@@ -324,12 +459,21 @@ def report_(name_or_spec: str = NAME,
 
 
 @app.command(cls=_Command)
-def plot(name_or_spec: str = NAME,
-         runs: Optional[List[str]] = typer.Option(None, "--runs", metavar="LIST", help="Trial numbers or MLflow "
-                                                  "run ids (prefixes too), comma-separated; "
-                                                  "default: every trial."),
-         out: Path = typer.Option(Path("plots"), "--out", metavar="FOLDER", help="Folder for the PNG files."),
-         tracking_uri: Optional[str] = TRACKING) -> None:
+def plot(
+    name_or_spec: str = NAME,
+    runs: Optional[List[str]] = typer.Option(
+        None,
+        "--runs",
+        metavar="LIST",
+        help="Trial numbers or MLflow "
+        "run ids (prefixes too), comma-separated; "
+        "default: every trial.",
+    ),
+    out: Path = typer.Option(
+        Path("plots"), "--out", metavar="FOLDER", help="Folder for the PNG files."
+    ),
+    tracking_uri: Optional[str] = TRACKING,
+) -> None:
     """Draw the four comparison graphs and a misclassified-digits grid per trial, from MLflow.
 
     The PNG files go to --out and to the sweep's MLflow run.
@@ -338,17 +482,33 @@ def plot(name_or_spec: str = NAME,
         if out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the plots")
         from tunekit import track
+
         client, sweep_run, _ = _tracking(name_or_spec, tracking_uri)
         records = track.trial_runs(client, sweep_run)
         wanted = [w.strip() for item in runs or [] for w in item.split(",") if w.strip()]
-        chosen = [r for r in records if not wanted or any(
-            w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for w in wanted)]
-        missing = [w for w in wanted if not any(w == str(r.trial) or (
-            not w.isdigit() and r.run_id.startswith(w)) for r in records)]
+        chosen = [
+            r
+            for r in records
+            if not wanted
+            or any(
+                w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for w in wanted
+            )
+        ]
+        missing = [
+            w
+            for w in wanted
+            if not any(
+                w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for r in records
+            )
+        ]
         if missing:
-            raise UsageError("--runs", f"no trial of this sweep is {', '.join(missing)}; trials: "
-                                       f"{' '.join(str(r.trial) for r in records)}")
+            raise UsageError(
+                "--runs",
+                f"no trial of this sweep is {', '.join(missing)}; trials: "
+                f"{' '.join(str(r.trial) for r in records)}",
+            )
         from tunekit.report import console
+
         for path in _plot(client, sweep_run, chosen, out):
             console.print(f"wrote {path}", highlight=False)
 
@@ -357,13 +517,20 @@ def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True
     """Draw the comparison graphs (and, with `grids`, each trial's misclassified digits) of trial
     runs into `folder`, and log them to the sweep's run."""
     from tunekit import figures, track
+
     folder.mkdir(parents=True, exist_ok=True)
     labels = figures.legend_labels([r.params for r in chosen])
     curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
     paths = [folder / "curves.json"]  # the data behind the graphs
-    paths[0].write_text(json.dumps(
-        [{"trial": r.trial, "label": label, "history": h}
-         for r, (label, h) in zip(chosen, curves)], indent=1))
+    paths[0].write_text(
+        json.dumps(
+            [
+                {"trial": r.trial, "label": label, "history": h}
+                for r, (label, h) in zip(chosen, curves)
+            ],
+            indent=1,
+        )
+    )
     for name, fig in figures.curve_figures(curves).items():
         paths.append(folder / f"{name}.png")
         fig.savefig(paths[-1])
@@ -371,30 +538,40 @@ def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True
         wrong = track.misclassified(client, r.run_id)
         if wrong is not None:
             paths.append(folder / f"misclassified_trial_{r.trial}.png")
-            figures.misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
-                                        title=f"trial {r.trial}: {label}").savefig(paths[-1])
+            figures.misclassified_figure(
+                wrong["images"], wrong["labels"], wrong["preds"], title=f"trial {r.trial}: {label}"
+            ).savefig(paths[-1])
     track.log_plots(client, sweep_run, paths)
     return paths
 
 
 @app.command(cls=_Command)
-def ui(name_or_spec: Optional[str] = typer.Argument(
-           None, metavar="[SPEC_OR_NAME]", help="A spec file or experiment name: print the URL of its experiment.",
-           show_default=False),
-       port: int = typer.Option(5000, metavar="PORT", help="Port to serve on."),
-       host: str = typer.Option("127.0.0.1", metavar="HOST", help="Address to listen on (127.0.0.1: this "
-                                "machine only)."),
-       tracking_uri: Optional[str] = TRACKING) -> None:
+def ui(
+    name_or_spec: Optional[str] = typer.Argument(
+        None,
+        metavar="[SPEC_OR_NAME]",
+        help="A spec file or experiment name: print the URL of its experiment.",
+        show_default=False,
+    ),
+    port: int = typer.Option(5000, metavar="PORT", help="Port to serve on."),
+    host: str = typer.Option(
+        "127.0.0.1", metavar="HOST", help="Address to listen on (127.0.0.1: this machine only)."
+    ),
+    tracking_uri: Optional[str] = TRACKING,
+) -> None:
     """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""
     with _handled():
         from tunekit import track
         from tunekit.spec import load_spec
+
         spec = load_spec(name_or_spec) if name_or_spec and Path(name_or_spec).is_file() else None
         uri = track.tracking_uri(spec, tracking_uri)
         name = track.experiment_name(spec) if spec else name_or_spec
         from tunekit.report import console
-        track.serve_ui(uri, host, port, name,
-                       lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+        track.serve_ui(
+            uri, host, port, name, lambda line: console.print(line, highlight=False, soft_wrap=True)
+        )
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ _joined = ""  # what start_ray joined, in words
 
 class ClusterError(TunekitError):
     """The Ray cluster cannot be reached or cannot run the sweep: nothing was started."""
+
     exit_code = 2
 
 
@@ -54,9 +55,12 @@ def start_ray(address: str | None, ship: Sequence[str] = ()) -> str:
         address = os.environ["RAY_ADDRESS"]
         joined = f"the Ray cluster at {address} (from RAY_ADDRESS)"
     # No address: a Ray of our own ("local"), never a cluster some `ray start` left running.
-    kwargs: dict[str, Any] = dict(address=address or "local", logging_level=logging.ERROR,
-                                  log_to_driver=False, runtime_env={
-                                      "env_vars": env, **({"py_modules": list(ship)} if ship else {})})
+    kwargs: dict[str, Any] = dict(
+        address=address or "local",
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={"env_vars": env, **({"py_modules": list(ship)} if ship else {})},
+    )
     if address is None:
         kwargs["include_dashboard"] = False
         joined = "a local Ray of its own"
@@ -76,6 +80,7 @@ def _answers(address: str, timeout: float = 5.0) -> None:
     if not address.startswith("ray://"):
         try:  # "auto": the cluster `ray start` last started on this machine
             from ray._private.services import canonicalize_bootstrap_address
+
             target = canonicalize_bootstrap_address(address) or ""
         except Exception as e:  # noqa: BLE001 (Ray's own words for what it could not find)
             raise ClusterError(f"--address {address}: {first_line(e)}") from None
@@ -83,9 +88,11 @@ def _answers(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
     except (OSError, ValueError) as e:
-        raise ClusterError(f"--address {address}: no Ray cluster answers at {target or address} "
-                           f"({first_line(e)}); start it (ray start --head / ray up) or leave "
-                           "out --address for a local Ray") from None
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answers at {target or address} "
+            f"({first_line(e)}); start it (ray start --head / ray up) or leave "
+            "out --address for a local Ray"
+        ) from None
 
 
 def stop_ray() -> None:
@@ -98,6 +105,7 @@ def stop_ray() -> None:
 @dataclass(frozen=True)
 class Ask:
     """What each trial asks Ray for, and why that much GPU."""
+
     cpus: int
     gpus: float
     why: str
@@ -128,8 +136,11 @@ def configured_gpus(spec: ExperimentSpec) -> Ask | None:
     except ValueError:
         gpus = math.nan
     if not 0 <= gpus <= 8:
-        raise UsageError(GPUS_ENV, f"expected a GPU share per trial from 0 to 8 (e.g. 0.25: four "
-                                   f"trials per GPU), got {value!r}")
+        raise UsageError(
+            GPUS_ENV,
+            f"expected a GPU share per trial from 0 to 8 (e.g. 0.25: four "
+            f"trials per GPU), got {value!r}",
+        )
     return Ask(cpus, gpus, GPUS_ENV)
 
 
@@ -152,6 +163,7 @@ def published_gpus() -> float | None:
     GCS (autoscaler v2, KubeRay); None where nothing with GPUs is published."""
     try:
         from ray._private.state import state  # Ray's own reader (Ray Data uses it)
+
         most = state.get_max_resources_from_cluster_config() or {}
     except Exception:  # noqa: BLE001 (a private API: absent or changed means "not published")
         return None
@@ -183,19 +195,30 @@ def ask(spec: ExperimentSpec) -> Ask:
     if up > 0:
         return Ask(cpus, AUTO_GPU_SHARE, f"auto: {fmt(up)} GPU(s) up")
     if (published := published_gpus()) is not None:
-        return Ask(cpus, AUTO_GPU_SHARE, f"auto: the autoscaler's published cluster config may "
-                                         f"bring up {fmt(published)} GPU(s)")
+        return Ask(
+            cpus,
+            AUTO_GPU_SHARE,
+            f"auto: the autoscaler's published cluster config may bring up {fmt(published)} GPU(s)",
+        )
     if (scalable := autoscaler_gpus()) is not None:
-        return Ask(cpus, AUTO_GPU_SHARE, f"auto: the autoscaler may start {scalable[0]!r} nodes "
-                                         f"with {fmt(scalable[1])} GPU(s)")
+        return Ask(
+            cpus,
+            AUTO_GPU_SHARE,
+            f"auto: the autoscaler may start {scalable[0]!r} nodes with {fmt(scalable[1])} GPU(s)",
+        )
     if trial_nodes():
-        return Ask(cpus, 0.0, "auto: no GPU on the nodes up, and no autoscaler config names GPU "
-                              "nodes")
-    return Ask(cpus, 0.0, "auto: no GPU up, and nothing tells whether GPU nodes will come",
-               warning=f"no node that runs trials is up and no autoscaler config says what will "
-                       f"come, so tunekit cannot tell whether GPU nodes will: trials ask for no "
-                       f"GPU. If GPU nodes will join, set {GPUS_ENV} (or resources.gpus_per_trial)"
-                       f", e.g. {GPUS_ENV}=0.25 for four trials per GPU")
+        return Ask(
+            cpus, 0.0, "auto: no GPU on the nodes up, and no autoscaler config names GPU nodes"
+        )
+    return Ask(
+        cpus,
+        0.0,
+        "auto: no GPU up, and nothing tells whether GPU nodes will come",
+        warning=f"no node that runs trials is up and no autoscaler config says what will "
+        f"come, so tunekit cannot tell whether GPU nodes will: trials ask for no "
+        f"GPU. If GPU nodes will join, set {GPUS_ENV} (or resources.gpus_per_trial)"
+        f", e.g. {GPUS_ENV}=0.25 for four trials per GPU",
+    )
 
 
 def ask_before_start(spec: ExperimentSpec) -> str:
@@ -203,9 +226,11 @@ def ask_before_start(spec: ExperimentSpec) -> str:
     configured = configured_gpus(spec)
     if configured is not None:
         return str(configured)
-    return (f"{spec.resources.cpus_per_trial} CPU + {fmt(AUTO_GPU_SHARE)} GPU where the cluster "
-            f"has GPUs or can start them, else no GPU (auto; set resources.gpus_per_trial or "
-            f"{GPUS_ENV} to fix it)")
+    return (
+        f"{spec.resources.cpus_per_trial} CPU + {fmt(AUTO_GPU_SHARE)} GPU where the cluster "
+        f"has GPUs or can start them, else no GPU (auto; set resources.gpus_per_trial or "
+        f"{GPUS_ENV} to fix it)"
+    )
 
 
 def given(device: str) -> tuple[str, str | None]:
@@ -215,33 +240,46 @@ def given(device: str) -> tuple[str, str | None]:
     """
     ids = [str(i) for i in ray.get_gpu_ids()]
     if ids and device == "cpu":
-        return ",".join(ids), (f"Ray assigned GPU {','.join(ids)} (CUDA_VISIBLE_DEVICES="
-                               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but torch finds "
-                               "no CUDA device here: training on the CPU")
+        return ",".join(ids), (
+            f"Ray assigned GPU {','.join(ids)} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but torch finds "
+            "no CUDA device here: training on the CPU"
+        )
     node = ray.get_runtime_context().get_node_id()
     here = next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
     if not ids and here > 0:
-        return "", (f"this node has {fmt(here)} GPU(s) but the trial asked Ray for none: training "
-                    f"on the CPU (set resources.gpus_per_trial or {GPUS_ENV})")
+        return "", (
+            f"this node has {fmt(here)} GPU(s) but the trial asked Ray for none: training "
+            f"on the CPU (set resources.gpus_per_trial or {GPUS_ENV})"
+        )
     return ",".join(ids), None
 
 
 def trial_nodes() -> list[dict[str, Any]]:
     """The live nodes that can take trials (they offer CPUs or GPUs)."""
-    return [n for n in ray.nodes() if n["Alive"] and (
-        n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
+    return [
+        n
+        for n in ray.nodes()
+        if n["Alive"] and (n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)
+    ]
 
 
-def failing_nodes(check: Callable[..., str | None], *args: Any,
-                  timeout: float = 60.0) -> dict[str, str]:
+def failing_nodes(
+    check: Callable[..., str | None], *args: Any, timeout: float = 60.0
+) -> dict[str, str]:
     """Run `check(*args)` on every node that can take trials except this one; {node: why} for
     each node where it returned a reason, failed, or did not answer within `timeout` s."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     here = ray.get_runtime_context().get_node_id()
     nodes = [n for n in trial_nodes() if n["NodeID"] != here]
     task = ray.remote(num_cpus=0, max_retries=0)(check)
-    refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(*args): n for n in nodes}
+    refs = {
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(*args): n
+        for n in nodes
+    }
     done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
     failing = {}
     for ref, node in refs.items():

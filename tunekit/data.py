@@ -18,6 +18,7 @@ from tunekit.spec import DataSpec
 class Data:
     """Train and test images (uint8, N×C×H×W) and labels (int64), all on one device; the mean
     and std of the training pixels per channel, and how to augment training images."""
+
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -43,9 +44,17 @@ class Data:
 
 def load(spec: DataSpec, device: torch.device | str = "cpu") -> Data:
     found = datasets.load(spec)
-    return Data(found.train_images.to(device), found.train_labels.to(device),
-                found.test_images.to(device), found.test_labels.to(device), found.mean, found.std,
-                spec.rotation, spec.crop, spec.flip)
+    return Data(
+        found.train_images.to(device),
+        found.train_labels.to(device),
+        found.test_images.to(device),
+        found.test_labels.to(device),
+        found.mean,
+        found.std,
+        spec.rotation,
+        spec.crop,
+        spec.flip,
+    )
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -61,8 +70,12 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def shift_flip(x: torch.Tensor, degrees: torch.Tensor | None, shift: torch.Tensor | None,
-               flip: torch.Tensor | None) -> torch.Tensor:
+def shift_flip(
+    x: torch.Tensor,
+    degrees: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    flip: torch.Tensor | None,
+) -> torch.Tensor:
     """Rotate, shift by whole pixels and mirror each image of N×C×H×W `x` as its own draws say,
     filling with 0, in one resampling: a shift of (dx, dy) is a random crop of the image padded
     by |dx|, |dy| (nearest-neighbour lands exactly on pixels)."""
@@ -70,10 +83,14 @@ def shift_flip(x: torch.Tensor, degrees: torch.Tensor | None, shift: torch.Tenso
     rad = (degrees if degrees is not None else torch.zeros(n, device=x.device)) * (math.pi / 180)
     cos, sin = rad.cos(), rad.sin()
     sign = 1 - 2 * flip.to(x.dtype) if flip is not None else torch.ones_like(cos)
-    dx, dy = ((shift[:, 0] * (2 / w), shift[:, 1] * (2 / h)) if shift is not None
-              else (torch.zeros_like(cos), torch.zeros_like(cos)))
-    theta = torch.stack([torch.stack([cos * sign, -sin, dx], 1),
-                         torch.stack([sin * sign, cos, dy], 1)], 1)
+    dx, dy = (
+        (shift[:, 0] * (2 / w), shift[:, 1] * (2 / h))
+        if shift is not None
+        else (torch.zeros_like(cos), torch.zeros_like(cos))
+    )
+    theta = torch.stack(
+        [torch.stack([cos * sign, -sin, dx], 1), torch.stack([sin * sign, cos, dy], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -88,6 +105,7 @@ def steps(n: int, batch_size: int) -> list[tuple[int, int]]:
 class Epoch:
     """Every member's batch order and augmentation draws for one epoch, drawn from its own keys
     (`counter`), so each is what the member draws alone, whatever its pack-mates."""
+
     order: torch.Tensor  # [K, n] image indices
     angles: torch.Tensor | None  # [K, n] degrees, None without rotation
     shifts: torch.Tensor | None = None  # [K, n, 2] whole pixels (x, y), None without crop
@@ -113,14 +131,17 @@ def epoch(data: Data, seeds: torch.Tensor, number: int) -> Epoch:
 def train_batch(data: Data, e: Epoch, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images N×K×C×H×W (member k's in [:, k]: augmented, normalised) and labels N×K of one
     step, for all members in one gather and one resampling."""
-    idx = e.order[:, start:start + size]  # [K, N]
+    idx = e.order[:, start : start + size]  # [K, N]
     k = idx.shape[0]
     x = data.train_images[idx].view(k * size, *data.train_images.shape[1:]).float().div_(255)
     part = slice(start, start + size)
     if e.shifts is not None or e.flips is not None:
-        x = shift_flip(x, None if e.angles is None else e.angles[:, part].reshape(-1),
-                       None if e.shifts is None else e.shifts[:, part].reshape(-1, 2),
-                       None if e.flips is None else e.flips[:, part].reshape(-1))
+        x = shift_flip(
+            x,
+            None if e.angles is None else e.angles[:, part].reshape(-1),
+            None if e.shifts is None else e.shifts[:, part].reshape(-1, 2),
+            None if e.flips is None else e.flips[:, part].reshape(-1),
+        )
     elif e.angles is not None:  # the digits' rotation alone, as it always was drawn
         x = rotate(x, e.angles[:, part].reshape(-1))
     x = data.standardize_(x).view(k, size, *x.shape[1:])
@@ -129,4 +150,7 @@ def train_batch(data: Data, e: Epoch, start: int, size: int) -> tuple[torch.Tens
 
 def test_batches(data: Data, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(data.test_labels), batch_size):
-        yield data.normalize(data.test_images[i:i + batch_size]), data.test_labels[i:i + batch_size]
+        yield (
+            data.normalize(data.test_images[i : i + batch_size]),
+            data.test_labels[i : i + batch_size],
+        )

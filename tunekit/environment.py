@@ -31,17 +31,22 @@ def lock_match(lock: Path = LOCK) -> str:
             differ.append(f"{name} {version} (lock {pinned})")
     if differ:
         more = f", and {len(differ) - 6} more" if len(differ) > 6 else ""
-        return f"differs from {lock.name} in {len(differ)} package(s): " + ", ".join(
-            differ[:6]) + more
+        return (
+            f"differs from {lock.name} in {len(differ)} package(s): " + ", ".join(differ[:6]) + more
+        )
     return f"matches {lock.name} ({installed} of its {len(pins)} pins installed)"
 
 
 def environment() -> dict[str, str]:
     """What a result depends on besides the spec: versions, machine, tunekit's commit."""
     import torch
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpus": str(os.cpu_count()),
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"}
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only",
+    }
     for name in ("tunekit", *PACKAGES):
         try:
             env[name] = importlib.metadata.version(name)
@@ -49,12 +54,20 @@ def environment() -> dict[str, str]:
             env[name] = "not installed"
     try:
         here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], text=True,
-                                capture_output=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                               text=True, capture_output=True, timeout=5).stdout.strip()
-        env["tunekit commit"] = (commit.stdout.strip() + (" (with local changes)" if dirty else "")
-                                 if commit.returncode == 0 else "not a git checkout")
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], text=True, capture_output=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            text=True,
+            capture_output=True,
+            timeout=5,
+        ).stdout.strip()
+        env["tunekit commit"] = (
+            commit.stdout.strip() + (" (with local changes)" if dirty else "")
+            if commit.returncode == 0
+            else "not a git checkout"
+        )
     except (OSError, subprocess.SubprocessError):
         env["tunekit commit"] = "unknown"
     env["lock"] = lock_match()

@@ -13,6 +13,7 @@ def first_line(e: BaseException) -> str:
 
 class TunekitError(Exception):
     """An error the CLI prints without a traceback, exiting with `exit_code`."""
+
     exit_code = 1
 
 
@@ -26,6 +27,7 @@ class Problem:
 
 class SpecError(TunekitError):
     """The spec is invalid: nothing was started. Exit code 2, like a usage error."""
+
     exit_code = 2
 
     def __init__(self, problems: list[Problem], source: Path | None = None):
@@ -40,16 +42,23 @@ class SpecError(TunekitError):
         where = f" {self.source}" if self.source else ""
         if len(self.problems) == 1 and self.problems[0].field == "<file>":
             return f"cannot read spec{where}: it {self.problems[0].message}"
+
         def one(p: Problem) -> str:
             return f"{f'line {p.line}, ' if p.line else ''}{p.field}: {p.message}"
+
         if len(self.problems) == 1:  # one line, the key named
             return f"invalid spec{where}: {one(self.problems[0])}"
-        return "\n".join([f"invalid spec{where}: {len(self.problems)} problems",
-                          *(f"  {one(p)}" for p in self.problems)])
+        return "\n".join(
+            [
+                f"invalid spec{where}: {len(self.problems)} problems",
+                *(f"  {one(p)}" for p in self.problems),
+            ]
+        )
 
 
 class UsageError(TunekitError):
     """A command-line argument is wrong (not the spec): nothing was started. Exit code 2."""
+
     exit_code = 2
 
     def __init__(self, option: str, message: str):

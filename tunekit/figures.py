@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 
     from tunekit.results import ResultRow
 
-GRAPHS = {"train_loss": "Training loss", "val_loss": "Test loss",
-          "train_acc": "Training accuracy (%)", "val_acc": "Test accuracy (%)"}
+GRAPHS = {
+    "train_loss": "Training loss",
+    "val_loss": "Test loss",
+    "train_acc": "Training accuracy (%)",
+    "val_acc": "Test accuracy (%)",
+}
 
 
 def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
@@ -30,6 +34,7 @@ def legend_labels(params: Sequence[dict[str, str]]) -> list[str]:
 def colours(n: int) -> list[Any]:
     """n colours, none repeated: matplotlib's 10 up to 10 curves, tab20 up to 20, then a ramp."""
     from matplotlib import colormaps
+
     if n <= 10:
         return [f"C{i}" for i in range(n)]
     if n <= 20:
@@ -39,9 +44,15 @@ def colours(n: int) -> list[Any]:
 
 def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
     for (label, history), colour in zip(curves, colours(len(curves))):
-        ax.plot([m["epoch"] for m in history], [m[key] for m in history], marker=".", label=label,
-                color=colour)
+        ax.plot(
+            [m["epoch"] for m in history],
+            [m[key] for m in history],
+            marker=".",
+            label=label,
+            color=colour,
+        )
     from matplotlib.ticker import MaxNLocator
+
     ax.set(title=GRAPHS[key], xlabel="epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
@@ -50,6 +61,7 @@ def _draw(ax: Any, key: str, curves: Sequence[tuple[str, Sequence[dict[str, Any]
 def curve_figures(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> dict[str, Figure]:
     """The seed's four comparison graphs: one figure per metric, one line per (label, history)."""
     from matplotlib.figure import Figure
+
     figures = {}
     for key in GRAPHS:
         figures[key] = Figure(figsize=(8, 5), layout="constrained")
@@ -69,8 +81,9 @@ def _to_data(ax: Any, values: Sequence[float]) -> None:
         ax.set_ylim(low - pad, high + pad)
 
 
-def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]]
-                 ) -> dict[str, Figure]:
+def band_figures(
+    groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]],
+) -> dict[str, Figure]:
     """The four graphs for configurations repeated over seeds: per configuration (label, its
     trials' histories) the mean curve, each seed's values as points, and, with 2 or more seeds
     and 2 or more epochs, its 95% interval as a band. The y axis follows the data, not the bands."""
@@ -78,6 +91,7 @@ def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]
     from matplotlib.ticker import MaxNLocator
 
     from tunekit.stats import summarize
+
     figures = {}
     palette = colours(len(groups))
     for key in GRAPHS:
@@ -94,19 +108,40 @@ def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]
             epochs = sorted(points)
             at = [summarize(points[e], bounds) for e in epochs]
             n = max((s.n for s in at), default=0)
-            ax.plot(epochs, [s.mean for s in at], marker="o" if len(epochs) == 1 else ".",
-                    color=colour, label=f"{label} (n={n})")
+            ax.plot(
+                epochs,
+                [s.mean for s in at],
+                marker="o" if len(epochs) == 1 else ".",
+                color=colour,
+                label=f"{label} (n={n})",
+            )
             seeds = [(e, v) for e in epochs for v in points[e]]
-            ax.scatter([e for e, _ in seeds], [v for _, v in seeds], s=9, color=colour, alpha=0.5,
-                       linewidths=0)
+            ax.scatter(
+                [e for e, _ in seeds],
+                [v for _, v in seeds],
+                s=9,
+                color=colour,
+                alpha=0.5,
+                linewidths=0,
+            )
             shown += [v for _, v in seeds]
             if n > 1 and len(epochs) > 1:
-                ax.fill_between(epochs, [s.low if s.low is not None else s.mean for s in at],
-                                [s.high if s.high is not None else s.mean for s in at],
-                                color=colour, alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    epochs,
+                    [s.low if s.low is not None else s.mean for s in at],
+                    [s.high if s.high is not None else s.mean for s in at],
+                    color=colour,
+                    alpha=0.2,
+                    linewidth=0,
+                )
         single = all(len({m["epoch"] for h in hs for m in h}) <= 1 for _, hs in groups)
-        ax.set(title=GRAPHS[key] + (" — each seed and the mean" if single else
-                                    " — mean over seeds, 95% band, each seed"), xlabel="epoch")
+        ax.set(
+            title=GRAPHS[key]
+            + (
+                " — each seed and the mean" if single else " — mean over seeds, 95% band, each seed"
+            ),
+            xlabel="epoch",
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _to_data(ax, shown)
         ax.grid(alpha=0.3)
@@ -118,6 +153,7 @@ def band_figures(groups: Sequence[tuple[str, Sequence[Sequence[dict[str, Any]]]]
 def seeds_figure(rows: Sequence[ResultRow]) -> Figure:
     """Max val_acc per configuration: each seed as a point beside the mean and its interval."""
     from matplotlib.figure import Figure
+
     measured = [r for r in rows if r.accs]
     fig = Figure(figsize=(8, 1.2 + 0.45 * max(len(measured), 1)), layout="constrained")
     ax = fig.add_subplot()
@@ -129,8 +165,10 @@ def seeds_figure(rows: Sequence[ResultRow]) -> Figure:
         ax.scatter(r.accs, [y + 0.18] * len(r.accs), s=16, color=colour)
     ax.set_yticks(range(len(measured)), [r.label for r in measured], fontsize="small")
     ax.invert_yaxis()  # best on top, as in the table
-    ax.set(title="Max val_acc: each seed (dots), the mean (|) and its 95% interval",
-           xlabel="max val_acc (%)")
+    ax.set(
+        title="Max val_acc: each seed (dots), the mean (|) and its 95% interval",
+        xlabel="max val_acc (%)",
+    )
     _to_data_x(ax, [a for r in measured for a in r.accs])
     ax.grid(alpha=0.3, axis="x")
     return fig
@@ -146,18 +184,21 @@ def _to_data_x(ax: Any, values: Sequence[float]) -> None:
 def curves_figure(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> Figure:
     """The four graphs as panels of one figure (a single trial's artifact)."""
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 8), layout="constrained")
     for i, key in enumerate(GRAPHS):
         _draw(fig.add_subplot(2, 2, i + 1), key, curves)
     return fig
 
 
-def misclassified_figure(images: Any, labels: Any, preds: Any, title: str = "",
-                         count: int = 25) -> Figure:
+def misclassified_figure(
+    images: Any, labels: Any, preds: Any, title: str = "", count: int = 25
+) -> Figure:
     """A 5×5 grid of misclassified images (uint8 N×C×H×W, or N×H×W), each titled 'predicted
     (true actual)', in type that stays readable when the grid is shown at a page's width; grey
     images dark on white, colour images as they are."""
     from matplotlib.figure import Figure
+
     images = images.numpy() if hasattr(images, "numpy") else images
     if images.ndim == 4:  # N×C×H×W -> N×H×W (grey) or N×H×W×C (colour)
         images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
@@ -177,6 +218,9 @@ def trial_figures(trial: Any, folder: Path) -> None:
     best = trial.best_state
     curves_figure([(trial.label, trial.history)]).savefig(folder / "curves.png")
     wrong = best["wrong"]
-    misclassified_figure(wrong["images"], wrong["labels"], wrong["preds"],
-                         title=f"best epoch {best['epoch']}: {wrong['total']} wrong"
-                         ).savefig(folder / "misclassified.png")
+    misclassified_figure(
+        wrong["images"],
+        wrong["labels"],
+        wrong["preds"],
+        title=f"best epoch {best['epoch']}: {wrong['total']} wrong",
+    ).savefig(folder / "misclassified.png")

@@ -34,20 +34,36 @@ def resolve(target: str, key: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name) or e.name == module_name:
-            raise SpecError([Problem(key, f"no module named {e.name!r} (looked in the spec's "
-                                          f"folder, the current folder and the installed "
-                                          f"packages)")]) from None
+            raise SpecError(
+                [
+                    Problem(
+                        key,
+                        f"no module named {e.name!r} (looked in the spec's "
+                        f"folder, the current folder and the installed "
+                        f"packages)",
+                    )
+                ]
+            ) from None
         raise SpecError([Problem(key, f"{module_name} failed to import: {e}")]) from None
     except Exception as e:  # its own code raised on import
-        raise SpecError([Problem(key, f"{module_name} failed to import: {type(e).__name__}: "
-                                      f"{e}")]) from None
+        raise SpecError(
+            [Problem(key, f"{module_name} failed to import: {type(e).__name__}: {e}")]
+        ) from None
     found: Any = module
     for part in attr.split("."):
         if not hasattr(found, part):
-            names = [n for n in dir(module) if not n.startswith("_")
-                     and callable(getattr(module, n))]
-            raise SpecError([Problem(key, f"module {module_name} has no {attr!r} (it has: "
-                                          f"{', '.join(names) or 'nothing callable'})")])
+            names = [
+                n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
+            ]
+            raise SpecError(
+                [
+                    Problem(
+                        key,
+                        f"module {module_name} has no {attr!r} (it has: "
+                        f"{', '.join(names) or 'nothing callable'})",
+                    )
+                ]
+            )
         found = getattr(found, part)
     if not callable(found):
         raise SpecError([Problem(key, f"{target} is not callable")])
@@ -59,8 +75,15 @@ def check_args(fn: Callable[..., Any], args: Mapping[str, Any], key: str) -> Non
     try:
         inspect.signature(fn).bind(**args)
     except TypeError as e:
-        raise SpecError([Problem(key, f"{getattr(fn, '__qualname__', fn)}"
-                                      f"{_signature(fn)} does not take these args: {e}")]) from None
+        raise SpecError(
+            [
+                Problem(
+                    key,
+                    f"{getattr(fn, '__qualname__', fn)}"
+                    f"{_signature(fn)} does not take these args: {e}",
+                )
+            ]
+        ) from None
     except ValueError:  # no signature to read (a builtin): the call will tell
         pass
 
@@ -77,6 +100,7 @@ def to_ship(targets: list[str]) -> list[str]:
     distribution provides: what Ray's workers need sent (`py_modules`). Installed modules are
     left alone (the workers have them, or the sweep fails there with their name)."""
     import importlib.metadata
+
     installed = importlib.metadata.packages_distributions()
     out: list[str] = []
     for target in targets:

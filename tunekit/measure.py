@@ -56,6 +56,7 @@ def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Packed, datamod.Data,
         start = (s * batch) % max(1, n - batch + 1)
         x, y = datamod.train_batch(d, draws, start, batch)  # the batch's gather: part of a step
         step(pack, sgd, x, y, keys, numbers[s % 64], lr[0], momentum[0], live)
+
     return run, pack, d, device
 
 
@@ -69,8 +70,9 @@ def launches(configs: Sequence[TrialConfig], warm: int = 2) -> OpCounter:
     return ops
 
 
-def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
-               threads: int | None = None) -> StepTime:
+def time_steps(
+    configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2, threads: int | None = None
+) -> StepTime:
     """Time `steps` training steps of `configs` as one pack (after `warm` untimed ones), and a
     slice of an evaluation pass scaled to the whole test set."""
     if threads:
@@ -88,15 +90,17 @@ def time_steps(configs: Sequence[TrialConfig], steps: int = 8, warm: int = 2,
     seconds = (time.perf_counter() - begin) / steps
     first = configs[0].train
     part = min(len(d.test_labels), 2 * first.eval_batch_size)
-    small = datamod.Data(d.train_images, d.train_labels, d.test_images[:part],
-                         d.test_labels[:part], d.mean, d.std)
+    small = datamod.Data(
+        d.train_images, d.train_labels, d.test_images[:part], d.test_labels[:part], d.mean, d.std
+    )
     begin = time.perf_counter()
     evaluate(pack, small, first.eval_batch_size)
     eval_seconds = (time.perf_counter() - begin) * len(d.test_labels) / part
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
-    return StepTime(len(configs), batch, seconds, eval_seconds, len(datamod.steps(n, batch)),
-                    device.type, peak)
+    return StepTime(
+        len(configs), batch, seconds, eval_seconds, len(datamod.steps(n, batch)), device.type, peak
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -111,8 +115,14 @@ class PackChoice:
     why: str
 
 
-def choose_pack(rates: dict[int, float], bytes_per_member: float, free_bytes: float,
-                total_bytes: float, trials: int, gain: float = 1.1) -> PackChoice:
+def choose_pack(
+    rates: dict[int, float],
+    bytes_per_member: float,
+    free_bytes: float,
+    total_bytes: float,
+    trials: int,
+    gain: float = 1.1,
+) -> PackChoice:
     """The pack size and GPU share from measurements on one GPU: `rates` (K -> aggregate img/s,
     K rising), the memory one member takes, and the GPU's free and total memory.
 
@@ -132,14 +142,17 @@ def choose_pack(rates: dict[int, float], bytes_per_member: float, free_bytes: fl
     memory = k * bytes_per_member / total_bytes
     share = min(1.0, max(busy, memory))
     share = math.ceil(share * 100) / 100
-    why = (f"measured: throughput stops rising past {best} members "
-           f"({rates[best]:,.0f} img/s), {bytes_per_member / 2**20:,.1f} MiB per member, "
-           f"{fits:,} fit in 80% of {free_bytes / 2**30:,.1f} GiB free")
+    why = (
+        f"measured: throughput stops rising past {best} members "
+        f"({rates[best]:,.0f} img/s), {bytes_per_member / 2**20:,.1f} MiB per member, "
+        f"{fits:,} fit in 80% of {free_bytes / 2**30:,.1f} GiB free"
+    )
     return PackChoice(k, share, why)
 
 
-def gpu_pack(config: TrialConfig, trials: int, ks: Sequence[int] = (1, 4, 16, 64, 256)
-             ) -> PackChoice:
+def gpu_pack(
+    config: TrialConfig, trials: int, ks: Sequence[int] = (1, 4, 16, 64, 256)
+) -> PackChoice:
     """`choose_pack` from measurements on this process's GPU: memory per member from packs of 1
     and 2, throughput for each K of `ks` that fits."""
     free, total = torch.cuda.mem_get_info()
@@ -181,6 +194,7 @@ def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
     stops some trials early."""
     from tunekit.cluster import AUTO_GPU_SHARE, pack_size_here
     from tunekit.spec import pack_key
+
     s = plan.spec
     trials = [t.config for t in plan.trials] or [plan.trial_base()]
     on_gpu = gpus > 0 and pick_device(trials[0].train.device).type == "cuda"

@@ -21,4 +21,3 @@ class EpochMetrics:
 
 
 METRICS = tuple(f.name for f in fields(EpochMetrics))  # what each epoch reports, epoch first
-

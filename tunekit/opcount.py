@@ -42,4 +42,3 @@ def count(fn: Any, *args: Any, **kwargs: Any) -> OpCounter:
     with OpCounter() as ops:
         fn(*args, **kwargs)
     return ops
-

@@ -29,6 +29,7 @@ from tunekit.models.seed_cnn import Dropout, Net
 @dataclass(frozen=True)
 class Slot:
     """Where one parameter of the Net lives in the flat stack: K copies from `offset` on."""
+
     name: str  # its name in a Net's state dict
     shape: tuple[int, ...]  # one member's shape
     offset: int
@@ -37,12 +38,13 @@ class Slot:
     def of(self, flat: torch.Tensor, k: int) -> torch.Tensor:
         """Member k's copy, a view of `flat`."""
         start = self.offset + k * self.numel
-        return flat[start:start + self.numel].view(self.shape)
+        return flat[start : start + self.numel].view(self.shape)
 
     def fused(self, flat: torch.Tensor, k: int) -> torch.Tensor:
         """All K copies as one tensor of K·shape[0] rows, a view of `flat`."""
-        return flat[self.offset:self.offset + k * self.numel].view(k * self.shape[0],
-                                                                   *self.shape[1:])
+        return flat[self.offset : self.offset + k * self.numel].view(
+            k * self.shape[0], *self.shape[1:]
+        )
 
 
 class Stack:
@@ -61,12 +63,19 @@ class Stack:
         self.params = torch.empty(size, device=device)  # the trained tensor: every member's
         # what autograd differentiates: each parameter's K copies, a view of `params` (one grad
         # per parameter, no zero-filled slices of the whole stack in the backward pass)
-        self.leaves = {name: slot.fused(self.params, self.k).requires_grad_()
-                       for name, slot in self.slots.items()}
-        self.buffer_shapes = {name: tuple(b.shape) for name, b in self.template.named_buffers()
-                              if b.is_floating_point()}
-        self.buffers = {name: torch.empty(self.k * math.prod(shape), device=device)
-                        for name, shape in self.buffer_shapes.items()}  # BN statistics
+        self.leaves = {
+            name: slot.fused(self.params, self.k).requires_grad_()
+            for name, slot in self.slots.items()
+        }
+        self.buffer_shapes = {
+            name: tuple(b.shape)
+            for name, b in self.template.named_buffers()
+            if b.is_floating_point()
+        }
+        self.buffers = {
+            name: torch.empty(self.k * math.prod(shape), device=device)
+            for name, shape in self.buffer_shapes.items()
+        }  # BN statistics
         self.batches_tracked = 0  # BatchNorm's training steps (for a model's state dict)
         self.training = True
         for k, model in enumerate(models):
@@ -75,15 +84,21 @@ class Stack:
     @property
     def owner(self) -> torch.Tensor:
         """The member each element of `params` belongs to (int64, same length)."""
-        parts = [torch.arange(self.k, device=self.params.device).repeat_interleave(s.numel)
-                 for s in self.slots.values()]
+        parts = [
+            torch.arange(self.k, device=self.params.device).repeat_interleave(s.numel)
+            for s in self.slots.values()
+        ]
         return torch.cat(parts)
 
     def weights(self) -> torch.Tensor:
         """Elements of `params` that are conv kernels or linear weights, not norms' scales or
         biases (penalize: weights): a bool mask."""
-        return torch.cat([torch.full((self.k * s.numel,), len(s.shape) >= 2,
-                                     device=self.params.device) for s in self.slots.values()])
+        return torch.cat(
+            [
+                torch.full((self.k * s.numel,), len(s.shape) >= 2, device=self.params.device)
+                for s in self.slots.values()
+            ]
+        )
 
     # --- one member in and out
 
@@ -94,7 +109,7 @@ class Stack:
                 slot.of(self.params, k).copy_(state[name])
             for name, buffer in self.buffers.items():
                 n = buffer.numel() // self.k
-                buffer[k * n:(k + 1) * n].copy_(state[name].reshape(-1))
+                buffer[k * n : (k + 1) * n].copy_(state[name].reshape(-1))
         tracked = [v for name, v in state.items() if name.endswith("num_batches_tracked")]
         if tracked:
             self.batches_tracked = int(tracked[0])
@@ -107,8 +122,12 @@ class Stack:
                 out[name] = self.slots[name].of(self.params, k).cpu().clone()
             elif name in self.buffers:
                 n = self.buffers[name].numel() // self.k
-                out[name] = self.buffers[name][k * n:(k + 1) * n].view(
-                    self.buffer_shapes[name]).cpu().clone()
+                out[name] = (
+                    self.buffers[name][k * n : (k + 1) * n]
+                    .view(self.buffer_shapes[name])
+                    .cpu()
+                    .clone()
+                )
             else:
                 out[name] = torch.tensor(self.batches_tracked)
         return out
@@ -119,13 +138,15 @@ class Stack:
         net = copy.deepcopy(self.template)
         for name, slot in self.slots.items():
             module, _, attr = name.rpartition(".")
-            net.get_submodule(module)._parameters[attr] = nn.Parameter(slot.of(self.params, k),
-                                                                       requires_grad=False)
+            net.get_submodule(module)._parameters[attr] = nn.Parameter(
+                slot.of(self.params, k), requires_grad=False
+            )
         for name, buffer in self.buffers.items():
             module, _, attr = name.rpartition(".")
             n = buffer.numel() // self.k
-            net.get_submodule(module)._buffers[attr] = buffer[k * n:(k + 1) * n].view(
-                self.buffer_shapes[name])
+            net.get_submodule(module)._buffers[attr] = buffer[k * n : (k + 1) * n].view(
+                self.buffer_shapes[name]
+            )
         return net
 
     def train(self, mode: bool = True) -> Stack:
@@ -165,13 +186,20 @@ class Packed(Stack):
             if isinstance(layer, nn.Conv2d):
                 h = F.conv2d(h, w[f"{name}.weight"], padding=layer.padding, groups=k)
             elif isinstance(layer, nn.BatchNorm2d):
-                h = F.batch_norm(h, self.buffers[f"{name}.running_mean"],
-                                 self.buffers[f"{name}.running_var"],
-                                 w[f"{name}.weight"], w[f"{name}.bias"], self.training,
-                                 layer.momentum, layer.eps)
+                h = F.batch_norm(
+                    h,
+                    self.buffers[f"{name}.running_mean"],
+                    self.buffers[f"{name}.running_var"],
+                    w[f"{name}.weight"],
+                    w[f"{name}.bias"],
+                    self.training,
+                    layer.momentum,
+                    layer.eps,
+                )
             elif isinstance(layer, nn.GroupNorm):
-                h = F.group_norm(h, layer.num_groups * k, w[f"{name}.weight"],
-                                 w[f"{name}.bias"], layer.eps)
+                h = F.group_norm(
+                    h, layer.num_groups * k, w[f"{name}.weight"], w[f"{name}.bias"], layer.eps
+                )
             elif isinstance(layer, Dropout):
                 if i in masks:
                     h = (h.view(h.shape[0], k, -1) * masks[i]).view(h.shape)
@@ -201,7 +229,7 @@ class Packed(Stack):
         scaled = keep.to(self.leaves["head.1.weight"].dtype) * self.scale  # 1 / (1 - p) kept
         masks, start = {}, 0
         for i, per_image in self.dropped.items():
-            masks[i] = scaled[:, :, 2 * start:2 * (start + per_image)]
+            masks[i] = scaled[:, :, 2 * start : 2 * (start + per_image)]
             start += per_image
         return masks
 
@@ -228,8 +256,16 @@ def _dropout_sizes(net: Net, size: tuple[int, int] = (28, 28)) -> dict[int, int]
 # member's own (a convolution over K members is a grouped one, a linear layer a batched matmul);
 # without, any that draws no random numbers. Dropout (p > 0) draws per member what a pack
 # cannot draw as each member would alone, so a model with it trains in packs of 1.
-STACKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm,
-             nn.LayerNorm, nn.Embedding)
+STACKABLE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.Embedding,
+)
 
 
 class Vmapped(Stack):
@@ -239,8 +275,12 @@ class Vmapped(Stack):
     A pack of 1 may draw random numbers (dropout) from torch's generator, which the trainer
     seeds per epoch; a larger pack may not (`packable`)."""
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device | str = "cpu",
-                 log_probs: bool = False):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        device: torch.device | str = "cpu",
+        log_probs: bool = False,
+    ):
         super().__init__(models, device)
         self.template = copy.deepcopy(self.template).to(device)  # its structure, int buffers
         self.log_probs = log_probs
@@ -252,13 +292,15 @@ class Vmapped(Stack):
         buffers = {name: b.view(k, *self.buffer_shapes[name]) for name, b in self.buffers.items()}
         self.template.train(self.training)
         out = torch.func.vmap(self._member, in_dims=(0, 0, 1), randomness=self.randomness)(
-            params, buffers, x).transpose(0, 1)  # N×K×classes
+            params, buffers, x
+        ).transpose(0, 1)  # N×K×classes
         return out if self.log_probs else F.log_softmax(out, dim=-1)
 
     __call__ = forward
 
-    def _member(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                x: torch.Tensor) -> torch.Tensor:
+    def _member(
+        self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
         return torch.func.functional_call(self.template, (params, buffers), (x,))
 
 
@@ -269,12 +311,16 @@ def packable(model: nn.Module, image_shape: Sequence[int]) -> str | None:
     for name, m in model.named_modules():
         kind = type(m).__name__
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            return (f"layer {name!r} ({kind}, p={m.p}) draws random numbers per member, which a "
-                    f"pack cannot draw as each member does alone")
+            return (
+                f"layer {name!r} ({kind}, p={m.p}) draws random numbers per member, which a "
+                f"pack cannot draw as each member does alone"
+            )
         own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
         if own and not isinstance(m, STACKABLE):
-            return (f"layer {name or 'the model'!r} ({kind}) has weights of a kind tunekit does "
-                    f"not stack (it stacks {', '.join(c.__name__ for c in STACKABLE)})")
+            return (
+                f"layer {name or 'the model'!r} ({kind}) has weights of a kind tunekit does "
+                f"not stack (it stacks {', '.join(c.__name__ for c in STACKABLE)})"
+            )
     try:
         pack = Vmapped([copy.deepcopy(model), copy.deepcopy(model)])
         out = pack(torch.zeros(2, 2, *image_shape))

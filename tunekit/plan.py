@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec import (ExperimentSpec, SearchSpec, TrialConfig, _line, _loc, fmt, pack_key,
-                          read_spec, resolve)
+from tunekit.spec import (
+    ExperimentSpec,
+    SearchSpec,
+    TrialConfig,
+    _line,
+    _loc,
+    fmt,
+    pack_key,
+    read_spec,
+    resolve,
+)
 
 
 OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
@@ -41,8 +50,11 @@ class Trial:
 
     def record(self) -> dict[str, Any]:
         """Full precision, for JSON: the trial number, what it sets, and its whole config."""
-        return {"trial": self.index, "params": self.params,
-                "config": self.config.model_dump(mode="json")}
+        return {
+            "trial": self.index,
+            "params": self.params,
+            "config": self.config.model_dump(mode="json"),
+        }
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,21 @@ class Plan:
         s = self.spec
         if self.adaptive:
             seeds = {"repeats": s.search.repeats} if s.search.repeats > 1 else {}
-            return {"method": "tpe", "budget": s.search.budget, "seed": s.train.seed, **seeds,
-                    "base": self.trial_base().model_dump(mode="json"),
-                    "space": {k: d.model_dump(mode="json", exclude_none=True)
-                              for k, d in s.search.sample.items()}}
-        return {"method": "grid", "trials": [{"trial": t.index, "config": t.record()["config"]}
-                                             for t in self.trials]}
+            return {
+                "method": "tpe",
+                "budget": s.search.budget,
+                "seed": s.train.seed,
+                **seeds,
+                "base": self.trial_base().model_dump(mode="json"),
+                "space": {
+                    k: d.model_dump(mode="json", exclude_none=True)
+                    for k, d in s.search.sample.items()
+                },
+            }
+        return {
+            "method": "grid",
+            "trials": [{"trial": t.index, "config": t.record()["config"]} for t in self.trials],
+        }
 
     def seed_packs(self) -> list[list[int]]:
         """A grid's trials grouped by configuration: each group its seeds, in plan order."""
@@ -111,14 +132,19 @@ class Plan:
         shapes: dict[str, list[int]] = {}
         for t in self.trials:
             shapes.setdefault(pack_key(t.config), []).append(t.index)
-        packs = [group[i:i + size] for group in shapes.values()
-                 for i in range(0, len(group), size)]
+        packs = [
+            group[i : i + size] for group in shapes.values() for i in range(0, len(group), size)
+        ]
         return sorted(packs)
 
     def as_json(self) -> dict[str, Any]:
         s = self.spec
-        out: dict[str, Any] = {"name": s.name, "method": s.search.method, "size": self.size,
-                               "epochs": s.train.epochs}
+        out: dict[str, Any] = {
+            "name": s.name,
+            "method": s.search.method,
+            "size": self.size,
+            "epochs": s.train.epochs,
+        }
         if self.adaptive:
             out.update({k: v for k, v in self.identity().items() if k in ("budget", "space")})
             out["objective"] = {"metric": OBJECTIVE[0], "mode": OBJECTIVE[1], "at": "last epoch"}
@@ -169,7 +195,9 @@ def _check_sample_edges(spec: ExperimentSpec) -> None:
             try:
                 resolve(base, {path: value})
             except SpecError as e:
-                raise SpecError([_blame(p, {path: value}, spec.search) for p in e.problems]) from None
+                raise SpecError(
+                    [_blame(p, {path: value}, spec.search) for p in e.problems]
+                ) from None
 
 
 def _blame(problem: Problem, params: Mapping[str, Any], search: SearchSpec) -> Problem:
@@ -185,9 +213,17 @@ def make_plan(spec: ExperimentSpec) -> Plan:
     """The plan of a validated spec; SpecError if it is too large or any trial is invalid."""
     size = plan_size(spec)
     if size > spec.sweep.max_trials:
-        raise SpecError([Problem("search", f"the plan has {size:,} trials, more than "
-                                 f"sweep.max_trials = {spec.sweep.max_trials:,}; raise it "
-                                 "(--set sweep.max_trials=N) if you mean it", loc=("search",))])
+        raise SpecError(
+            [
+                Problem(
+                    "search",
+                    f"the plan has {size:,} trials, more than "
+                    f"sweep.max_trials = {spec.sweep.max_trials:,}; raise it "
+                    "(--set sweep.max_trials=N) if you mean it",
+                    loc=("search",),
+                )
+            ]
+        )
     _check_sample_edges(spec)
     return Plan(spec, expand(spec))
 
@@ -205,15 +241,25 @@ def load_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) -> P
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
     """'trials.2.config.train.epochs: 3 -> 2' for every leaf where two plan identities differ."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in dict.fromkeys([*old, *new])
-                for d in differences(old.get(k, "<none>"), new.get(k, "<none>"), f"{path}{k}.")]
-    if isinstance(old, list) and isinstance(new, list) and not (
-            path.endswith("choice.") or path.endswith("uniform.") or path.endswith("randint.")):
+        return [
+            d
+            for k in dict.fromkeys([*old, *new])
+            for d in differences(old.get(k, "<none>"), new.get(k, "<none>"), f"{path}{k}.")
+        ]
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and not (path.endswith("choice.") or path.endswith("uniform.") or path.endswith("randint."))
+    ):
         if len(old) != len(new):
             return [f"{path}count: {len(old)} -> {len(new)}"] + [
-                d for i in range(min(len(old), len(new)))
-                for d in differences(old[i], new[i], f"{path}{i}.")]
-        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}{i}.")]
+                d
+                for i in range(min(len(old), len(new)))
+                for d in differences(old[i], new[i], f"{path}{i}.")
+            ]
+        return [
+            d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}{i}.")
+        ]
     if json.dumps(old) == json.dumps(new):
         return []
     return [f"{path.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]

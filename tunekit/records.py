@@ -18,6 +18,7 @@ from tunekit.trials import Status
 @dataclass(frozen=True)
 class RunRecord:
     """A trial's run as stored in MLflow."""
+
     run_id: str
     trial: int  # its number in the sweep's plan
     params: dict[str, str]
@@ -39,11 +40,18 @@ def trials_csv(records: Sequence[RunRecord]) -> str:
     writer.writerow([*TRIAL_COLUMNS, *params])
     for r in sorted(records, key=lambda r: r.trial):
         ok = r.status == Status.DONE and r.max_val_acc is not None and math.isfinite(r.max_val_acc)
-        writer.writerow([r.trial, r.run_id, r.status,
-                         repr(r.max_val_acc) if r.max_val_acc is not None else "",
-                         r.best_epoch if r.best_epoch is not None else "", "yes" if ok else "no",
-                         (r.error or "").strip().splitlines()[0] if r.error else "",
-                         *(r.params.get(k, "") for k in params)])
+        writer.writerow(
+            [
+                r.trial,
+                r.run_id,
+                r.status,
+                repr(r.max_val_acc) if r.max_val_acc is not None else "",
+                r.best_epoch if r.best_epoch is not None else "",
+                "yes" if ok else "no",
+                (r.error or "").strip().splitlines()[0] if r.error else "",
+                *(r.params.get(k, "") for k in params),
+            ]
+        )
     return out.getvalue()
 
 
@@ -54,10 +62,20 @@ def read_trials_csv(path: Path) -> list[RunRecord]:
     except OSError as e:
         raise UsageError("--trials", f"cannot read {path}: {e.strerror or e}") from None
     if not rows or not set(TRIAL_COLUMNS) <= set(rows[0]):
-        raise UsageError("--trials", f"{path} is not a trials.csv (its columns: "
-                                     f"{', '.join(TRIAL_COLUMNS)}, then the parameters)")
-    return [RunRecord(r["run_id"], int(r["trial"]),
-                      {k: v for k, v in r.items() if k not in TRIAL_COLUMNS},
-                      float(r["max_val_acc"]) if r["max_val_acc"] else None,
-                      int(r["best_epoch"]) if r["best_epoch"] else None, r["status"],
-                      r["error"] or None) for r in rows]
+        raise UsageError(
+            "--trials",
+            f"{path} is not a trials.csv (its columns: "
+            f"{', '.join(TRIAL_COLUMNS)}, then the parameters)",
+        )
+    return [
+        RunRecord(
+            r["run_id"],
+            int(r["trial"]),
+            {k: v for k, v in r.items() if k not in TRIAL_COLUMNS},
+            float(r["max_val_acc"]) if r["max_val_acc"] else None,
+            int(r["best_epoch"]) if r["best_epoch"] else None,
+            r["status"],
+            r["error"] or None,
+        )
+        for r in rows
+    ]

@@ -39,6 +39,7 @@ class ResultRow:
     """One configuration: its trials (several when repeated with other seeds). Only finished
     trials with a finite max val_acc are in `accs` (the values the statistics use); the others
     are in `left_out`, with why."""
+
     setting: dict[str, str]  # column -> value, for each parameter that varies in the plan
     params: dict[str, str]  # the configuration's values by field path (seed left out)
     accs: list[float]
@@ -71,18 +72,31 @@ class ResultRow:
 
     def as_dict(self) -> dict[str, Any]:
         s, v = self.summary, self.vs_best
-        return {**self.setting, "trials": self.trials, "max_val_acc": self.mean, "std": self.std,
-                "ci95": [s.low, s.high] if s and s.low is not None else None,
-                "ci95_cut_at_bounds": bool(s and s.clipped), "all_seeds_equal": bool(s and s.equal),
-                "n": len(self.accs), "accs": self.accs, "trials_used": self.used,
-                "left_out": self.left_out, "best_epochs": self.best_epochs,
-                "best_epoch_mean": self.epochs.mean if self.epochs else None,
-                "best_epoch_ci95": [self.epochs.low, self.epochs.high]
-                if self.epochs and self.epochs.low is not None else None,
-                "p_vs_best": v.p if v else None, "p_vs_best_holm": v.p_holm if v else None,
-                "worse_than_best": v.worse if v else None,
-                "gap_told_apart": v.gap if v else None, "status": self.status,
-                "run_ids": self.run_ids, "errors": self.errors}
+        return {
+            **self.setting,
+            "trials": self.trials,
+            "max_val_acc": self.mean,
+            "std": self.std,
+            "ci95": [s.low, s.high] if s and s.low is not None else None,
+            "ci95_cut_at_bounds": bool(s and s.clipped),
+            "all_seeds_equal": bool(s and s.equal),
+            "n": len(self.accs),
+            "accs": self.accs,
+            "trials_used": self.used,
+            "left_out": self.left_out,
+            "best_epochs": self.best_epochs,
+            "best_epoch_mean": self.epochs.mean if self.epochs else None,
+            "best_epoch_ci95": [self.epochs.low, self.epochs.high]
+            if self.epochs and self.epochs.low is not None
+            else None,
+            "p_vs_best": v.p if v else None,
+            "p_vs_best_holm": v.p_holm if v else None,
+            "worse_than_best": v.worse if v else None,
+            "gap_told_apart": v.gap if v else None,
+            "status": self.status,
+            "run_ids": self.run_ids,
+            "errors": self.errors,
+        }
 
 
 ACCURACY = (0.0, 100.0)  # what an accuracy interval may span
@@ -93,14 +107,25 @@ def result_rows(runs: Sequence[Any]) -> list[ResultRow]:
     95% interval and comparison with the best (stats); best mean max val_acc first. A trial's
     value counts only if it finished (status done) and is finite."""
     from tunekit import stats
+
     columns = varying([r.params for r in runs], IGNORED)
     names = column_names(columns)
     groups: dict[tuple, ResultRow] = {}
     for r in runs:
         key = tuple(r.params.get(k, "") for k in columns)
-        row = groups.setdefault(key, ResultRow(
-            {names[k]: r.params.get(k, "") for k in columns},
-            {k: r.params.get(k, "") for k in columns}, [], [], [], [], [], []))
+        row = groups.setdefault(
+            key,
+            ResultRow(
+                {names[k]: r.params.get(k, "") for k in columns},
+                {k: r.params.get(k, "") for k in columns},
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+            ),
+        )
         value = r.max_val_acc
         if r.status != Status.DONE:
             row.left_out.append(f"trial {r.trial} ({r.status})")
@@ -152,8 +177,10 @@ def _versus(row: ResultRow, best: ResultRow | None) -> str:
         return v.why_none or "-"
     if v.worse:
         return f"worse (p={v.p_holm:.2g})"
-    return (f"not distinguishable at n = {len(row.accs)} (p={v.p_holm:.2g}; a gap of about "
-            f"{v.gap:.2f} would be)")
+    return (
+        f"not distinguishable at n = {len(row.accs)} (p={v.p_holm:.2g}; a gap of about "
+        f"{v.gap:.2f} would be)"
+    )
 
 
 def _seeds(row: ResultRow) -> str:
@@ -164,15 +191,31 @@ def _seeds(row: ResultRow) -> str:
 def _cells(row: ResultRow, best: ResultRow | None = None) -> list[str]:
     error = row.errors[-1].strip().splitlines()[0] if row.errors else ""  # the whole is in MLflow
     status = row.status + (f": {error[:77]}…" if len(error) > 80 else f": {error}" if error else "")
-    return [*map(fmt, row.setting.values()), ", ".join(map(str, row.trials)),
-            _interval(row.summary, 2), _seeds(row), str(len(row.accs)), _versus(row, best),
-            _interval(row.epochs, 1) if row.epochs and row.epochs.n > 1
-            else ", ".join(map(str, row.best_epochs)) or "-",
-            status, " ".join(r[:12] for r in row.run_ids)]
+    return [
+        *map(fmt, row.setting.values()),
+        ", ".join(map(str, row.trials)),
+        _interval(row.summary, 2),
+        _seeds(row),
+        str(len(row.accs)),
+        _versus(row, best),
+        _interval(row.epochs, 1)
+        if row.epochs and row.epochs.n > 1
+        else ", ".join(map(str, row.best_epochs)) or "-",
+        status,
+        " ".join(r[:12] for r in row.run_ids),
+    ]
 
 
-HEAD = ["trial", "Max Val Acc [95% CI]", "seeds", "n", "vs best", "best epoch", "status",
-        "MLflow run id"]
+HEAD = [
+    "trial",
+    "Max Val Acc [95% CI]",
+    "seeds",
+    "n",
+    "vs best",
+    "best epoch",
+    "status",
+    "MLflow run id",
+]
 
 
 def header(rows: Sequence[ResultRow]) -> list[str]:
@@ -205,96 +248,149 @@ def results_table(rows: Sequence[ResultRow], format: str) -> str:
         writer.writerow([*head[:-1], "max_val_acc", "ci95_low", "ci95_high", "std", "run ids"])
         for r in rows:
             s = r.summary
-            writer.writerow([*r.setting.values(), *_cells(r, best)[len(r.setting):len(head) - 1],
-                             *(repr(x) if x is not None else "" for x in (
-                                 r.mean, s and s.low, s and s.high)), repr(r.std),
-                             " ".join(r.run_ids)])
+            writer.writerow(
+                [
+                    *r.setting.values(),
+                    *_cells(r, best)[len(r.setting) : len(head) - 1],
+                    *(
+                        repr(x) if x is not None else ""
+                        for x in (r.mean, s and s.low, s and s.high)
+                    ),
+                    repr(r.std),
+                    " ".join(r.run_ids),
+                ]
+            )
         return out.getvalue()
     if format != "markdown":
         raise ValueError(f"unknown format {format!r}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-              for cells in table_cells(rows)]
+    lines += [
+        "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        for cells in table_cells(rows)
+    ]
     return "\n".join(lines) + "\n"
 
 
 def failures(records: Sequence[Any]) -> list[str]:
     """Each failed (or invalid) trial's reason, whole (the table shows its first line)."""
-    return [f"trial {r.trial} {r.status}: {r.error}"
-            for r in sorted(records, key=lambda r: r.trial) if r.error and r.status != Status.DONE]
+    return [
+        f"trial {r.trial} {r.status}: {r.error}"
+        for r in sorted(records, key=lambda r: r.trial)
+        if r.error and r.status != Status.DONE
+    ]
 
 
 def importance(rows: Sequence[ResultRow], sampled: Sequence[str]) -> dict[str, float] | None:
     """The sampled parameters' importance over the configurations' seed means (stats)."""
     from tunekit import stats
+
     measured = [r for r in rows if r.accs]
-    return stats.importance([(r.params, r.mean) for r in measured],
-                            [p for p in sampled if all(p in r.params for r in measured)])
+    return stats.importance(
+        [(r.params, r.mean) for r in measured],
+        [p for p in sampled if all(p in r.params for r in measured)],
+    )
 
 
-def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = (),
-             sampled: Sequence[str] = ()) -> list[str]:
+def findings(
+    rows: Sequence[ResultRow], claims: Sequence[Any] = (), sampled: Sequence[str] = ()
+) -> list[str]:
     """The statistics of a results table in plain sentences (percentage points throughout);
     `claims` (spec.Claim) are each tested and answered; `sampled` (a TPE or random search's
     parameters) get their importance."""
     from tunekit import stats
+
     measured = [r for r in rows if r.accs]
     if not measured:
         return []
     left = [x for r in rows for x in r.left_out]
-    lines = ([f"Left out of every mean and test ({len(left)}): " + ", ".join(left) + "."]
-             if left else [])
+    lines = (
+        [f"Left out of every mean and test ({len(left)}): " + ", ".join(left) + "."] if left else []
+    )
     counts = sorted({len(r.accs) for r in measured})
     if counts[-1] < 2:
         return lines + [
             "One seed per configuration: no intervals, and one seed cannot separate "
             "configurations. Repeat seeds (a grid's `search.repeats: 3` or more) to tell "
-            "real differences from seed-to-seed noise."]
+            "real differences from seed-to-seed noise."
+        ]
     best = measured[0]
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    lines.append(f"n = {n} seeds per configuration (the values used); intervals are 95% t "
-                 "intervals of the mean max val_acc, in percentage points.")
+    lines.append(
+        f"n = {n} seeds per configuration (the values used); intervals are 95% t "
+        "intervals of the mean max val_acc, in percentage points."
+    )
     if counts[0] == 2:
-        lines.append(f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats._t(1):.1f} "
-                     "standard errors wide, about 5 times a normal one. Use `search.repeats: 3` "
-                     "or more.")
+        lines.append(
+            f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats._t(1):.1f} "
+            "standard errors wide, about 5 times a normal one. Use `search.repeats: 3` "
+            "or more."
+        )
     if any(r.summary and r.summary.clipped for r in measured):
-        lines.append("† An accuracy's t interval ran past 0–100 % and is cut there: with so few "
-                     "seeds it is only a rough guide.")
+        lines.append(
+            "† An accuracy's t interval ran past 0–100 % and is cut there: with so few "
+            "seeds it is only a rough guide."
+        )
     if any(r.epochs and r.epochs.clipped for r in measured):
         lines.append("† A best epoch's t interval ran past the epochs trained and is cut there.")
     if any(r.summary and r.summary.equal for r in measured):
-        lines.append("All seeds equal: a configuration whose seeds all scored the same has no "
-                     "interval (no spread to measure).")
-    same = [r for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None
-            and not r.vs_best.worse]
+        lines.append(
+            "All seeds equal: a configuration whose seeds all scored the same has no "
+            "interval (no spread to measure)."
+        )
+    same = [
+        r
+        for r in measured[1:]
+        if r.vs_best and r.vs_best.p_holm is not None and not r.vs_best.worse
+    ]
     worse = [r for r in measured[1:] if r.vs_best and r.vs_best.worse]
     if len(measured) == 1:
-        lines.append(f"Only one configuration has values: {best.label} at "
-                     f"{_interval(best.summary, 2)}; nothing to compare it with.")
+        lines.append(
+            f"Only one configuration has values: {best.label} at "
+            f"{_interval(best.summary, 2)}; nothing to compare it with."
+        )
     else:
-        lines.append(f"Best: {best.label} at {_interval(best.summary, 2)}. It was picked from these "
-                     "same results, so its mean is likely a little high (the winner's curse), and "
-                     "the tests below do not correct for that. " + (
-                         f"Not distinguishable from it at this n (Welch t-test against the best, "
-                         f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
-                         f"{stats.ALPHA}; this does not mean equal): "
-                         + ("; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
-                                      f"{r.vs_best.gap:.2f} would be)" for r in same) or "none")
-                         + "."
-                         + (" Worse than the best: " + "; ".join(
-                             f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse) + "."
-                            if worse else "")))
+        lines.append(
+            f"Best: {best.label} at {_interval(best.summary, 2)}. It was picked from these "
+            "same results, so its mean is likely a little high (the winner's curse), and "
+            "the tests below do not correct for that. "
+            + (
+                f"Not distinguishable from it at this n (Welch t-test against the best, "
+                f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
+                f"{stats.ALPHA}; this does not mean equal): "
+                + (
+                    "; ".join(
+                        f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
+                        f"{r.vs_best.gap:.2f} would be)"
+                        for r in same
+                    )
+                    or "none"
+                )
+                + "."
+                + (
+                    " Worse than the best: "
+                    + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse)
+                    + "."
+                    if worse
+                    else ""
+                )
+            )
+        )
     factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
-    trials = [({k: r.params[k] for k in best.params}, acc)
-              for r in sorted(measured, key=lambda r: min(r.trials)) for acc in r.accs]
+    trials = [
+        ({k: r.params[k] for k in best.params}, acc)
+        for r in sorted(measured, key=lambda r: min(r.trials))
+        for acc in r.accs
+    ]
     lines += [_claim_line(c, trials, list(best.params)) for c in claims]
     found = importance(rows, sampled) if sampled else None
     if found:
-        lines.append(f"Parameter importance over {len(measured)} configurations' seed means "
-                     "(optuna's fANOVA: a random-forest model's estimate of how much of the "
-                     "spread each parameter explains, not a test): " + ", ".join(
-                         f"{column_names(list(found))[k]} {v:.2f}" for k, v in found.items()) + ".")
+        lines.append(
+            f"Parameter importance over {len(measured)} configurations' seed means "
+            "(optuna's fANOVA: a random-forest model's estimate of how much of the "
+            "spread each parameter explains, not a test): "
+            + ", ".join(f"{column_names(list(found))[k]} {v:.2f}" for k, v in found.items())
+            + "."
+        )
     grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
     if not factors or not grid:
         return lines
@@ -303,46 +399,76 @@ def findings(rows: Sequence[ResultRow], claims: Sequence[Any] = (),
     pairs = stats.interactions(trials, factors) if len(factors) <= 4 else []
     ps = {i.factors: i.p for i in pairs}
     for e in stats.main_effects(trials, factors, ps):
-        caveat = (f" Read with care: {e.caveat.replace(e.factor, name[e.factor])}, so this "
-                  "average hides an effect that changes with the other factor."
-                  if e.caveat else "")
-        lines.append(f"Main effect of {name[e.factor]}: {fmt(e.level)} − {fmt(e.reference)} = "
-                     f"{_difference(e)}, the mean of its cell means over the other factors"
-                     f"{f' (df {e.df:.1f})' if e.df else ''}.{caveat}")
+        caveat = (
+            f" Read with care: {e.caveat.replace(e.factor, name[e.factor])}, so this "
+            "average hides an effect that changes with the other factor."
+            if e.caveat
+            else ""
+        )
+        lines.append(
+            f"Main effect of {name[e.factor]}: {fmt(e.level)} − {fmt(e.reference)} = "
+            f"{_difference(e)}, the mean of its cell means over the other factors"
+            f"{f' (df {e.df:.1f})' if e.df else ''}.{caveat}"
+        )
     for i in pairs:
         a, b = (name[f] for f in i.factors)
-        test = (f"interaction F = {i.f:.2f}, p = {i.p:.2g}" if i.p is not None
-                else "no test: too few seeds or no spread")
+        test = (
+            f"interaction F = {i.f:.2f}, p = {i.p:.2g}"
+            if i.p is not None
+            else "no test: too few seeds or no spread"
+        )
         at = dict.fromkeys(e.at[1] for e in i.effects)
-        by_level = "; ".join(f"at {b}={fmt(lv)}: " + ", ".join(
-            f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
-            for e in i.effects if e.at[1] == lv) for lv in at)
+        by_level = "; ".join(
+            f"at {b}={fmt(lv)}: "
+            + ", ".join(
+                f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
+                for e in i.effects
+                if e.at[1] == lv
+            )
+            for lv in at
+        )
         lines.append(f"{a} × {b} ({test}): {by_level}.")
     return lines
 
 
-def _claim_line(claim: Any, trials: Sequence[tuple[dict[str, str], float]],
-                factors: list[str]) -> str:
+def _claim_line(
+    claim: Any, trials: Sequence[tuple[dict[str, str], float]], factors: list[str]
+) -> str:
     from tunekit import stats
 
     def norm(where: dict[str, Any] | None) -> dict[str, str] | None:
         return None if where is None else {k: fmt(v) for k, v in where.items()}
+
     rows = [({k: fmt(_number(v)) for k, v in p.items()}, acc) for p, acc in trials]
-    r = stats.claim(rows, factors, norm(claim.better), norm(claim.than), norm(claim.at),
-                    norm(claim.more_than_at))
-    what = (f"({_side(claim.better)} − {_side(claim.than)}"
-            + (f" at {_side(claim.at)}" if claim.at else "")
-            + (f") − ({_side(claim.better)} − {_side(claim.than)} at "
-               f"{_side(claim.more_than_at)}" if claim.more_than_at else "") + ") > 0")
+    r = stats.claim(
+        rows,
+        factors,
+        norm(claim.better),
+        norm(claim.than),
+        norm(claim.at),
+        norm(claim.more_than_at),
+    )
+    what = (
+        f"({_side(claim.better)} − {_side(claim.than)}"
+        + (f" at {_side(claim.at)}" if claim.at else "")
+        + (
+            f") − ({_side(claim.better)} − {_side(claim.than)} at {_side(claim.more_than_at)}"
+            if claim.more_than_at
+            else ""
+        )
+        + ") > 0"
+    )
     if r is None:
         return f"Claim: “{claim.text}” {what}: no trials on one side; not tested."
     interval = f" [{r.low:+.2f}, {r.high:+.2f}]" if r.low is not None else ""
     p = f", one-sided p = {r.p:.2g} in the stated direction" if r.p is not None else ""
     wheres = [_side(claim.at) or "overall", _side(claim.more_than_at or {})]
     won = ", ".join(f"{w:.2f} at {where}" for where, (_, w) in zip(wheres, r.improvement))
-    return (f"Claim: “{claim.text}” {what}: estimate {r.estimate:+.2f}{interval}{p}; "
-            f"P({_side(claim.better)} > {_side(claim.than)}) over seed pairs {won}. "
-            f"Verdict: {r.verdict}.")
+    return (
+        f"Claim: “{claim.text}” {what}: estimate {r.estimate:+.2f}{interval}{p}; "
+        f"P({_side(claim.better)} > {_side(claim.than)}) over seed pairs {won}. "
+        f"Verdict: {r.verdict}."
+    )
 
 
 def _number(value: str) -> Any:
@@ -363,5 +489,3 @@ def _difference(e: Any) -> str:
     if e.low is None:
         return f"{e.difference:+.2f}"
     return f"{e.difference:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
-
-

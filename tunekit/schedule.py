@@ -52,8 +52,9 @@ def epoch_values(t: TrainSpec, epoch: int, steps: int) -> tuple[list[float], lis
     return [lr] * steps, [t.optimizer.momentum] * steps
 
 
-def table(trains: Sequence[TrainSpec], epoch: int, steps: int,
-          device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def table(
+    trains: Sequence[TrainSpec], epoch: int, steps: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Every member's values in `epoch`: lr and momentum as [steps, K] tensors (row s is step
     s's), and each member's lr at the epoch's start as the float the spec gives (to report)."""
     values = [epoch_values(t, epoch, steps) for t in trains]

@@ -35,8 +35,14 @@ class FusedSGD:
         self.buf = torch.zeros_like(pack.params)  # momentum buffers, stacked like the weights
 
     @torch.no_grad()
-    def step(self, params: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
-             momentum: torch.Tensor, live: torch.Tensor) -> None:
+    def step(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor,
+        lr: torch.Tensor,
+        momentum: torch.Tensor,
+        live: torch.Tensor,
+    ) -> None:
         """One update of `params` (in place) from `grad`; lr, momentum, live: one per member."""
         if self.l1 is not None:
             grad = grad + self.l1 * params.sign()

@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, ValidationInfo, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tunekit.errors import Problem, SpecError
 
@@ -54,8 +64,14 @@ IMPORT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # "package.module:callable"
 class _Importable(_Strict):
     """A part of the spec that may name the user's own code: `import: "module:callable"` with
     keyword `args` (each sweepable as `<part>.args.NAME`). Written `import` in YAML and dumps."""
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
-                              populate_by_name=True, serialize_by_alias=True)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
+        serialize_by_alias=True,
+    )
 
 
 class DataSpec(_Importable):
@@ -78,17 +94,23 @@ class DataSpec(_Importable):
     def _augment_for_the_dataset(cls, data: Any) -> Any:
         """Augmentations that fit the images, unless the spec says otherwise: rotation for the
         digits, random crop and flip for CIFAR, none for your own."""
-        if isinstance(data, dict) and (data.get("dataset") not in (None, *DIGITS)
-                                       or data.get("import") or data.get("import_")):
-            data = {"rotation": 0.0, "crop": 4 if data.get("dataset") == "cifar10" else 0,
-                    "flip": data.get("dataset") == "cifar10", **data}
+        if isinstance(data, dict) and (
+            data.get("dataset") not in (None, *DIGITS) or data.get("import") or data.get("import_")
+        ):
+            data = {
+                "rotation": 0.0,
+                "crop": 4 if data.get("dataset") == "cifar10" else 0,
+                "flip": data.get("dataset") == "cifar10",
+                **data,
+            }
         return data
 
     @model_validator(mode="after")
     def _args_for_import(self) -> DataSpec:
         if self.args and not self.import_:
-            raise ValueError("args are the keyword args of your own dataset's callable: give "
-                             "`import` too")
+            raise ValueError(
+                "args are the keyword args of your own dataset's callable: give `import` too"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -108,18 +130,25 @@ class ModelSpec(_Importable):
     args: dict[str, Any] = {}  # keyword args of that callable (sweep them: model.args.NAME)
     output: Literal["logits", "log_probs"] = "logits"  # what your model returns; the loss is
     #   cross-entropy either way (seed_cnn returns log_probs)
-    norm: Literal["BN", "GN", "LN"] = "GN"  # seed_cnn: BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
+    norm: Literal["BN", "GN", "LN"] = (
+        "GN"  # seed_cnn: BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
+    )
     groups: PositiveInt = 4  # seed_cnn, GN only: GroupNorm groups; must divide every channel count
     dropout: float = Field(0.069, ge=0, lt=1)  # seed_cnn: drop probability after each conv block
 
     @field_validator("groups")
     @classmethod
     def _groups_divide_channels(cls, groups: int, info: ValidationInfo) -> int:
-        if (info.data.get("norm") == "GN" and not info.data.get("import_")
-                and any(c % groups for c in CHANNELS)):
+        if (
+            info.data.get("norm") == "GN"
+            and not info.data.get("import_")
+            and any(c % groups for c in CHANNELS)
+        ):
             valid = [g for g in range(1, min(CHANNELS) + 1) if all(c % g == 0 for c in CHANNELS)]
-            raise ValueError(f"GroupNorm groups={groups} does not divide every layer's channel "
-                             f"count {sorted(set(CHANNELS))}; valid: {valid}")
+            raise ValueError(
+                f"GroupNorm groups={groups} does not divide every layer's channel "
+                f"count {sorted(set(CHANNELS))}; valid: {valid}"
+            )
         return groups
 
     @model_validator(mode="after")
@@ -128,12 +157,16 @@ class ModelSpec(_Importable):
         if self.import_:
             stray = [f for f in SEED_CNN if getattr(self, f) != defaults[f].default]
             if stray:
-                raise ValueError(f"{', '.join(stray)}: options of the built-in seed_cnn; give "
-                                 f"your model's under args (args: {{{stray[0]}: ...}})")
+                raise ValueError(
+                    f"{', '.join(stray)}: options of the built-in seed_cnn; give "
+                    f"your model's under args (args: {{{stray[0]}: ...}})"
+                )
         else:
             if self.args:
-                raise ValueError("args are the keyword args of your own model's callable: give "
-                                 "`import` too (seed_cnn takes norm, groups, dropout)")
+                raise ValueError(
+                    "args are the keyword args of your own model's callable: give "
+                    "`import` too (seed_cnn takes norm, groups, dropout)"
+                )
             if self.output != defaults["output"].default:
                 raise ValueError("output is for your own model; seed_cnn returns log_probs")
         return self
@@ -157,8 +190,11 @@ class OptimizerSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum
 
 
-_SCHEDULER_FIELDS = {"step": {"step_size", "gamma", "start_epoch"},
-                     "onecycle": {"max_lr", "pct_start"}, "none": set()}
+_SCHEDULER_FIELDS = {
+    "step": {"step_size", "gamma", "start_epoch"},
+    "onecycle": {"max_lr", "pct_start"},
+    "none": set(),
+}
 
 
 class SchedulerSpec(_Strict):
@@ -172,11 +208,16 @@ class SchedulerSpec(_Strict):
     @model_validator(mode="after")
     def _fields_fit_name(self) -> SchedulerSpec:
         # Fields of another scheduler are errors, unless left at their defaults (a full dump).
-        stray = {f for f in self.model_fields_set - _SCHEDULER_FIELDS[self.name] - {"name"}
-                 if getattr(self, f) != type(self).model_fields[f].default}
+        stray = {
+            f
+            for f in self.model_fields_set - _SCHEDULER_FIELDS[self.name] - {"name"}
+            if getattr(self, f) != type(self).model_fields[f].default
+        }
         if stray:
-            raise ValueError(f"{', '.join(sorted(stray))} do(es) not apply to scheduler "
-                             f"'{self.name}' (it takes: {sorted(_SCHEDULER_FIELDS[self.name])})")
+            raise ValueError(
+                f"{', '.join(sorted(stray))} do(es) not apply to scheduler "
+                f"'{self.name}' (it takes: {sorted(_SCHEDULER_FIELDS[self.name])})"
+            )
         return self
 
 
@@ -197,6 +238,7 @@ class TrainSpec(_Strict):
 
 class TrialConfig(_Strict):
     """Everything one training run needs; what `train.fit` takes."""
+
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
@@ -210,12 +252,18 @@ def pack_key(config: TrialConfig) -> str:
     """What the trials of one pack must share: everything but the train settings in PER_MEMBER
     (and the device, which the pack decides)."""
     train = config.train.model_dump(mode="json", exclude={*PER_MEMBER, "device"})
-    return repr((config.data.model_dump(mode="json"), config.model.model_dump(mode="json"),
-                 sorted(train.items())))
+    return repr(
+        (
+            config.data.model_dump(mode="json"),
+            config.model.model_dump(mode="json"),
+            sorted(train.items()),
+        )
+    )
 
 
 class Distribution(_Strict):
     """Exactly one of: uniform [low, high], loguniform [low, high], randint [low, high), choice."""
+
     uniform: tuple[float, float] | None = None
     loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
     randint: tuple[int, int] | None = None
@@ -321,8 +369,10 @@ class SearchSpec(_Strict):
     @classmethod
     def _not_empty(cls, data: Any) -> Any:
         if isinstance(data, dict) and not any(data.get(k) for k in ("grid", "cases", "sample")):
-            raise ValueError("search is empty: give grid, cases or sample "
-                             "(or drop `search` to run the base config once)")
+            raise ValueError(
+                "search is empty: give grid, cases or sample "
+                "(or drop `search` to run the base config once)"
+            )
         return data
 
     @model_validator(mode="after")
@@ -331,18 +381,22 @@ class SearchSpec(_Strict):
             if path in self.grid:
                 raise ValueError(f"{path!r} is set by both grid and cases/sample; keep one")
         if self.num_samples > 1 and not self.sample:
-            raise ValueError("num_samples > 1 repeats identical trials without `sample`; "
-                             "use repeats for more seeds")
+            raise ValueError(
+                "num_samples > 1 repeats identical trials without `sample`; "
+                "use repeats for more seeds"
+            )
         if "train.seed" in self.grid and self.repeats > 1:
             raise ValueError("train.seed is in the grid and repeats > 1; use one of them")
         if self.method == "tpe":
             fixed = [k for k in ("grid", "cases") if getattr(self, k)] + [
-                k for k in ("num_samples",) if getattr(self, k) > 1]
+                k for k in ("num_samples",) if getattr(self, k) > 1
+            ]
             if not self.sample or self.budget is None or fixed:
-                raise ValueError("method tpe searches `sample` (uniform, loguniform, randint, "
-                                 "choice) for `budget` trials" + (
-                                     f"; it takes no {', '.join(fixed)}" if fixed else
-                                     "; give both"))
+                raise ValueError(
+                    "method tpe searches `sample` (uniform, loguniform, randint, "
+                    "choice) for `budget` trials"
+                    + (f"; it takes no {', '.join(fixed)}" if fixed else "; give both")
+                )
         elif self.budget is not None:
             raise ValueError("budget is for method tpe; grid runs every trial it expands to")
         return self
@@ -390,6 +444,7 @@ class TrackingSpec(_Strict):
 class Claim(_Strict):
     """A directional claim the study tests, in plan parameters: `better` beats `than` (at `at`),
     or, with `more_than_at`, beats it by more at `at` than at `more_than_at`."""
+
     text: str = Field(min_length=1)  # the claim in words, as the report quotes it
     better: dict[str, Any]  # e.g. {model.norm: GN}
     than: dict[str, Any]  # the same fields, other values: {model.norm: BN}
@@ -402,18 +457,22 @@ class Claim(_Strict):
             for path in getattr(self, part) or {}:
                 check_path(path)
         if not self.better or set(self.better) != set(self.than) or self.better == self.than:
-            raise ValueError("better and than name the same fields with other values, e.g. "
-                             "better: {model.norm: GN}, than: {model.norm: BN}")
+            raise ValueError(
+                "better and than name the same fields with other values, e.g. "
+                "better: {model.norm: GN}, than: {model.norm: BN}"
+            )
         if set(self.at) & set(self.better):
             raise ValueError("at fixes other fields than better/than")
-        if self.more_than_at is not None and (set(self.more_than_at) != set(self.at)
-                                              or self.more_than_at == self.at or not self.at):
+        if self.more_than_at is not None and (
+            set(self.more_than_at) != set(self.at) or self.more_than_at == self.at or not self.at
+        ):
             raise ValueError("more_than_at names the same fields as at, with other values")
         return self
 
 
 class ExperimentSpec(TrialConfig):
     """A whole study: the base trial config, how it varies, and where it runs and is tracked."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names runs/ folders and MLflow
     search: SearchSpec = Field(default_factory=SearchSpec.model_construct)  # absent: one trial
     resources: ResourcesSpec = ResourcesSpec()
@@ -434,11 +493,15 @@ class ExperimentSpec(TrialConfig):
             for part in ("better", "than", "at", "more_than_at"):
                 for path, value in (getattr(c, part) or {}).items():
                     if path not in varied:
-                        raise ValueError(f"claims[{i}].{part}: {path} does not vary in the plan "
-                                         f"(search.grid or search.cases)")
+                        raise ValueError(
+                            f"claims[{i}].{part}: {path} does not vary in the plan "
+                            f"(search.grid or search.cases)"
+                        )
                     if fmt(value) not in varied[path]:
-                        raise ValueError(f"claims[{i}].{part}: {path}={fmt(value)} is not in the "
-                                         f"plan (it has {', '.join(sorted(varied[path]))})")
+                        raise ValueError(
+                            f"claims[{i}].{part}: {path}={fmt(value)} is not in the "
+                            f"plan (it has {', '.join(sorted(varied[path]))})"
+                        )
         return self
 
     def base(self) -> dict[str, Any]:
@@ -466,10 +529,18 @@ def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> 
     try:
         return TrialConfig.model_validate(raw)
     except ValidationError as e:
-        setting = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else repr(v)}"
-                            for k, v in params.items()) or "the base config"
-        raise SpecError([Problem(_loc(err["loc"]), f"{_msg(err)} (trial {index}: {setting})")
-                         for err in e.errors()]) from None
+        setting = (
+            ", ".join(
+                f"{k}={fmt(v) if isinstance(v, float) else repr(v)}" for k, v in params.items()
+            )
+            or "the base config"
+        )
+        raise SpecError(
+            [
+                Problem(_loc(err["loc"]), f"{_msg(err)} (trial {index}: {setting})")
+                for err in e.errors()
+            ]
+        ) from None
 
 
 def _msg(err: dict[str, Any]) -> str:
@@ -486,7 +557,9 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
         else:
             node = None
@@ -496,26 +569,33 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _problem(err: dict[str, Any], root: yaml.Node | None, cls: type[BaseModel],
-             overridden: Mapping[str, Any]) -> Problem:
+def _problem(
+    err: dict[str, Any], root: yaml.Node | None, cls: type[BaseModel], overridden: Mapping[str, Any]
+) -> Problem:
     loc, msg = tuple(err["loc"]), _msg(err)
     if err["type"] == "extra_forbidden":
         siblings = _fields_at(cls, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
-        msg = (f"unknown key{f'; did you mean {close[0]!r}?' if close else ''} "
-               f"(allowed: {', '.join(siblings)})")
+        msg = (
+            f"unknown key{f'; did you mean {close[0]!r}?' if close else ''} "
+            f"(allowed: {', '.join(siblings)})"
+        )
     elif not isinstance(err.get("input"), (dict, list)) and err["type"] != "missing":
         msg = f"{msg} (got {err['input']!r})"
     from_set = any(_loc(loc).startswith(k) for k in overridden)
-    return Problem(_loc(loc), msg + (" (from --set)" if from_set else ""),
-                   None if from_set else _line(root, loc))
+    return Problem(
+        _loc(loc),
+        msg + (" (from --set)" if from_set else ""),
+        None if from_set else _line(root, loc),
+    )
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         field = cls.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type)
-                                 and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return []
         cls = field.annotation
     return [f.alias or name for name, f in cls.model_fields.items()]
@@ -529,9 +609,14 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:
         for key, value in node.value:
             name = str(key.value)
             if name in seen:
-                found.append(Problem(path + name, f"given twice, on lines {seen[name].start_mark.line + 1}"
-                                     f" and {key.start_mark.line + 1}; keep one",
-                                     key.start_mark.line + 1))
+                found.append(
+                    Problem(
+                        path + name,
+                        f"given twice, on lines {seen[name].start_mark.line + 1}"
+                        f" and {key.start_mark.line + 1}; keep one",
+                        key.start_mark.line + 1,
+                    )
+                )
             seen[name] = key
             found += _duplicate_keys(value, f"{path}{name}.")
     elif isinstance(node, yaml.SequenceNode):
@@ -542,8 +627,10 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:
 
 def _read_text(path: Path) -> str:
     """The spec file's text; one clear problem if it is missing, a folder, not UTF-8 or empty."""
+
     def fail(message: str) -> SpecError:
         return SpecError([Problem("<file>", message)], source=path)
+
     try:
         data = path.read_bytes()
     except IsADirectoryError:
@@ -559,8 +646,9 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def read_spec(path: str | Path, overrides: Mapping[str, Any] | None = None
-              ) -> tuple[ExperimentSpec, yaml.Node]:
+def read_spec(
+    path: str | Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[ExperimentSpec, yaml.Node]:
     """The validated spec of a YAML file and its YAML tree (to find the line of a problem).
 
     `overrides` (dotted path -> value, from `--set`) are applied to the YAML before validation.
@@ -576,31 +664,51 @@ def read_spec(path: str | Path, overrides: Mapping[str, Any] | None = None
         mark = getattr(e, "problem_mark", None)
         start = getattr(e, "context_mark", None) or mark
         context = getattr(e, "context", None)
-        found = (f" (found on line {mark.line + 1})" if mark and start and
-                 mark.line != start.line else "")
-        raise SpecError([Problem("<yaml>", (f"{context}: " if context else "")
-                                 + f"{getattr(e, 'problem', None) or e}{found}",
-                                 start.line + 1 if start else None)], source=path) from None
+        found = (
+            f" (found on line {mark.line + 1})"
+            if mark and start and mark.line != start.line
+            else ""
+        )
+        raise SpecError(
+            [
+                Problem(
+                    "<yaml>",
+                    (f"{context}: " if context else "")
+                    + f"{getattr(e, 'problem', None) or e}{found}",
+                    start.line + 1 if start else None,
+                )
+            ],
+            source=path,
+        ) from None
     if raw is None:  # comments only
-        raise SpecError([Problem("<file>", "is empty; a spec needs at least `name:`")],
-                        source=path)
+        raise SpecError([Problem("<file>", "is empty; a spec needs at least `name:`")], source=path)
     if duplicates := _duplicate_keys(root):
         raise SpecError(duplicates, source=path)
     if not isinstance(raw, dict):
-        raise SpecError([Problem("<spec>", "a spec is a YAML mapping (name:, model:, train:, ...)",
-                                 1)], source=path)
+        raise SpecError(
+            [Problem("<spec>", "a spec is a YAML mapping (name:, model:, train:, ...)", 1)],
+            source=path,
+        )
     overrides = overrides or {}
     for key, value in overrides.items():
         if key.split(".")[0] not in ExperimentSpec.model_fields or key.startswith("search"):
-            raise SpecError([Problem(key, "--set takes a field path such as train.epochs "
-                                          "(search is not overridable: edit the spec)")],
-                            source=path)
+            raise SpecError(
+                [
+                    Problem(
+                        key,
+                        "--set takes a field path such as train.epochs "
+                        "(search is not overridable: edit the spec)",
+                    )
+                ],
+                source=path,
+            )
         raw = set_path(raw, key, value)
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError([_problem(err, root, ExperimentSpec, overrides) for err in e.errors()],
-                        source=path) from None
+        raise SpecError(
+            [_problem(err, root, ExperimentSpec, overrides) for err in e.errors()], source=path
+        ) from None
     return spec, root
 
 

@@ -37,6 +37,7 @@ def _finite(values: Sequence[float]) -> list[float]:
 def _t(df: float) -> float:
     """The two-sided LEVEL quantile of Student's t with `df` degrees of freedom."""
     from scipy import stats
+
     return float(stats.t.ppf(0.5 + LEVEL / 2, df))
 
 
@@ -70,6 +71,7 @@ class Contrast:
     """Σ weight · mean(cell): its estimate, standard error, Welch–Satterthwaite df, 95% interval
     and two-sided p against 0. se, df, low, high and p are None where a cell has one value (no
     variance), and se is 0 with the rest None where every cell's values are equal."""
+
     estimate: float
     se: float | None
     df: float | None
@@ -82,12 +84,14 @@ class Contrast:
         if self.se is None or self.df is None:
             return None
         from scipy import stats
+
         return float(stats.t.sf(self.estimate / self.se, self.df))
 
 
 def contrast(terms: Sequence[tuple[float, Sequence[float]]]) -> Contrast:
     """The contrast Σ w·mean(values) over cells (w, values), with Welch's variance."""
     from scipy import stats
+
     cells = [(w, _finite(v)) for w, v in terms]
     estimate = math.fsum(w * math.fsum(v) / len(v) for w, v in cells)
     if any(len(v) < 2 for _, v in cells):
@@ -111,6 +115,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Contrast:
 def holm(ps: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment: the i-th smallest p times (m − i), made monotone, up to 1."""
     from statsmodels.stats.multitest import multipletests
+
     return [float(p) for p in multipletests(list(ps), method="holm")[1]] if ps else []
 
 
@@ -146,6 +151,7 @@ def versus_best(groups: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, Co
             c = tests[k]
             # Holm's first step is Bonferroni: a gap of t(1 − α/2m, df)·se reaches p_holm < α
             from scipy import stats
+
             gap = float(stats.t.ppf(1 - ALPHA / (2 * m), c.df)) * c.se
             out[k] = Comparison(c.p, adjusted[k], adjusted[k] < ALPHA, gap)
         elif k != best:
@@ -169,11 +175,18 @@ def _levels(rows: Rows, factor: str) -> list[str]:
     return list(dict.fromkeys(str(r[factor]) for r, _ in rows))
 
 
-def _side(cells: Mapping[tuple[str, ...], list[float]], factors: Sequence[str],
-          where: Mapping[str, Any], sign: float) -> list[tuple[float, list[float]]]:
+def _side(
+    cells: Mapping[tuple[str, ...], list[float]],
+    factors: Sequence[str],
+    where: Mapping[str, Any],
+    sign: float,
+) -> list[tuple[float, list[float]]]:
     """The cells matching `where`, each weighing the same: sign / their number."""
-    match = [v for key, v in cells.items()
-             if all(key[factors.index(f)] == str(lv) for f, lv in where.items())]
+    match = [
+        v
+        for key, v in cells.items()
+        if all(key[factors.index(f)] == str(lv) for f, lv in where.items())
+    ]
     return [(sign / len(match), v) for v in match]
 
 
@@ -191,8 +204,14 @@ class Effect:
     caveat: str | None = None  # an interaction that makes an average effect misleading
 
 
-def _effect(cells: Mapping[tuple[str, ...], list[float]], factors: Sequence[str], factor: str,
-            level: str, reference: str, at: tuple[str, str] | None = None) -> Effect | None:
+def _effect(
+    cells: Mapping[tuple[str, ...], list[float]],
+    factors: Sequence[str],
+    factor: str,
+    level: str,
+    reference: str,
+    at: tuple[str, str] | None = None,
+) -> Effect | None:
     fixed = {at[0]: at[1]} if at else {}
     a = _side(cells, factors, {factor: level, **fixed}, 1.0)
     b = _side(cells, factors, {factor: reference, **fixed}, -1.0)
@@ -202,9 +221,11 @@ def _effect(cells: Mapping[tuple[str, ...], list[float]], factors: Sequence[str]
     return Effect(factor, level, reference, c.estimate, c.low, c.high, at, c.p, c.df)
 
 
-def main_effects(rows: Rows, factors: Sequence[str],
-                 interaction_ps: Mapping[tuple[str, str], float | None] | None = None
-                 ) -> list[Effect]:
+def main_effects(
+    rows: Rows,
+    factors: Sequence[str],
+    interaction_ps: Mapping[tuple[str, str], float | None] | None = None,
+) -> list[Effect]:
     """Per factor, each level against the first (levels in the order the rows first show them):
     the mean of its cell means minus the reference's, every cell of the other factors weighing
     the same. With `interaction_ps`, an effect gets a caveat where an interaction involving its
@@ -213,10 +234,18 @@ def main_effects(rows: Rows, factors: Sequence[str],
     out = []
     for f in factors:
         levels = _levels(rows, f)
-        flagged = [pair for pair, p in (interaction_ps or {}).items()
-                   if f in pair and p is not None and p < CAVEAT]
-        caveat = "; ".join(f"the {' × '.join(pair)} interaction has p = "
-                           f"{interaction_ps[pair]:.2g}" for pair in flagged) or None
+        flagged = [
+            pair
+            for pair, p in (interaction_ps or {}).items()
+            if f in pair and p is not None and p < CAVEAT
+        ]
+        caveat = (
+            "; ".join(
+                f"the {' × '.join(pair)} interaction has p = {interaction_ps[pair]:.2g}"
+                for pair in flagged
+            )
+            or None
+        )
         for lv in levels[1:]:
             e = _effect(cells, factors, f, lv, levels[0])
             if e is not None:
@@ -238,8 +267,12 @@ def interactions(rows: Rows, factors: Sequence[str]) -> list[Interaction]:
     out = []
     for a, b in combinations(factors, 2):
         levels = _levels(rows, a)
-        effects = [e for lb in _levels(rows, b) for la in levels[1:]
-                   if (e := _effect(cells, factors, a, la, levels[0], at=(b, lb))) is not None]
+        effects = [
+            e
+            for lb in _levels(rows, b)
+            for la in levels[1:]
+            if (e := _effect(cells, factors, a, la, levels[0], at=(b, lb))) is not None
+        ]
         f, p = anova_interaction(rows, a, b)
         out.append(Interaction((a, b), p, effects, f))
     return out
@@ -251,8 +284,14 @@ def anova_interaction(rows: Rows, a: str, b: str) -> tuple[float | None, float |
     import pandas as pd
     import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm
-    frame = pd.DataFrame({"y": [v for _, v in rows], "a": [str(r[a]) for r, _ in rows],
-                          "b": [str(r[b]) for r, _ in rows]})
+
+    frame = pd.DataFrame(
+        {
+            "y": [v for _, v in rows],
+            "a": [str(r[a]) for r, _ in rows],
+            "b": [str(r[b]) for r, _ in rows],
+        }
+    )
     cells = frame.groupby(["a", "b"])["y"]
     full = len(cells) == frame["a"].nunique() * frame["b"].nunique()
     if not full or len(frame) <= len(cells) or float(cells.var(ddof=0).max()) == 0:
@@ -284,9 +323,14 @@ OTHER_WAY = "not supported: the estimate points the other way"
 UNDECIDED = "undecided at this n"
 
 
-def claim(rows: Rows, factors: Sequence[str], better: Mapping[str, Any],
-          than: Mapping[str, Any], at: Mapping[str, Any] | None = None,
-          more_than_at: Mapping[str, Any] | None = None) -> ClaimResult | None:
+def claim(
+    rows: Rows,
+    factors: Sequence[str],
+    better: Mapping[str, Any],
+    than: Mapping[str, Any],
+    at: Mapping[str, Any] | None = None,
+    more_than_at: Mapping[str, Any] | None = None,
+) -> ClaimResult | None:
     """'`better` beats `than` [at `at`] [by more than at `more_than_at`]': the contrast of cell
     means (cells matching each side weigh the same), tested one-sided in that direction. None
     where a side has no trials."""
@@ -317,21 +361,26 @@ def claim(rows: Rows, factors: Sequence[str], better: Mapping[str, Any],
     c = contrast(terms)
     p = c.p_greater()
     if p is None:
-        verdict = UNDECIDED + (": one seed, no test" if c.se is None
-                               else ": all seeds equal, no test")
+        verdict = UNDECIDED + (
+            ": one seed, no test" if c.se is None else ": all seeds equal, no test"
+        )
     elif p < ALPHA:
         verdict = SUPPORTED
     elif c.estimate < 0:
-        verdict = OTHER_WAY + (", clearly" if 1 - p < ALPHA else ", though not clearly at this "
-                               "n") + f" (one-sided p = {1 - p:.2g} in that direction)"
+        verdict = (
+            OTHER_WAY
+            + (", clearly" if 1 - p < ALPHA else ", though not clearly at this n")
+            + f" (one-sided p = {1 - p:.2g} in that direction)"
+        )
     else:
         verdict = UNDECIDED
     won = [(label(w), improvement(values(better, w), values(than, w))) for w in wheres]
     return ClaimResult(c.estimate, c.low, c.high, p, c.df, won, verdict)
 
 
-def importance(configs: Sequence[tuple[Mapping[str, str], float]], params: Sequence[str],
-               seed: int = 0) -> dict[str, float] | None:
+def importance(
+    configs: Sequence[tuple[Mapping[str, str], float]], params: Sequence[str], seed: int = 0
+) -> dict[str, float] | None:
     """How much of the variation in configurations' values each parameter explains: optuna's
     fANOVA over (parameters, seed mean) — a random-forest model's estimate, not a test. Ranges
     come from the values (log where they span 100× or more). None for fewer than 4
@@ -339,6 +388,7 @@ def importance(configs: Sequence[tuple[Mapping[str, str], float]], params: Seque
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
     dists: dict[str, Any] = {}
     for p in params:
         values = [str(c[p]) for c, _ in configs]
@@ -356,8 +406,15 @@ def importance(configs: Sequence[tuple[Mapping[str, str], float]], params: Seque
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for c, value in ((c, float(v)) for c, v in configs if math.isfinite(v)):
-        study.add_trial(optuna.trial.create_trial(
-            params={p: str(c[p]) if isinstance(d, CategoricalDistribution) else float(c[p])
-                    for p, d in dists.items()}, distributions=dists, value=value))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={
+                    p: str(c[p]) if isinstance(d, CategoricalDistribution) else float(c[p])
+                    for p, d in dists.items()
+                },
+                distributions=dists,
+                value=value,
+            )
+        )
     found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
     return {p: float(v) for p, v in found.items()}

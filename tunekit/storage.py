@@ -31,13 +31,19 @@ EXAMPLE = "s3://my-bucket/tunekit"
 
 class StorageError(TunekitError):
     """The results storage cannot be used, or holds something in the way: nothing was started."""
+
     exit_code = 2
 
 
 def source(spec: Any) -> str:
     """Which setting chose the storage, to name it in errors."""
-    return "sweep.storage" if spec.sweep.storage else STORAGE_ENV if os.environ.get(
-        STORAGE_ENV) else "sweep.storage (default ./runs)"
+    return (
+        "sweep.storage"
+        if spec.sweep.storage
+        else STORAGE_ENV
+        if os.environ.get(STORAGE_ENV)
+        else "sweep.storage (default ./runs)"
+    )
 
 
 def is_uri(location: str) -> bool:
@@ -72,9 +78,11 @@ def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, 
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowInvalid, ValueError, OSError) as e:
-        raise StorageError(f"{name}: cannot use {uri!r}: {first_line(e)}. Give a local path "
-                           f"or a URI such as {EXAMPLE} (S3-compatible stores: add "
-                           "?endpoint_override=HOST:PORT&scheme=http)") from None
+        raise StorageError(
+            f"{name}: cannot use {uri!r}: {first_line(e)}. Give a local path "
+            f"or a URI such as {EXAMPLE} (S3-compatible stores: add "
+            "?endpoint_override=HOST:PORT&scheme=http)"
+        ) from None
 
 
 def location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -121,12 +129,18 @@ def readable(uri: str, path: str) -> str | None:
 def _why(e: BaseException) -> str:
     """An OSError from pyarrow in one line, led by what to do for the usual S3 answers."""
     text = " ".join(str(e).split())
-    hints = [(("NO_SUCH_BUCKET", "NoSuchBucket", "not found. To create buckets"),
-              "the bucket does not exist: create it, or fix its name"),
-             (("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH"),
-              "the credentials were refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-              "(or the instance profile) and the bucket's policy"),
-             (("NETWORK_CONNECTION", "Couldn't connect"), "the endpoint does not answer")]
+    hints = [
+        (
+            ("NO_SUCH_BUCKET", "NoSuchBucket", "not found. To create buckets"),
+            "the bucket does not exist: create it, or fix its name",
+        ),
+        (
+            ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH"),
+            "the credentials were refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or the instance profile) and the bucket's policy",
+        ),
+        (("NETWORK_CONNECTION", "Couldn't connect"), "the endpoint does not answer"),
+    ]
     hint = next((h for keys, h in hints if any(k in text for k in keys)), None)
     return f"{hint} ({text})" if hint else text
 
@@ -150,21 +164,25 @@ def check(plan: Plan, *, resume: bool = False, restart: bool = False) -> None:
     stored = stored_plan(spec)
     if resume:
         if stored is None:
-            raise StorageError(f"nothing to resume at {path}: run the sweep without --resume "
-                               "first")
+            raise StorageError(f"nothing to resume at {path}: run the sweep without --resume first")
         changed = differences(stored, plan.identity())
         if changed:
-            shown = "\n  ".join(changed[:12]) + (f"\n  ... {len(changed) - 12} more"
-                                                if len(changed) > 12 else "")
-            raise StorageError(f"the spec no longer gives the plan the sweep at {path} was "
-                               f"started with; --resume only carries on the same plan. "
-                               f"Differences (stored -> now):\n  {shown}\nUndo the change to "
-                               "resume, or start over with --restart (the earlier sweep's MLflow "
-                               "runs are kept).")
+            shown = "\n  ".join(changed[:12]) + (
+                f"\n  ... {len(changed) - 12} more" if len(changed) > 12 else ""
+            )
+            raise StorageError(
+                f"the spec no longer gives the plan the sweep at {path} was "
+                f"started with; --resume only carries on the same plan. "
+                f"Differences (stored -> now):\n  {shown}\nUndo the change to "
+                "resume, or start over with --restart (the earlier sweep's MLflow "
+                "runs are kept)."
+            )
     elif not restart and _exists(spec, stored):
-        raise StorageError(f"{path} holds an earlier sweep of {spec.name!r}: --resume carries it "
-                           "on, --restart starts over (the earlier sweep's MLflow runs are "
-                           "kept), or set another name or sweep.storage")
+        raise StorageError(
+            f"{path} holds an earlier sweep of {spec.name!r}: --resume carries it "
+            "on, --restart starts over (the earlier sweep's MLflow runs are "
+            "kept), or set another name or sweep.storage"
+        )
 
 
 def _exists(spec: Any, stored: dict[str, Any] | None) -> bool:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+
 @dataclass(frozen=True)
 class Study:
     """What the report shows, as read from MLflow by the caller."""
+
     name: str
     sweep_run: str
     tracking_uri: str
@@ -35,10 +37,13 @@ class Study:
 def write(study: Study, folder: Path, format: str) -> list[Path]:
     """Write the report (report.md or report.html) and its figures into `folder`."""
     from tunekit import figures, results
+
     folder.mkdir(parents=True, exist_ok=True)
     measured = [r for r in study.rows if r.accs]
-    groups = [(r.label, [study.histories[i] for i in r.run_ids if study.histories.get(i)])
-              for r in measured]
+    groups = [
+        (r.label, [study.histories[i] for i in r.run_ids if study.histories.get(i)])
+        for r in measured
+    ]
     files = []
     for key, fig in figures.band_figures(groups).items():
         files.append(folder / f"{key}.png")
@@ -47,29 +52,44 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
     figures.seeds_figure(study.rows).savefig(files[-1], dpi=90)
     grids = []
     for n, r in enumerate(measured, 1):
-        best = max(r.run_ids, key=lambda i: max(
-            (m["val_acc"] for m in study.histories.get(i, [])), default=-1.0))
+        best = max(
+            r.run_ids,
+            key=lambda i: max((m["val_acc"] for m in study.histories.get(i, [])), default=-1.0),
+        )
         wrong = study.wrong.get(best)
         if wrong is not None:
             files.append(folder / f"misclassified_{n}.png")
             figures.misclassified_figure(
-                wrong["images"], wrong["labels"], wrong["preds"],
-                title=f"{r.label}: best seed, {wrong['total']} wrong").savefig(files[-1], dpi=80)
+                wrong["images"],
+                wrong["labels"],
+                wrong["preds"],
+                title=f"{r.label}: best seed, {wrong['total']} wrong",
+            ).savefig(files[-1], dpi=80)
             grids.append((r.label, files[-1].name))
     table = results.results_table(study.rows, "markdown")
     sentences = results.findings(study.rows, study.claims, study.sampled)
     found = results.importance(study.rows, study.sampled) if study.sampled else None
     if found:
         files.append(folder / "importance.json")
-        files[-1].write_text(json.dumps({"method": "optuna fANOVA over configurations' seed "
-                                                   "means (a model-based estimate)",
-                                         "importance": found}, indent=1))
+        files[-1].write_text(
+            json.dumps(
+                {
+                    "method": "optuna fANOVA over configurations' seed "
+                    "means (a model-based estimate)",
+                    "importance": found,
+                },
+                indent=1,
+            )
+        )
     if study.records:  # every value the statistics used, one row per trial
         files.append(folder / "trials.csv")
         from tunekit.records import trials_csv
+
         files[-1].write_text(trials_csv(study.records))
-    graphs = [("Max val_acc per configuration, each seed", "max_val_acc.png"),
-              *((figures.GRAPHS[k], f"{k}.png") for k in figures.GRAPHS)]
+    graphs = [
+        ("Max val_acc per configuration, each seed", "max_val_acc.png"),
+        *((figures.GRAPHS[k], f"{k}.png") for k in figures.GRAPHS),
+    ]
     doc = folder / f"report.{'md' if format == 'markdown' else 'html'}"
     render = _markdown if format == "markdown" else _html
     doc.write_text(render(study, table, sentences, graphs, grids))
@@ -85,40 +105,75 @@ def _store(uri: str) -> str:
 
 def _header(study: Study) -> str:
     per_trial = " Every trial's values: [trials.csv](trials.csv)." if study.records else ""
-    return (f"Sweep run `{study.sweep_run}` in MLflow ({_store(study.tracking_uri)}); report "
-            f"written {time.strftime('%Y-%m-%d %H:%M %Z')}.{per_trial}")
+    return (
+        f"Sweep run `{study.sweep_run}` in MLflow ({_store(study.tracking_uri)}); report "
+        f"written {time.strftime('%Y-%m-%d %H:%M %Z')}.{per_trial}"
+    )
 
 
-def _markdown(study: Study, table: str, sentences: list[str], graphs: list[tuple[str, str]],
-              grids: list[tuple[str, str]]) -> str:
-    out = [f"# {study.name}: study report", "", _header(study), "", "## Results", "",
-           "Max val_acc is the best test accuracy of each trial over its epochs, averaged over "
-           "seeds, with its 95% interval.", "", table, "## What the statistics say", ""]
+def _markdown(
+    study: Study,
+    table: str,
+    sentences: list[str],
+    graphs: list[tuple[str, str]],
+    grids: list[tuple[str, str]],
+) -> str:
+    out = [
+        f"# {study.name}: study report",
+        "",
+        _header(study),
+        "",
+        "## Results",
+        "",
+        "Max val_acc is the best test accuracy of each trial over its epochs, averaged over "
+        "seeds, with its 95% interval.",
+        "",
+        table,
+        "## What the statistics say",
+        "",
+    ]
     out += [f"- {s}" for s in sentences] + ["", "## Curves", ""]
-    out += [f"![{title}]({file})" for title, file in graphs] + ["", "## Misclassified digits",
-                                                                 ""]
+    out += [f"![{title}]({file})" for title, file in graphs] + ["", "## Misclassified digits", ""]
     out += [f"**{label}**\n\n![{label}]({file})\n" for label, file in grids]
-    out += ["## The spec", "", "```yaml", study.spec_text.rstrip(), "```", "",
-            "## Environment", "", "| | |", "|---|---|"]
+    out += [
+        "## The spec",
+        "",
+        "```yaml",
+        study.spec_text.rstrip(),
+        "```",
+        "",
+        "## Environment",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     out += [f"| {k} | {v} |" for k, v in study.environment.items()]
     return "\n".join(out) + "\n"
 
 
-def _html(study: Study, table: str, sentences: list[str], graphs: list[tuple[str, str]],
-          grids: list[tuple[str, str]]) -> str:
+def _html(
+    study: Study,
+    table: str,
+    sentences: list[str],
+    graphs: list[tuple[str, str]],
+    grids: list[tuple[str, str]],
+) -> str:
     e = html.escape
     lines = [line for line in table.strip().splitlines() if not line.startswith("|---")]
-    cells = [[c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
-             for line in lines]
+    cells = [
+        [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")] for line in lines
+    ]
     head = "".join(f"<th>{e(c)}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-                   for row in cells[1:])
-    figures = "".join(f'<figure><img src="{e(f)}" alt="{e(t)}"><figcaption>{e(t)}</figcaption>'
-                      f"</figure>" for t, f in graphs)
-    wrong = "".join(f'<figure><img src="{e(f)}" alt="{e(label)}"><figcaption>{e(label)}'
-                    f"</figcaption></figure>" for label, f in grids)
-    env = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
-                  for k, v in study.environment.items())
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    figures = "".join(
+        f'<figure><img src="{e(f)}" alt="{e(t)}"><figcaption>{e(t)}</figcaption></figure>'
+        for t, f in graphs
+    )
+    wrong = "".join(
+        f'<figure><img src="{e(f)}" alt="{e(label)}"><figcaption>{e(label)}</figcaption></figure>'
+        for label, f in grids
+    )
+    env = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in study.environment.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(study.name)}: study report</title>
 <style>

@@ -44,13 +44,13 @@ def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
     return {"trial": tune.grid_search([p[0] for p in packs])}
 
 
-
 def _domain(d: Distribution) -> Any:
     if d.choice is not None:
         return tune.choice(d.choice)
     low, high = getattr(d, d.kind)
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform,
-            "randint": tune.randint}[d.kind](low, high)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[
+        d.kind
+    ](low, high)
 
 
 class NumberedTPE(OptunaSearch):
@@ -77,10 +77,15 @@ def _searcher(plan: Plan) -> Any:
     if not plan.adaptive:
         return None  # Tune's default: the grid over trial numbers, in order
     import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
-    tpe = NumberedTPE(metric=OBJECTIVE[0], mode=OBJECTIVE[1], sampler=optuna.samplers.TPESampler(
-        seed=s.train.seed, n_startup_trials=startup), repeats=s.search.repeats)
+    tpe = NumberedTPE(
+        metric=OBJECTIVE[0],
+        mode=OBJECTIVE[1],
+        sampler=optuna.samplers.TPESampler(seed=s.train.seed, n_startup_trials=startup),
+        repeats=s.search.repeats,
+    )
     return ConcurrencyLimiter(tpe, max_concurrent=s.sweep.max_concurrent or 2)
 
 
@@ -97,11 +102,11 @@ def _index_of(path: str | None) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-
 @dataclass
 class _Active:
     """The sweep the driver is running now. Ray pickles callbacks with the experiment, so the
     relay keeps nothing itself and a resumed run's relay finds the new listeners here."""
+
     plan: Plan
     listeners: list[Listener]
     interrupted: threading.Event
@@ -121,8 +126,11 @@ def _member_metrics(result: dict[str, Any], index: int, packed: bool) -> dict[st
     if isinstance(result.get(f"m{index}"), dict):
         return result[f"m{index}"]
     prefix = f"m{index}/"
-    found = {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)
-             and v == v and v is not None}  # NaN: the column of a member that had failed
+    found = {
+        k[len(prefix) :]: v
+        for k, v in result.items()
+        if k.startswith(prefix) and v == v and v is not None
+    }  # NaN: the column of a member that had failed
     if found.get("failed"):
         return {"failed": found["failed"]}
     return {k: found[k] for k in METRICS} if all(k in found for k in METRICS) else None
@@ -139,9 +147,12 @@ class _Relay(tune.Callback):
             if index not in _active.trials:
                 plan = _active.plan
                 _active.trials[index] = TrialState(
-                    index, plan.proposed_params(index, trial.config) if plan.adaptive
+                    index,
+                    plan.proposed_params(index, trial.config)
+                    if plan.adaptive
                     else plan.trials[index].params,
-                    proposal=plan.proposal(index) if plan.spec.search.repeats > 1 else None)
+                    proposal=plan.proposal(index) if plan.spec.search.repeats > 1 else None,
+                )
             state = _active.trials[index]
             state.ray_id = trial.trial_id
             states.append(state)
@@ -168,8 +179,9 @@ class _Relay(tune.Callback):
             for listener in listeners:
                 listener.trial_started(t)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         states, listeners = self._states(trial)
         for t in states:
             metrics = _member_metrics(result, t.index, "pack" in trial.config)
@@ -193,8 +205,9 @@ class _Relay(tune.Callback):
         for t in states:
             last = t.history[-1]["epoch"] if t.history else None  # None: an earlier session's
             if t.status != Status.FAILED:
-                self._end(t, Status.STOPPED if last is not None and last < epochs else Status.DONE,
-                          None)
+                self._end(
+                    t, Status.STOPPED if last is not None and last < epochs else Status.DONE, None
+                )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         states, listeners = self._states(trial)  # it failed (its node lost, say) and goes on
@@ -210,8 +223,11 @@ class _Relay(tune.Callback):
         states, _ = self._states(trial)
         for t in states:
             if t.status != Status.FAILED:
-                self._end(t, Status.INVALID if reason.startswith("InvalidProposal")
-                          else Status.FAILED, reason)
+                self._end(
+                    t,
+                    Status.INVALID if reason.startswith("InvalidProposal") else Status.FAILED,
+                    reason,
+                )
 
     def _end(self, t: TrialState, status: Status, error: str | None) -> None:
         assert _active is not None
@@ -237,7 +253,7 @@ def _exception(text: str) -> str:
     message whole (Ray's storage errors run over several lines)."""
     found = list(_EXCEPTION_LINE.finditer(text))
     if found:
-        name, message = found[-1].group(1), text[found[-1].start(2):].strip()
+        name, message = found[-1].group(1), text[found[-1].start(2) :].strip()
         return f"{name.rsplit('.', 1)[-1]}: {message}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
@@ -262,17 +278,21 @@ def start(plan: Plan, address: str | None, probe: str, checked: Checked) -> str 
             f"{storage.root(spec)}, where this driver keeps the sweep's results:\n  {nodes}\n"
             f"Trials on other nodes need storage every node reaches: set sweep.storage in the "
             f"spec, or {storage.STORAGE_ENV} for the whole cluster, to a cloud URI such as "
-            f"{storage.EXAMPLE} or a folder every node mounts. Nothing was started.")
+            f"{storage.EXAMPLE} or a folder every node mounts. Nothing was started."
+        )
     if not storage.is_uri(storage.root(spec)) and not cluster.trial_nodes():
-        return (f"no node that runs trials is up yet, so none was checked to read "
-                f"{storage.root(spec)} ({storage.source(spec)}); trials on nodes that cannot will "
-                f"fail. On a cluster, set sweep.storage or {storage.STORAGE_ENV} to a cloud URI "
-                f"such as {storage.EXAMPLE}, or a folder every node mounts.")
+        return (
+            f"no node that runs trials is up yet, so none was checked to read "
+            f"{storage.root(spec)} ({storage.source(spec)}); trials on nodes that cannot will "
+            f"fail. On a cluster, set sweep.storage or {storage.STORAGE_ENV} to a cloud URI "
+            f"such as {storage.EXAMPLE}, or a folder every node mounts."
+        )
     return None
 
 
-def _packs(plan: Plan, one: cluster.Ask, checked: Checked | None
-           ) -> tuple[list[list[int]], cluster.Ask]:
+def _packs(
+    plan: Plan, one: cluster.Ask, checked: Checked | None
+) -> tuple[list[list[int]], cluster.Ask]:
     """The plan's packs and what each asks Ray for. With `sweep.pack: auto`, trials that get a
     GPU and a driver that has one, the size and the GPU share are measured on it
     (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs. A model that cannot
@@ -282,23 +302,30 @@ def _packs(plan: Plan, one: cluster.Ask, checked: Checked | None
     if packs_are_seeds(plan):  # ASHA: a configuration's seeds stop together
         return plan.seed_packs(), one.packed(plan.spec.search.repeats)
     if checked and checked.unpackable and (plan.spec.sweep.pack != "auto" or one.gpus > 0):
-        return plan.packs(1), cluster.Ask(one.cpus, one.gpus,
-                                          f"{one.why}; packs of 1: {checked.unpackable}")
+        return plan.packs(1), cluster.Ask(
+            one.cpus, one.gpus, f"{one.why}; packs of 1: {checked.unpackable}"
+        )
     if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
         from tunekit.measure import gpu_pack
+
         choice = gpu_pack(plan.trials[0].config, len(plan.trials))
         torch.cuda.empty_cache()
-        return plan.packs(choice.k), cluster.Ask(one.cpus, choice.gpu_share,
-                                                 f"{one.why}; packs of up to {choice.k}, "
-                                                 f"{choice.why}")
+        return plan.packs(choice.k), cluster.Ask(
+            one.cpus, choice.gpu_share, f"{one.why}; packs of up to {choice.k}, {choice.why}"
+        )
     packs = plan.packs(cluster.pack_size(plan.spec, one))
     return packs, one.packed(max((len(p) for p in packs), default=1))
 
 
-def run(plan: Plan, *, address: str | None = None, resume: bool = False,
-        listeners: list[Listener] | None = None,
-        interrupted: threading.Event | None = None,
-        checked: Checked | None = None) -> list[TrialState]:
+def run(
+    plan: Plan,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    listeners: list[Listener] | None = None,
+    interrupted: threading.Event | None = None,
+    checked: Checked | None = None,
+) -> list[TrialState]:
     """Run (or resume) the sweep of a prepared plan; returns the state of every trial Ray knew.
 
     `interrupted` (set by the caller's Ctrl-C handler) stops the sweep at the next safe point:
@@ -320,41 +347,63 @@ def run(plan: Plan, *, address: str | None = None, resume: bool = False,
         listener.sweep_started(joined, asks)
     on_cluster_node = not (address or "").startswith("ray://")  # a Ray Client driver is remote
     root = str(data_root(spec.data).resolve()) if on_cluster_node else None
-    trainable = tune.with_resources(tune.with_parameters(train, plan=plan, root=root),
-                                    {"cpu": asks.cpus, "gpu": asks.gpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(train, plan=plan, root=root), {"cpu": asks.cpus, "gpu": asks.gpus}
+    )
     storage_path, fs = storage.for_ray(spec)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         try:
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
-                                       resume_errored=True, storage_filesystem=fs)
+            tuner = tune.Tuner.restore(
+                path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+            )
         except (EOFError, pickle.UnpicklingError) as e:  # cut short by a kill, before wholefiles
             raise storage.StorageError(
                 f"Ray's saved state of the sweep at {path} (tuner.pkl) cannot be read "
                 f"({type(e).__name__}: {e}), as when a driver is killed while writing it. "
-                "Start over with --restart (the earlier sweep's MLflow runs are kept).")
+                "Start over with --restart (the earlier sweep's MLflow runs are kept)."
+            )
     else:  # new, or resumed before Tune had saved anything
         asha = spec.sweep.asha
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs,
-                                  grace_period=asha.grace_period,
-                                  reduction_factor=asha.reduction_factor) if asha else None
+        scheduler = (
+            ASHAScheduler(
+                time_attr="epoch",
+                max_t=spec.train.epochs,
+                grace_period=asha.grace_period,
+                reduction_factor=asha.reduction_factor,
+            )
+            if asha
+            else None
+        )
         metric = plan.adaptive or asha
         tuner = tune.Tuner(
-            trainable, param_space=param_space(plan, _active.packs),
+            trainable,
+            param_space=param_space(plan, _active.packs),
             tune_config=tune.TuneConfig(
-                num_samples=spec.search.budget if plan.adaptive else 1, scheduler=scheduler,
-                metric=OBJECTIVE[0] if metric else None, mode=OBJECTIVE[1] if metric else None,
+                num_samples=spec.search.budget if plan.adaptive else 1,
+                scheduler=scheduler,
+                metric=OBJECTIVE[0] if metric else None,
+                mode=OBJECTIVE[1] if metric else None,
                 max_concurrent_trials=None if plan.adaptive else spec.sweep.max_concurrent,
                 reuse_actors=True,  # a worker keeps torch imported and the dataset loaded
-                search_alg=_searcher(plan), trial_dirname_creator=trial_dirname,
-                trial_name_creator=trial_dirname),
+                search_alg=_searcher(plan),
+                trial_dirname_creator=trial_dirname,
+                trial_name_creator=trial_dirname,
+            ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
+                name=spec.name,
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                verbose=0,
                 callbacks=[_Relay()],
                 failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            ),
+        )
     ours = signal.getsignal(signal.SIGINT)
-    tune_catches = (threading.current_thread() is threading.main_thread()
-                    and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0")
+    tune_catches = (
+        threading.current_thread() is threading.main_thread()
+        and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+    )
     try:
         try:
             grid = tuner.fit()
@@ -393,36 +442,57 @@ def _final_states(active: _Active, result: Any) -> list[TrialState]:
     rows = [] if df is None or df.empty else df.to_dict("records")
     saved = _checkpointed(result.checkpoint)
     packed = len(indices) > 1 or "pack" in config
-    return [_final_state(active, result, index, rows, saved[i] if i < len(saved) else None,
-                         packed) for i, index in enumerate(indices)]
+    return [
+        _final_state(active, result, index, rows, saved[i] if i < len(saved) else None, packed)
+        for i, index in enumerate(indices)
+    ]
 
 
-def _final_state(active: _Active, result: Any, index: int, rows: list[dict[str, Any]],
-                 saved: dict[str, Any] | None, packed: bool) -> TrialState:
+def _final_state(
+    active: _Active,
+    result: Any,
+    index: int,
+    rows: list[dict[str, Any]],
+    saved: dict[str, Any] | None,
+    packed: bool,
+) -> TrialState:
     known = active.trials.get(index)
     config = result.config or {}
-    params = (known.params if known else
-              {k: v for k, v in config.items() if k != "trial"} if active.plan.adaptive
-              else active.plan.trials[index].params)
+    params = (
+        known.params
+        if known
+        else {k: v for k, v in config.items() if k != "trial"}
+        if active.plan.adaptive
+        else active.plan.trials[index].params
+    )
     mine = [(r, m) for r in rows if (m := _member_metrics(r, index, packed)) is not None]
     history = list({m["epoch"]: m for r, m in mine if "failed" not in m}.values())
     last = rows[-1] if rows else {}
-    state = TrialState(index, params, history=history, node_ids={r["node_id"] for r, _ in mine},
-                       device=last.get("device"), gpu_ids=str(last.get("gpu_ids") or ""),
-                       warning=last.get("warning") or None,
-                       ray_id=known.ray_id if known else result.metrics.get("trial_id"),
-                       path=result.path, best_state=saved["best"] if saved else None)
+    state = TrialState(
+        index,
+        params,
+        history=history,
+        node_ids={r["node_id"] for r, _ in mine},
+        device=last.get("device"),
+        gpu_ids=str(last.get("gpu_ids") or ""),
+        warning=last.get("warning") or None,
+        ray_id=known.ray_id if known else result.metrics.get("trial_id"),
+        path=result.path,
+        best_state=saved["best"] if saved else None,
+    )
     if state.best_state is not None and "model" not in state.best_state:
         state.best_state = None  # failed before its first epoch ended
-    diverged = next((m["failed"] for _, m in mine if "failed" in m), None) or (
-        saved or {}).get("failed")
+    diverged = next((m["failed"] for _, m in mine if "failed" in m), None) or (saved or {}).get(
+        "failed"
+    )
     epochs = active.plan.spec.train.epochs
     if diverged:
         state.status, state.error = Status.FAILED, f"DivergedError: {diverged}"
     elif result.error is not None:
         state.error = _exception(str(result.error))
-        state.status = (Status.INVALID if state.error.startswith("InvalidProposal")
-                        else Status.FAILED)
+        state.status = (
+            Status.INVALID if state.error.startswith("InvalidProposal") else Status.FAILED
+        )
     elif len(history) == epochs:
         state.status = Status.DONE
     else:  # ASHA stopped it, or the sweep was interrupted before it finished

@@ -37,13 +37,20 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 TAG = "tunekit."  # prefix of tunekit's own run tags
-END_STATUS = {Status.DONE: "FINISHED", Status.STOPPED: "FINISHED", Status.FAILED: "FAILED",
-              Status.INVALID: "FAILED", Status.UNFINISHED: "KILLED", Status.PENDING: "KILLED"}
+END_STATUS = {
+    Status.DONE: "FINISHED",
+    Status.STOPPED: "FINISHED",
+    Status.FAILED: "FAILED",
+    Status.INVALID: "FAILED",
+    Status.UNFINISHED: "KILLED",
+    Status.PENDING: "KILLED",
+}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs
 
 
 class TrackingError(TunekitError):
     """The tracking server cannot be reached or refused a write; no trial was started."""
+
     exit_code = 2
 
 
@@ -79,18 +86,23 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # tunekit says where
     local = _local_store(uri)
     if not create and local is not None and not local.exists():
-        raise TrackingError(f"no MLflow store at {local.resolve()} (from {uri}); run the sweep "
-                            "first, or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI "
-                            "at the store it used")
+        raise TrackingError(
+            f"no MLflow store at {local.resolve()} (from {uri}); run the sweep "
+            "first, or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI "
+            "at the store it used"
+        )
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
                 r.read()
         except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: "
-                                f"{getattr(e, 'reason', e)}. Start it, or point "
-                                "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere.")
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri}: "
+                f"{getattr(e, 'reason', e)}. Start it, or point "
+                "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere."
+            )
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)
@@ -105,8 +117,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 RUNS_TABLE = "runs?orderByKey=metrics.%60max_val_acc%60&orderByAsc=false"
 
 
-def serve_ui(uri: str, host: str, port: int, experiment: str | None,
-             announce: Callable[[str], None]) -> None:
+def serve_ui(
+    uri: str, host: str, port: int, experiment: str | None, announce: Callable[[str], None]
+) -> None:
     """Serve the MLflow UI on store `uri` until Ctrl-C or SIGTERM; `announce` the URL of its
     experiment's runs table. The server and every process it starts end with it, however it
     ends."""
@@ -119,19 +132,36 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
         announce(f"MLflow UI: {uri.rstrip('/')}{page}")
         return
     if host not in LOCAL_HOSTS:
-        announce(f"WARNING: --host {host} serves the MLflow UI, with every run, parameter and "
-                 "artifact of this store and the right to change and delete them, to anyone "
-                 f"who reaches this machine's port {port}; nothing asks who they are")
+        announce(
+            f"WARNING: --host {host} serves the MLflow UI, with every run, parameter and "
+            "artifact of this store and the right to change and delete them, to anyone "
+            f"who reaches this machine's port {port}; nothing asks who they are"
+        )
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     stops = (signal.SIGINT, signal.SIGTERM)  # SIGINT too: a shell's background job ignores it
     previous = {sig: signal.getsignal(sig) for sig in stops}
     with tempfile.TemporaryFile("w+") as log:  # the server's output, shown if it fails to start
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                                   uri, "--host", host, "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                uri,
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def terminated(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
+
         if threading.current_thread() is threading.main_thread():
             for sig in stops:
                 signal.signal(sig, terminated)
@@ -145,8 +175,9 @@ def serve_ui(uri: str, host: str, port: int, experiment: str | None,
                     time.sleep(0.3)
             if server.poll() is not None:
                 log.seek(0)
-                raise TrackingError(f"the MLflow UI did not start on {base}: "
-                                    f"{log.read().strip()[-500:]}")
+                raise TrackingError(
+                    f"the MLflow UI did not start on {base}: {log.read().strip()[-500:]}"
+                )
             announce(f"MLflow UI on {uri}: {base}{page}  (Ctrl-C stops it)")
             server.wait()
         except KeyboardInterrupt:
@@ -175,11 +206,16 @@ def _end_group(server: subprocess.Popen) -> None:
 def flat_params(config: Any) -> dict[str, str]:
     """Every field of a (nested) pydantic config as 'model.norm' -> 'GN', your model's args as
     'model.args.width' -> '32' (its import path as 'model.import')."""
+
     def flat(value: Any, prefix: str) -> dict[str, str]:
         if isinstance(value, dict):
-            return {k: v for key, inner in value.items() for k, v in flat(inner,
-                                                                          f"{prefix}{key}.").items()}
+            return {
+                k: v
+                for key, inner in value.items()
+                for k, v in flat(inner, f"{prefix}{key}.").items()
+            }
         return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else str(value)}
+
     return flat(config.model_dump(mode="json"), "")
 
 
@@ -190,36 +226,55 @@ class Tracker:
     whenever it is created: at the trial's start, or at the end for a trial that never started.
     """
 
-    def __init__(self, client: MlflowClient, plan: Any, spec_file: Path, sweep_path: str,
-                 resume: bool = False, draw: Callable[[Any, Path], None] | None = None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        plan: Any,
+        spec_file: Path,
+        sweep_path: str,
+        resume: bool = False,
+        draw: Callable[[Any, Path], None] | None = None,
+    ):
         """`draw(trial, folder)` saves a finished trial's figures into folder (PNG files), logged
         as its run's artifacts: the caller's display code, so that tracking imports none."""
         self.client, self.plan, self.draw = client, plan, draw
         spec = plan.spec
         name = experiment_name(spec)
         exp = client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(
-            name, tags=EXPERIMENT_KIND)
+        self.experiment_id = (
+            exp.experiment_id if exp else client.create_experiment(name, tags=EXPERIMENT_KIND)
+        )
         found = resume and client.search_runs(
-            [self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'")
+            [self.experiment_id],
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{TAG}role` = 'sweep' and tags.`{TAG}sweep_path` = '{sweep_path}'",
+        )
         if found:  # a resumed sweep: attach to its run
             self.parent = found[0].info.run_id
             self.client.update_run(self.parent, status="RUNNING")
         else:
             self.parent = client.create_run(
-                self.experiment_id, run_name=f"{spec.name} sweep",
-                tags={f"{TAG}role": "sweep", f"{TAG}sweep_path": sweep_path}).info.run_id
+                self.experiment_id,
+                run_name=f"{spec.name} sweep",
+                tags={f"{TAG}role": "sweep", f"{TAG}sweep_path": sweep_path},
+            ).info.run_id
             self.client.log_artifact(self.parent, str(spec_file), "spec")
-            self._log_text(self.parent, yaml.safe_dump(spec.model_dump(mode="json"),
-                                                       sort_keys=False), "spec/resolved.yaml")
+            self._log_text(
+                self.parent,
+                yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+                "spec/resolved.yaml",
+            )
             self._log_text(self.parent, json.dumps(plan.as_json(), indent=1), "plan.json")
             self._log_text(self.parent, json.dumps(environment(), indent=1), "environment.json")
         self.runs: dict[int, str] = {}  # plan trial number -> MLflow run id
         self.logged: dict[str, int] = {}  # MLflow run id -> last epoch logged
         self.unlogged: set[int] = set()  # trials whose run has no params yet
-        for run in client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
-                f"tags.`mlflow.parentRunId` = '{self.parent}'")):
+        for run in client.search_runs(
+            [self.experiment_id],
+            max_results=50_000,
+            filter_string=(f"tags.`mlflow.parentRunId` = '{self.parent}'"),
+        ):
             index = int(run.data.tags[f"{TAG}trial"])
             self.runs[index] = run.info.run_id
             if not run.data.params:  # the driver died between creating the run and its params
@@ -229,8 +284,9 @@ class Tracker:
 
     # -- trials.Listener ------------------------------------------------------------------------
     def sweep_started(self, joined: str, asks: Any) -> None:
-        self.client.log_batch(self.parent, tags=[RunTag(f"{TAG}ray", joined),
-                                                 RunTag(f"{TAG}asks", str(asks))])
+        self.client.log_batch(
+            self.parent, tags=[RunTag(f"{TAG}ray", joined), RunTag(f"{TAG}asks", str(asks))]
+        )
 
     def trial_started(self, trial: Any) -> None:
         run = self._run(trial)
@@ -251,8 +307,10 @@ class Tracker:
         for trial in trials:
             run = self._run(trial)
             self._log_epochs(run, trial.history)
-            tags = [RunTag(f"{TAG}status", trial.status),
-                    RunTag(f"{TAG}nodes", ",".join(sorted(trial.node_ids)))]
+            tags = [
+                RunTag(f"{TAG}status", trial.status),
+                RunTag(f"{TAG}nodes", ",".join(sorted(trial.node_ids))),
+            ]
             if trial.ray_id:
                 tags.append(RunTag(f"{TAG}ray_trial_id", trial.ray_id))
             if trial.device:
@@ -266,9 +324,14 @@ class Tracker:
             elif f"{TAG}error" in self.client.get_run(run).data.tags:  # an earlier attempt's
                 self.client.delete_tag(run, f"{TAG}error")
             best = trial.best
-            summary = [] if best is None else [
-                Metric("max_val_acc", best["val_acc"], _now(), 0),
-                Metric("best_epoch", best["epoch"], _now(), 0)]
+            summary = (
+                []
+                if best is None
+                else [
+                    Metric("max_val_acc", best["val_acc"], _now(), 0),
+                    Metric("best_epoch", best["epoch"], _now(), 0),
+                ]
+            )
             self.client.log_batch(run, metrics=summary, tags=tags)
             if trial.best_state is not None:
                 self._log_trial_artifacts(run, trial)
@@ -279,11 +342,20 @@ class Tracker:
     def _run(self, trial: Any) -> str:
         if trial.index not in self.runs:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial {trial.index}: {trial.label}", tags={
-                    "mlflow.parentRunId": self.parent, f"{TAG}sweep_id": self.parent,
-                    f"{TAG}trial": str(trial.index), f"{TAG}status": Status.PENDING,
-                    **({f"{TAG}proposal": str(trial.proposal)}  # the seeds of one TPE proposal
-                       if getattr(trial, "proposal", None) is not None else {})}).info.run_id
+                self.experiment_id,
+                run_name=f"trial {trial.index}: {trial.label}",
+                tags={
+                    "mlflow.parentRunId": self.parent,
+                    f"{TAG}sweep_id": self.parent,
+                    f"{TAG}trial": str(trial.index),
+                    f"{TAG}status": Status.PENDING,
+                    **(
+                        {f"{TAG}proposal": str(trial.proposal)}  # the seeds of one TPE proposal
+                        if getattr(trial, "proposal", None) is not None
+                        else {}
+                    ),
+                },
+            ).info.run_id
             self.runs[trial.index], self.logged[run] = run, 0
             self.unlogged.add(trial.index)
         run = self.runs[trial.index]
@@ -291,11 +363,16 @@ class Tracker:
             try:
                 config = self.plan.trial(trial.index, trial.params).config
                 values = flat_params(config)
-                self._log_text(run, yaml.safe_dump(config.model_dump(mode="json"),
-                                                   sort_keys=False), "config.yaml")
+                self._log_text(
+                    run,
+                    yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+                    "config.yaml",
+                )
             except SpecError:  # an invalid TPE proposal: record what it proposed on the base
-                values = {**flat_params(self.plan.trial_base()),
-                          **{k: str(v) for k, v in trial.params.items()}}
+                values = {
+                    **flat_params(self.plan.trial_base()),
+                    **{k: str(v) for k, v in trial.params.items()},
+                }
             self.client.log_batch(run, params=[Param(k, v) for k, v in values.items()])
             self.unlogged.discard(trial.index)
         return run
@@ -305,9 +382,15 @@ class Tracker:
         if not new:
             return
         now = _now()
-        self.client.log_batch(run, metrics=[
-            Metric(k if k != "seconds" else "epoch_seconds", float(m[k]), now, int(m["epoch"]))
-            for m in new for k in METRICS if k != "epoch"])
+        self.client.log_batch(
+            run,
+            metrics=[
+                Metric(k if k != "seconds" else "epoch_seconds", float(m[k]), now, int(m["epoch"]))
+                for m in new
+                for k in METRICS
+                if k != "epoch"
+            ],
+        )
         self.logged[run] = max(m["epoch"] for m in new)
 
     def _log_trial_artifacts(self, run: str, trial: Any) -> None:
@@ -325,18 +408,28 @@ class Tracker:
         with tempfile.TemporaryDirectory() as d:
             file = Path(d) / Path(path).name
             file.write_text(text)
-            self.client.log_artifact(run, str(file), str(Path(path).parent) if "/" in path else None)
+            self.client.log_artifact(
+                run, str(file), str(Path(path).parent) if "/" in path else None
+            )
 
 
 def find_sweep(client: MlflowClient, experiment: str) -> str:
     """The run id of the latest sweep recorded under `experiment`."""
     exp = client.get_experiment_by_name(experiment)
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{TAG}role` = 'sweep'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = (
+        []
+        if exp is None
+        else client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{TAG}role` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    )
     if not runs:
-        raise TrackingError(f"no sweep of {experiment!r} in the MLflow store at "
-                            f"{client.tracking_uri}")
+        raise TrackingError(
+            f"no sweep of {experiment!r} in the MLflow store at {client.tracking_uri}"
+        )
     return runs[0].info.run_id
 
 
@@ -344,13 +437,21 @@ def trial_runs(client: MlflowClient, sweep_run: str) -> list[RunRecord]:
     """Every trial run of a sweep, as MLflow has them."""
     exp = client.get_run(sweep_run).info.experiment_id
     out = []
-    for run in client.search_runs([exp], max_results=50_000,
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run}'"):
+    for run in client.search_runs(
+        [exp], max_results=50_000, filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run}'"
+    ):
         m, tags = run.data.metrics, run.data.tags
-        out.append(RunRecord(run.info.run_id, int(tags.get(f"{TAG}trial", -1)), run.data.params,
-                             m.get("max_val_acc"), int(m["best_epoch"]) if "best_epoch" in m
-                             else None, tags.get(f"{TAG}status", run.info.status.lower()),
-                             tags.get(f"{TAG}error")))
+        out.append(
+            RunRecord(
+                run.info.run_id,
+                int(tags.get(f"{TAG}trial", -1)),
+                run.data.params,
+                m.get("max_val_acc"),
+                int(m["best_epoch"]) if "best_epoch" in m else None,
+                tags.get(f"{TAG}status", run.info.status.lower()),
+                tags.get(f"{TAG}error"),
+            )
+        )
     return sorted(out, key=lambda r: r.trial)
 
 
@@ -367,6 +468,7 @@ def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
 def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     """The misclassified test images a trial run stored, or None."""
     import torch
+
     try:
         with tempfile.TemporaryDirectory() as d:
             path = client.download_artifacts(run_id, "misclassified.pt", d)
@@ -375,8 +477,9 @@ def misclassified(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
         return None
 
 
-def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path],
-              folder: str = "plots") -> None:
+def log_plots(
+    client: MlflowClient, sweep_run: str, paths: Sequence[Path], folder: str = "plots"
+) -> None:
     for path in paths:
         client.log_artifact(sweep_run, str(path), folder)
 
@@ -384,13 +487,20 @@ def log_plots(client: MlflowClient, sweep_run: str, paths: Sequence[Path],
 def sweep_texts(client: MlflowClient, sweep_run: str) -> tuple[str, dict[str, str]]:
     """The spec file a sweep was started from, and the environment it recorded."""
     with tempfile.TemporaryDirectory() as d:
-        specs = [a.path for a in client.list_artifacts(sweep_run, "spec")
-                 if not a.path.endswith("resolved.yaml")]
-        spec = Path(client.download_artifacts(sweep_run, specs[0], d)).read_text() if specs \
+        specs = [
+            a.path
+            for a in client.list_artifacts(sweep_run, "spec")
+            if not a.path.endswith("resolved.yaml")
+        ]
+        spec = (
+            Path(client.download_artifacts(sweep_run, specs[0], d)).read_text()
+            if specs
             else "(not recorded)"
+        )
         try:
-            env = json.loads(Path(client.download_artifacts(sweep_run, "environment.json", d))
-                             .read_text())
+            env = json.loads(
+                Path(client.download_artifacts(sweep_run, "environment.json", d)).read_text()
+            )
         except (MlflowException, OSError):
             env = {"recorded": "no (a sweep from an older tunekit)"}
     return spec, env

@@ -36,6 +36,7 @@ MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wro
 @dataclass(frozen=True)
 class Misclassified:
     """The first (by test-set position) test images the best epoch's model got wrong, on CPU."""
+
     indices: torch.Tensor  # positions in the test set, at most MAX_WRONG
     images: torch.Tensor  # uint8, N×C×H×W
     labels: torch.Tensor
@@ -67,9 +68,17 @@ def int32(seed: int) -> int:
     return ((seed & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
-def train_step(pack: Stack, sgd: FusedSGD, x: torch.Tensor, y: torch.Tensor,
-               dropout_keys: torch.Tensor, step: torch.Tensor, lr: torch.Tensor,
-               momentum: torch.Tensor, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    pack: Stack,
+    sgd: FusedSGD,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dropout_keys: torch.Tensor,
+    step: torch.Tensor,
+    lr: torch.Tensor,
+    momentum: torch.Tensor,
+    live: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of every member on images x (N×K×H×W) and labels y (N×K); returns each
     member's mean loss and the images it got right. lr, momentum, live: one per member."""
     n, k = y.shape
@@ -90,23 +99,23 @@ def compiled(pack: Stack, sgd: FusedSGD, backend: str = "inductor") -> Callable[
     if pack.params.is_cuda:
         for t in (pack.params, sgd.buf, *pack.buffers.values()):
             torch._dynamo.mark_static_address(t)
-        return torch.compile(train_step, fullgraph=True, dynamic=False, backend=backend,
-                             mode="reduce-overhead")
+        return torch.compile(
+            train_step, fullgraph=True, dynamic=False, backend=backend, mode="reduce-overhead"
+        )
     return torch.compile(train_step, fullgraph=True, dynamic=False, backend=backend)
 
 
 @torch.no_grad()
-def evaluate(pack: Stack, d: datamod.Data, batch_size: int) -> list[tuple[float, float,
-                                                                           torch.Tensor,
-                                                                           torch.Tensor]]:
+def evaluate(
+    pack: Stack, d: datamod.Data, batch_size: int
+) -> list[tuple[float, float, torch.Tensor, torch.Tensor]]:
     """Per member: (mean loss, accuracy %, indices of wrong test images, their predictions)."""
     pack.eval()
     k = pack.k
     loss, preds = torch.zeros(k, device=d.test_labels.device), []
     for x, y in datamod.test_batches(d, batch_size):
         out = pack(x.unsqueeze(1).expand(-1, k, *x.shape[1:]))  # every member sees the same images
-        nll = F.nll_loss(out.reshape(-1, out.shape[-1]), y.repeat_interleave(k),
-                         reduction="none")
+        nll = F.nll_loss(out.reshape(-1, out.shape[-1]), y.repeat_interleave(k), reduction="none")
         loss += nll.view(-1, k).t().contiguous().sum(1)
         preds.append(out.argmax(2))
     pred = torch.cat(preds)
@@ -130,14 +139,21 @@ class _Member:
     def state(self, pack: Stack, sgd: FusedSGD, k: int, device: torch.device) -> dict[str, Any]:
         """What `restore` takes to carry on after this epoch. Every random draw is a function of
         the seed, epoch and step (`counter`), so no generator state is needed; CPU tensors."""
-        return {"model": pack.member_state(k), "momentum": sgd.member_state(pack, k),
-                "device": device.type, "history": [m.as_dict() for m in self.history],
-                "best": self.best, "failed": self.failed}
+        return {
+            "model": pack.member_state(k),
+            "momentum": sgd.member_state(pack, k),
+            "device": device.type,
+            "history": [m.as_dict() for m in self.history],
+            "best": self.best,
+            "failed": self.failed,
+        }
 
     def restore(self, state: dict[str, Any], pack: Stack, sgd: FusedSGD, k: int) -> None:
         if "momentum" not in state:
-            raise TunekitError("this checkpoint was written by an earlier tunekit, whose trainer "
-                               "drew its random numbers otherwise: start over with --restart")
+            raise TunekitError(
+                "this checkpoint was written by an earlier tunekit, whose trainer "
+                "drew its random numbers otherwise: start over with --restart"
+            )
         pack.load(k, state["model"])
         sgd.load(pack, k, state["momentum"])
         self.history = [EpochMetrics(**m) for m in state["history"]]
@@ -146,12 +162,18 @@ class _Member:
     def result(self) -> FitResult | DivergedError:
         if self.failed:
             return DivergedError(self.failed)
-        return FitResult(self.history, self.best["epoch"], self.best["acc"], self.best["model"],
-                         Misclassified(**self.best["wrong"]))
+        return FitResult(
+            self.history,
+            self.best["epoch"],
+            self.best["acc"],
+            self.best["model"],
+            Misclassified(**self.best["wrong"]),
+        )
 
 
-def build(configs: Sequence[TrialConfig], device: torch.device
-          ) -> tuple[Stack, FusedSGD, torch.Tensor]:
+def build(
+    configs: Sequence[TrialConfig], device: torch.device
+) -> tuple[Stack, FusedSGD, torch.Tensor]:
     """A pack of `configs` on `device`: the fused network (each member's initial weights as it
     draws them alone; the seed CNN's fused layers, or your model stacked by torch.func), its
     optimizer, and the members' seeds as the counter-based draws take them."""
@@ -160,16 +182,22 @@ def build(configs: Sequence[TrialConfig], device: torch.device
         torch.manual_seed(c.train.seed)
         nets.append(models.build(c.model))
     spec = configs[0].model
-    pack: Stack = (Packed(nets, device) if spec.import_ is None
-                   else Vmapped(nets, device, log_probs=spec.log_probs))
-    seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32,
-                         device=device)
+    pack: Stack = (
+        Packed(nets, device)
+        if spec.import_ is None
+        else Vmapped(nets, device, log_probs=spec.log_probs)
+    )
+    seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32, device=device)
     return pack, FusedSGD(pack, [c.train for c in configs]), seeds
 
 
-def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *,
-             threads: int | None = None,
-             resume: dict[str, Any] | None = None) -> list[FitResult | DivergedError]:
+def fit_pack(
+    configs: Sequence[TrialConfig],
+    report: PackReport | None = None,
+    *,
+    threads: int | None = None,
+    resume: dict[str, Any] | None = None,
+) -> list[FitResult | DivergedError]:
     """Train trials that share a shape (`spec.pack_key`) as one fused network; per member, its
     result, or the DivergedError that stopped it while the others trained on.
 
@@ -179,8 +207,10 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
     schedule, momentum, L1, L2 and optimizer state; resumed, it continues exactly.
     """
     if len({pack_key(c) for c in configs}) != 1:
-        raise ValueError("a pack's trials must share data, model and every training setting but "
-                         + ", ".join(PER_MEMBER))
+        raise ValueError(
+            "a pack's trials must share data, model and every training setting but "
+            + ", ".join(PER_MEMBER)
+        )
     first, trains = configs[0].train, [c.train for c in configs]
     if threads:
         torch.set_num_threads(threads)
@@ -207,8 +237,7 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
         correct = torch.zeros(len(members), dtype=torch.long, device=device)
         for s, (begin, size) in enumerate(batches):
             x, y = datamod.train_batch(d, draws, begin, size)
-            loss, right = step(pack, sgd, x, y, dropout_keys, step_ids[s], lr[s], momentum[s],
-                               live)
+            loss, right = step(pack, sgd, x, y, dropout_keys, step_ids[s], lr[s], momentum[s], live)
             loss_sum += loss * size
             correct += right
         pack.batches_tracked += len(batches)
@@ -219,8 +248,10 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
         for i, m in enumerate(members):
             if not m.failed and not math.isfinite(train_loss[i]):
                 t = m.config.train
-                m.failed = (f"training loss became {train_loss[i]} in epoch {epoch} (lr "
-                            f"{lrs[i]:g}, l1 {t.l1:g}, l2 {t.l2:g})")
+                m.failed = (
+                    f"training loss became {train_loss[i]} in epoch {epoch} (lr "
+                    f"{lrs[i]:g}, l1 {t.l1:g}, l2 {t.l2:g})"
+                )
         live = torch.tensor([not m.failed for m in members], device=device)
         found = evaluate(pack, d, first.eval_batch_size)
         reported: list[EpochMetrics | None] = []
@@ -229,27 +260,49 @@ def fit_pack(configs: Sequence[TrialConfig], report: PackReport | None = None, *
                 reported.append(None)
                 continue
             val_loss, val_acc, wrong, wrong_pred = found[i]
-            metrics = EpochMetrics(epoch, train_loss[i], 100.0 * right[i] / n, val_loss,
-                                   val_acc, lrs[i], seconds, n / seconds)
+            metrics = EpochMetrics(
+                epoch,
+                train_loss[i],
+                100.0 * right[i] / n,
+                val_loss,
+                val_acc,
+                lrs[i],
+                seconds,
+                n / seconds,
+            )
             m.history.append(metrics)
             reported.append(metrics)
             if val_acc > m.best["acc"]:
                 keep = wrong[:MAX_WRONG]
-                m.best = {"epoch": epoch, "acc": val_acc, "model": pack.member_state(i),
-                          "wrong": {"indices": keep.cpu(), "images": d.test_images[keep].cpu(),
-                                    "labels": d.test_labels[keep].cpu(),
-                                    "preds": wrong_pred[:MAX_WRONG].cpu(),
-                                    "total": len(wrong)}}
+                m.best = {
+                    "epoch": epoch,
+                    "acc": val_acc,
+                    "model": pack.member_state(i),
+                    "wrong": {
+                        "indices": keep.cpu(),
+                        "images": d.test_images[keep].cpu(),
+                        "labels": d.test_labels[keep].cpu(),
+                        "preds": wrong_pred[:MAX_WRONG].cpu(),
+                        "total": len(wrong),
+                    },
+                }
         if report:
-            report(reported, {"members": [m.state(pack, sgd, i, device)
-                                          for i, m in enumerate(members)]})
+            report(
+                reported,
+                {"members": [m.state(pack, sgd, i, device) for i, m in enumerate(members)]},
+            )
         if all(m.failed for m in members):
             break
     return [m.result() for m in members]
 
 
-def fit(config: TrialConfig, report: Report | None = None, *, threads: int | None = None,
-        resume: dict[str, Any] | None = None) -> FitResult:
+def fit(
+    config: TrialConfig,
+    report: Report | None = None,
+    *,
+    threads: int | None = None,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
     """Train one trial (a pack of one) and return its history, best epoch, best weights and
     misclassified digits.
 
@@ -257,12 +310,14 @@ def fit(config: TrialConfig, report: Report | None = None, *, threads: int | Non
     on after that epoch (weights, momentum, history so far). Raises DivergedError when the
     training loss becomes NaN or infinite.
     """
+
     def one(metrics: list[EpochMetrics | None], state: dict[str, Any]) -> None:
         if report and metrics[0] is not None:
             report(metrics[0], state["members"][0])
 
-    (result,) = fit_pack([config], one, threads=threads,
-                         resume={"members": [resume]} if resume else None)
+    (result,) = fit_pack(
+        [config], one, threads=threads, resume={"members": [resume]} if resume else None
+    )
     if isinstance(result, DivergedError):
         raise result
     return result

@@ -26,9 +26,11 @@ from tunekit.trials import InvalidProposalError
 
 STATE_FILE = "state.pt"
 
+
 def members(config: dict[str, Any]) -> list[int]:
     """The plan trials a Ray trial trains: its pack, or its one trial."""
     return list(config["pack"]) if "pack" in config else [config["trial"]]
+
 
 def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
     if root and cfg.data.root is None:  # trials run in other working directories
@@ -55,7 +57,9 @@ def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
     try:
         return plan.trial(index, params)
     except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
-        raise InvalidProposalError("; ".join(f"{p.field}: {p.message}" for p in e.problems)) from None
+        raise InvalidProposalError(
+            "; ".join(f"{p.field}: {p.message}" for p in e.problems)
+        ) from None
 
 
 def packs_are_seeds(plan: Plan) -> bool:
@@ -65,8 +69,9 @@ def packs_are_seeds(plan: Plan) -> bool:
     return s.repeats > 1 and (plan.adaptive or plan.spec.sweep.asha is not None)
 
 
-def _train_pack(indices: list[int], plan: Plan, root: str | None,
-                params: dict[str, Any] | None = None) -> None:
+def _train_pack(
+    indices: list[int], plan: Plan, root: str | None, params: dict[str, Any] | None = None
+) -> None:
     """A pack of plan trials as one fused network: one result per epoch with each member's
     metrics under m<trial>/ (or why it failed), and the objective for TPE and ASHA: the mean of
     the members' max val_acc so far where the pack is one configuration's seeds, else the best
@@ -78,14 +83,19 @@ def _train_pack(indices: list[int], plan: Plan, root: str | None,
     def report(metrics: list[Any], state: dict[str, Any]) -> None:
         live = [m for m in metrics if m is not None]
         if seeds:  # each member's best so far, failed ones left out
-            best = [max(h["val_acc"] for h in s["history"]) for s in state["members"]
-                    if s["history"] and not s["failed"]]
+            best = [
+                max(h["val_acc"] for h in s["history"])
+                for s in state["members"]
+                if s["history"] and not s["failed"]
+            ]
             objective = statistics.fmean(best) if best else 0.0
         else:
             objective = max((m.val_acc for m in live), default=0.0)
         out: dict[str, Any] = {
             "epoch": max(len(s["history"]) for s in state["members"]),
-            OBJECTIVE[0]: objective, **where}
+            OBJECTIVE[0]: objective,
+            **where,
+        }
         for i, m, s in zip(indices, metrics, state["members"]):
             out[f"m{i}"] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
         _report(out, state)
@@ -98,8 +108,12 @@ def _placement(cfg: TrialConfig) -> dict[str, Any]:
     disagree."""
     device = pick_device(cfg.train.device).type
     gpu_ids, warning = cluster.given(device)
-    return {"node_id": ray.get_runtime_context().get_node_id(), "device": device,
-            "gpu_ids": gpu_ids, "warning": warning or ""}
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "device": device,
+        "gpu_ids": gpu_ids,
+        "warning": warning or "",
+    }
 
 
 def load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
@@ -116,4 +130,3 @@ def _report(result: dict[str, Any], state: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as d:
         torch.save(state, Path(d) / STATE_FILE)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
-

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 class Status(StrEnum):
     """A trial's fate, as the live view, MLflow's `tunekit.status` tag and the report spell it."""
+
     PENDING = "pending"  # planned, not started
     RUNNING = "running"
     DONE = "done"  # trained every epoch
@@ -38,6 +39,7 @@ class InvalidProposalError(TunekitError):
 @dataclass
 class TrialState:
     """What the driver knows of one trial of the plan."""
+
     index: int  # its number in the plan
     params: dict[str, Any]
     status: Status = Status.PENDING
@@ -70,9 +72,9 @@ class TrialState:
 
 class Listener(Protocol):
     """Follows a sweep from the driver: the live view, the tracker."""
+
     def sweep_started(self, joined: str, asks: Ask) -> None: ...
     def trial_started(self, trial: TrialState) -> None: ...
     def trial_retried(self, trial: TrialState) -> None: ...
     def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None: ...
     def trial_ended(self, trial: TrialState) -> None: ...
-

@@ -88,8 +88,10 @@ class WholeFiles(pyarrow.fs.FileSystemHandler):
         self.local.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
-        with self.local.open_input_stream(src) as source, \
-                self.open_output_stream(dest, None) as out:
+        with (
+            self.local.open_input_stream(src) as source,
+            self.open_output_stream(dest, None) as out,
+        ):
             while chunk := source.read(1 << 20):
                 out.write(chunk)
 

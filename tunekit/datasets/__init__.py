@@ -27,6 +27,7 @@ from tunekit.spec import DataSpec
 class Images:
     """A dataset in memory: images uint8 N×C×H×W, labels int64 in 0..classes-1, and the mean and
     std of the training pixels per channel (in [0, 1])."""
+
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -54,11 +55,24 @@ def load(spec: DataSpec) -> Images:
         images = _built_in(spec.dataset, data_root(spec).resolve(), spec.download)
     if spec.subset is not None:
         if spec.subset > len(images.train_labels):
-            raise SpecError([Problem("data.subset", f"{spec.subset} is more than the "
-                                                    f"{len(images.train_labels)} training images")])
-        images = Images(images.train_images[:spec.subset], images.train_labels[:spec.subset],
-                        images.test_images, images.test_labels, images.mean, images.std,
-                        images.classes)
+            raise SpecError(
+                [
+                    Problem(
+                        "data.subset",
+                        f"{spec.subset} is more than the "
+                        f"{len(images.train_labels)} training images",
+                    )
+                ]
+            )
+        images = Images(
+            images.train_images[: spec.subset],
+            images.train_labels[: spec.subset],
+            images.test_images,
+            images.test_labels,
+            images.mean,
+            images.std,
+            images.classes,
+        )
     return images
 
 
@@ -69,8 +83,9 @@ def check(spec: DataSpec) -> Images:
     try:
         return load(spec)
     except DataError as e:
-        raise SpecError([Problem("data.root" if not spec.import_ else key,
-                                 " ".join(str(e).split()))]) from None
+        raise SpecError(
+            [Problem("data.root" if not spec.import_ else key, " ".join(str(e).split()))]
+        ) from None
 
 
 @lru_cache(maxsize=4)
@@ -91,27 +106,59 @@ def _yours(target: str, args: str) -> Images:
     try:
         out = fn(**kwargs)
     except Exception as e:  # its own code: say where, not a traceback
-        raise SpecError([Problem("data.import", f"{target} raised {type(e).__name__}: {e}")]) \
-            from None
-    if not (isinstance(out, (tuple, list)) and len(out) == 4
-            and all(isinstance(t, torch.Tensor) for t in out)):
-        raise SpecError([Problem("data.import", f"{target} returned {type(out).__name__}; it "
-                                                "should return four tensors: train_images, "
-                                                "train_labels, test_images, test_labels")])
+        raise SpecError(
+            [Problem("data.import", f"{target} raised {type(e).__name__}: {e}")]
+        ) from None
+    if not (
+        isinstance(out, (tuple, list))
+        and len(out) == 4
+        and all(isinstance(t, torch.Tensor) for t in out)
+    ):
+        raise SpecError(
+            [
+                Problem(
+                    "data.import",
+                    f"{target} returned {type(out).__name__}; it "
+                    "should return four tensors: train_images, "
+                    "train_labels, test_images, test_labels",
+                )
+            ]
+        )
     parts = []
     for name, images, labels in (("train", out[0], out[1]), ("test", out[2], out[3])):
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
-            raise SpecError([Problem("data.import", f"{name} images are {images.dtype} of shape "
-                                                    f"{tuple(images.shape)}; give uint8 N×H×W or "
-                                                    f"N×C×H×W (pixels 0-255)")])
+            raise SpecError(
+                [
+                    Problem(
+                        "data.import",
+                        f"{name} images are {images.dtype} of shape "
+                        f"{tuple(images.shape)}; give uint8 N×H×W or "
+                        f"N×C×H×W (pixels 0-255)",
+                    )
+                ]
+            )
         if labels.dtype.is_floating_point or labels.shape != images.shape[:1]:
-            raise SpecError([Problem("data.import", f"{name} labels are {labels.dtype} of shape "
-                                                    f"{tuple(labels.shape)}; give one integer "
-                                                    f"label per image")])
+            raise SpecError(
+                [
+                    Problem(
+                        "data.import",
+                        f"{name} labels are {labels.dtype} of shape "
+                        f"{tuple(labels.shape)}; give one integer "
+                        f"label per image",
+                    )
+                ]
+            )
         parts += [images if images.dim() == 4 else images.unsqueeze(1), labels.long()]
     if parts[0].shape[1:] != parts[2].shape[1:]:
-        raise SpecError([Problem("data.import", f"train images are {tuple(parts[0].shape[1:])} "
-                                                f"but test images {tuple(parts[2].shape[1:])}")])
+        raise SpecError(
+            [
+                Problem(
+                    "data.import",
+                    f"train images are {tuple(parts[0].shape[1:])} "
+                    f"but test images {tuple(parts[2].shape[1:])}",
+                )
+            ]
+        )
     labels = torch.cat([parts[1], parts[3]])
     if len(labels) == 0 or labels.min() < 0:
         raise SpecError([Problem("data.import", "labels must be 0, 1, 2, ... (none negative)")])

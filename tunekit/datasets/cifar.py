@@ -47,14 +47,17 @@ def folder(root: Path, download: bool) -> Path:
     if download:
         try:
             from torchvision import datasets
+
             with locked(root / ".cifar10.lock"):
                 datasets.CIFAR10(str(root), train=True, download=True)
             return here
         except Exception as e:  # any network or integrity failure: say what was expected where
             reason = f"download failed ({type(e).__name__}: {e})"
-    raise DataError(f"cifar10 files not found in {here} (nor {ARCHIVE} in {root}) and {reason}. "
-                    f"Expected: {', '.join(TRAIN + TEST)}. Point data.root or $TUNEKIT_DATA_DIR "
-                    f"at the folder that holds {FOLDER}/.")
+    raise DataError(
+        f"cifar10 files not found in {here} (nor {ARCHIVE} in {root}) and {reason}. "
+        f"Expected: {', '.join(TRAIN + TEST)}. Point data.root or $TUNEKIT_DATA_DIR "
+        f"at the folder that holds {FOLDER}/."
+    )
 
 
 def _batches(where: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +70,9 @@ def _batches(where: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]
             images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
             labels.append(torch.tensor(batch["labels"], dtype=torch.long))
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-            raise DataError(f"cifar10 file {where / name} cannot be read "
-                            f"({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"cifar10 file {where / name} cannot be read ({type(e).__name__}: {e})"
+            ) from None
     return torch.cat(images), torch.cat(labels)
 
 

@@ -21,10 +21,16 @@ from torchvision import datasets
 
 from tunekit.errors import DataError
 
-CLASSES = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
-           "kmnist": datasets.KMNIST}
-STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530),
-         "kmnist": (0.1918, 0.3483)}  # mean and std of the training pixels, in [0, 1]
+CLASSES = {
+    "mnist": datasets.MNIST,
+    "fashion_mnist": datasets.FashionMNIST,
+    "kmnist": datasets.KMNIST,
+}
+STATS = {
+    "mnist": (0.1307, 0.3081),
+    "fashion_mnist": (0.2860, 0.3530),
+    "kmnist": (0.1918, 0.3483),
+}  # mean and std of the training pixels, in [0, 1]
 
 
 def cache_dir() -> Path:
@@ -74,8 +80,10 @@ def prepare(dataset: str, root: Path, download: bool = True) -> Path:
     expected = ", ".join(f"{n}[.gz]" for n in names)
     if download:
         top = root.absolute()
-        created = next((p for p in (*reversed(top.parents), top, top / cls.__name__, raw)
-                        if not p.exists()), None)  # the first folder the download would make
+        created = next(
+            (p for p in (*reversed(top.parents), top, top / cls.__name__, raw) if not p.exists()),
+            None,
+        )  # the first folder the download would make
         lock = root / f".{cls.__name__}.lock"
         try:
             with locked(lock):
@@ -89,9 +97,11 @@ def prepare(dataset: str, root: Path, download: bool = True) -> Path:
             lock.unlink(missing_ok=True)
     else:
         reason = "data.download is off"
-    raise DataError(f"{dataset} files not found in {raw} and {reason}.\n"
-                    f"Expected: {expected}.\nPoint data.root or $TUNEKIT_DATA_DIR at the folder "
-                    f"that holds {cls.__name__}/raw/.")
+    raise DataError(
+        f"{dataset} files not found in {raw} and {reason}.\n"
+        f"Expected: {expected}.\nPoint data.root or $TUNEKIT_DATA_DIR at the folder "
+        f"that holds {cls.__name__}/raw/."
+    )
 
 
 def read(dataset: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
@@ -102,7 +112,9 @@ def read(dataset: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
         try:
             ds = CLASSES[dataset](ready, train=train, download=False)
         except (OSError, ValueError, RuntimeError, AssertionError) as e:  # cut short, not IDX
-            raise DataError(f"{dataset} files in {Path(ready) / CLASSES[dataset].__name__ / 'raw'}"
-                            f" cannot be read ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"{dataset} files in {Path(ready) / CLASSES[dataset].__name__ / 'raw'}"
+                f" cannot be read ({type(e).__name__}: {e})"
+            ) from None
         out += [ds.data.contiguous(), ds.targets.long()]
     return tuple(out)

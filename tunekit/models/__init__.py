@@ -38,11 +38,24 @@ def check(spec: ModelSpec, image_shape: tuple[int, ...], classes: int, data_key:
             torch.manual_seed(0)
             model = fn(**spec.args)
         except Exception as e:
-            raise SpecError([Problem("model.args", f"{spec.import_}({_args(spec)}) raised "
-                                                   f"{type(e).__name__}: {e}")]) from None
+            raise SpecError(
+                [
+                    Problem(
+                        "model.args",
+                        f"{spec.import_}({_args(spec)}) raised {type(e).__name__}: {e}",
+                    )
+                ]
+            ) from None
         if not isinstance(model, nn.Module):
-            raise SpecError([Problem("model.import", f"{spec.import_}({_args(spec)}) returned "
-                                                     f"{type(model).__name__}, not an nn.Module")])
+            raise SpecError(
+                [
+                    Problem(
+                        "model.import",
+                        f"{spec.import_}({_args(spec)}) returned "
+                        f"{type(model).__name__}, not an nn.Module",
+                    )
+                ]
+            )
     else:
         model = build(spec)
     name = spec.import_ or "seed_cnn"
@@ -52,19 +65,41 @@ def check(spec: ModelSpec, image_shape: tuple[int, ...], classes: int, data_key:
             out = model.eval()(x)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise SpecError([Problem(data_key, f"images of shape {'×'.join(map(str, image_shape))} "
-                                           f"do not fit {name}: {type(e).__name__}: {first}")]) \
-            from None
+        raise SpecError(
+            [
+                Problem(
+                    data_key,
+                    f"images of shape {'×'.join(map(str, image_shape))} "
+                    f"do not fit {name}: {type(e).__name__}: {first}",
+                )
+            ]
+        ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError([Problem("model.import" if spec.import_ else "model",
-                                 f"{name} maps 2 images to {got}; the dataset has {classes} "
-                                 f"classes, so it should be (2, {classes})")])
-    if spec.import_ and spec.log_probs and not torch.allclose(
-            out.exp().sum(1), torch.ones(2), atol=1e-3):
-        raise SpecError([Problem("model.output", f"log_probs, but {name}'s outputs are not "
-                                                 "log-probabilities (their exp does not sum to "
-                                                 "1): leave output at logits")])
+        raise SpecError(
+            [
+                Problem(
+                    "model.import" if spec.import_ else "model",
+                    f"{name} maps 2 images to {got}; the dataset has {classes} "
+                    f"classes, so it should be (2, {classes})",
+                )
+            ]
+        )
+    if (
+        spec.import_
+        and spec.log_probs
+        and not torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-3)
+    ):
+        raise SpecError(
+            [
+                Problem(
+                    "model.output",
+                    f"log_probs, but {name}'s outputs are not "
+                    "log-probabilities (their exp does not sum to "
+                    "1): leave output at logits",
+                )
+            ]
+        )
     return model
 
 

@@ -45,8 +45,11 @@ class Net(nn.Module):
         blocks: list[nn.Module] = []
         c_in = 1
         for i, c_out in enumerate(CHANNELS):
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
-                       make_norm(norm, c_out, groups)]
+            blocks += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.ReLU(),
+                make_norm(norm, c_out, groups),
+            ]
             last = i == len(CHANNELS) - 1
             tail = [nn.MaxPool2d(2)] if i in POOL_AFTER else []
             blocks += [*tail, Dropout(dropout)] if last else [Dropout(dropout), *tail]
