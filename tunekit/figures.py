@@ -5,6 +5,7 @@ caller saves it."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -100,7 +101,7 @@ def band_figures(
         shown: list[float] = []
         bounds = ACCURACY if key.endswith("acc") else (0.0, math.inf)
         for (label, histories), colour in zip(groups, palette):
-            points = {}
+            points: dict[int, list[float]] = {}
             for h in histories:
                 for m in h:
                     if math.isfinite(m.get(key, math.nan)):
@@ -159,9 +160,9 @@ def seeds_figure(rows: Sequence[ResultRow]) -> Figure:
     ax = fig.add_subplot()
     for y, (r, colour) in enumerate(zip(measured, colours(len(measured)))):
         s = r.summary
-        if s is not None and s.low is not None:
+        if s is not None and s.low is not None and s.high is not None:
             ax.plot([s.low, s.high], [y, y], color=colour, linewidth=2, alpha=0.6)
-        ax.plot([r.mean], [y], marker="|", markersize=16, color=colour)
+        ax.plot([statistics.fmean(r.accs)], [y], marker="|", markersize=16, color=colour)
         ax.scatter(r.accs, [y + 0.18] * len(r.accs), s=16, color=colour)
     ax.set_yticks(range(len(measured)), [r.label for r in measured], fontsize="small")
     ax.invert_yaxis()  # best on top, as in the table

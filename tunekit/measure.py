@@ -15,7 +15,7 @@ from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.opcount import OpCounter
 from tunekit.plan import Plan
-from tunekit.pack import Packed
+from tunekit.pack import Stack
 from tunekit.spec import TrialConfig
 from tunekit.train import build, compiled, evaluate, pick_device, train_step
 
@@ -38,7 +38,7 @@ class StepTime:
         return self.steps_per_epoch * self.seconds + self.eval_seconds
 
 
-def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Packed, datamod.Data, torch.device]:
+def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Stack, datamod.Data, torch.device]:
     """A function that runs training step s of `configs` as one pack, and the pack it trains."""
     first = configs[0].train
     device = pick_device(first.device)
@@ -158,7 +158,7 @@ def gpu_pack(
     free, total = torch.cuda.mem_get_info()
     one, two = (time_steps([_seeded(config, s) for s in range(k)], steps=3) for k in (1, 2))
     per_member = max(1, (two.peak_bytes or 0) - (one.peak_bytes or 0))
-    rates = {}
+    rates: dict[int, float] = {}
     for k in ks:
         if k * per_member > 0.8 * free or (rates and k > 4 * trials):
             break

@@ -16,14 +16,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tunekit import counter
-from tunekit.models.seed_cnn import Dropout, Net
+from tunekit.models.seed_cnn import Dropout
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,14 @@ class Stack:
             )
         return net
 
+    def forward(self, x: torch.Tensor, dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The K members' log-probabilities N×K×classes for images `x` N×K×C×H×W (member k's in
+        [:, k]) and, in training, each member's dropout key."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(x, dropout_keys)
+
     def train(self, mode: bool = True) -> Stack:
         self.training = mode
         return self
@@ -161,10 +169,13 @@ class Packed(Stack):
     """K seed CNNs of one shape, trained as one by fused layers. Input N×K×1×H×W (member k's
     images in [:, k]), output N×K×10 log-probabilities (member k's in [:, k])."""
 
-    def __init__(self, nets: Sequence[Net], device: torch.device | str = "cpu"):
+    def __init__(self, nets: Sequence[nn.Module], device: torch.device | str = "cpu"):
         super().__init__(nets, device)
-        self.dropped = _dropout_sizes(self.template)  # dropout layer -> hashes per image
-        drops = {layer.p for layer in self.template.features if isinstance(layer, Dropout)}
+        self.features = cast(nn.Sequential, self.template.features)  # a seed CNN's layers
+        if any(isinstance(m, nn.BatchNorm2d) and m.momentum is None for m in self.features):
+            raise ValueError("a pack takes BatchNorm with a momentum (not a cumulative average)")
+        self.dropped = _dropout_sizes(self.features)  # dropout layer -> hashes per image
+        drops = {layer.p for layer in self.features if isinstance(layer, Dropout)}
         if len(drops) > 1:
             raise ValueError(f"a pack draws one dropout rate for every layer, got {sorted(drops)}")
         self.p = drops.pop() if drops else 0.0
@@ -181,7 +192,7 @@ class Packed(Stack):
         dropout key."""
         w, h, k = self.leaves, x.flatten(1, 2), self.k
         masks = self._masks(x.shape[0], dropout_keys) if self.training else {}
-        for i, layer in enumerate(self.template.features):
+        for i, layer in enumerate(self.features):
             name = f"features.{i}"
             if isinstance(layer, nn.Conv2d):
                 h = F.conv2d(h, w[f"{name}.weight"], padding=layer.padding, groups=k)
@@ -193,7 +204,7 @@ class Packed(Stack):
                     w[f"{name}.weight"],
                     w[f"{name}.bias"],
                     self.training,
-                    layer.momentum,
+                    layer.momentum or 0.0,  # never None in a pack (checked above)
                     layer.eps,
                 )
             elif isinstance(layer, nn.GroupNorm):
@@ -208,8 +219,6 @@ class Packed(Stack):
         h = F.adaptive_avg_pool2d(h, 1)
         h = F.conv2d(h, w["head.1.weight"], groups=k)
         return F.log_softmax(h.view(h.shape[0], k, -1), dim=-1)
-
-    __call__ = forward
 
     def _masks(self, n: int, keys: torch.Tensor | None) -> dict[int, torch.Tensor]:
         """Every dropout layer's mask for a batch of n (0, or 1 / (1 - p) where an element is
@@ -234,13 +243,13 @@ class Packed(Stack):
         return masks
 
 
-def _dropout_sizes(net: Net, size: tuple[int, int] = (28, 28)) -> dict[int, int]:
-    """Each dropout layer that drops (p > 0) of `net.features`, by index: the 32-bit hashes one
-    image takes there (half its elements), for images of `size`."""
+def _dropout_sizes(features: nn.Sequential, size: tuple[int, int] = (28, 28)) -> dict[int, int]:
+    """Each dropout layer that drops (p > 0) of a seed CNN's `features`, by index: the 32-bit
+    hashes one image takes there (half its elements), for images of `size`."""
     found: dict[int, int] = {}
     h = torch.zeros(1, 1, *size)
     with torch.no_grad():
-        for i, layer in enumerate(net.features):
+        for i, layer in enumerate(features):
             if isinstance(layer, Dropout):
                 if layer.p:
                     found[i] = h[0].numel() // 2
@@ -295,8 +304,6 @@ class Vmapped(Stack):
             params, buffers, x
         ).transpose(0, 1)  # N×K×classes
         return out if self.log_probs else F.log_softmax(out, dim=-1)
-
-    __call__ = forward
 
     def _member(
         self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor

@@ -173,7 +173,7 @@ def expand(spec: ExperimentSpec) -> list[Trial]:
     points = [{**p, **c} for p in points for c in (s.cases or [{}])]
     rng = random.Random(spec.train.seed)
     base = spec.base()
-    trials = []
+    trials: list[Trial] = []
     for _ in range(s.num_samples):
         draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
         for point in points:

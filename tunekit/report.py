@@ -287,9 +287,9 @@ class SweepView:
     def _summary(self) -> str:
         by = self._counts()
         best = max(
-            (t for t in self.trials.values() if t.best),
+            ((t, b) for t in self.trials.values() if (b := t.best) is not None),
             default=None,
-            key=lambda t: t.best["val_acc"],
+            key=lambda pair: pair[1]["val_acc"],
         )
         minutes = (time.monotonic() - self.started) / 60
         stopped = f"{len(by['stopped'])} stopped early · " if by["stopped"] else ""
@@ -298,7 +298,7 @@ class SweepView:
             f"{self.name}: {len(by['done'])} done · {stopped}{len(by['running'])} running · "
             f"{len(by['failed'])} failed · {invalid}{self.total} in all · "
             f"{minutes:.1f} min"
-            + (f" · best val_acc {best.best['val_acc']:.2f}% (trial {best.index})" if best else "")
+            + (f" · best val_acc {best[1]['val_acc']:.2f}% (trial {best[0].index})" if best else "")
         )
 
     def _render(self) -> Group:

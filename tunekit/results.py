@@ -286,7 +286,7 @@ def importance(rows: Sequence[ResultRow], sampled: Sequence[str]) -> dict[str, f
 
     measured = [r for r in rows if r.accs]
     return stats.importance(
-        [(r.params, r.mean) for r in measured],
+        [(r.params, statistics.fmean(r.accs)) for r in measured],
         [p for p in sampled if all(p in r.params for r in measured)],
     )
 
@@ -337,12 +337,9 @@ def findings(
             "All seeds equal: a configuration whose seeds all scored the same has no "
             "interval (no spread to measure)."
         )
-    same = [
-        r
-        for r in measured[1:]
-        if r.vs_best and r.vs_best.p_holm is not None and not r.vs_best.worse
-    ]
-    worse = [r for r in measured[1:] if r.vs_best and r.vs_best.worse]
+    tested = [(r, r.vs_best) for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None]
+    same = [(r, v) for r, v in tested if not v.worse]  # (row, its test against the best)
+    worse = [(r, v) for r, v in tested if v.worse]
     if len(measured) == 1:
         lines.append(
             f"Only one configuration has values: {best.label} at "
@@ -359,16 +356,15 @@ def findings(
                 f"{stats.ALPHA}; this does not mean equal): "
                 + (
                     "; ".join(
-                        f"{r.label} (p = {r.vs_best.p_holm:.2g}; a gap of about "
-                        f"{r.vs_best.gap:.2f} would be)"
-                        for r in same
+                        f"{r.label} (p = {v.p_holm:.2g}; a gap of about {v.gap:.2f} would be)"
+                        for r, v in same
                     )
                     or "none"
                 )
                 + "."
                 + (
                     " Worse than the best: "
-                    + "; ".join(f"{r.label} (p = {r.vs_best.p_holm:.2g})" for r in worse)
+                    + "; ".join(f"{r.label} (p = {v.p_holm:.2g})" for r, v in worse)
                     + "."
                     if worse
                     else ""
@@ -417,15 +413,15 @@ def findings(
             if i.p is not None
             else "no test: too few seeds or no spread"
         )
-        at = dict.fromkeys(e.at[1] for e in i.effects)
+        within = [(e.at[1], e) for e in i.effects if e.at]  # (level of b, a's effect there)
         by_level = "; ".join(
             f"at {b}={fmt(lv)}: "
             + ", ".join(
                 f"{fmt(e.level)} − {fmt(e.reference)} = {_difference(e)}"
-                for e in i.effects
-                if e.at[1] == lv
+                for at, e in within
+                if at == lv
             )
-            for lv in at
+            for lv in dict.fromkeys(at for at, _ in within)
         )
         lines.append(f"{a} × {b} ({test}): {by_level}.")
     return lines
@@ -436,8 +432,8 @@ def _claim_line(
 ) -> str:
     from tunekit import stats
 
-    def norm(where: dict[str, Any] | None) -> dict[str, str] | None:
-        return None if where is None else {k: fmt(v) for k, v in where.items()}
+    def norm(where: dict[str, Any]) -> dict[str, str]:
+        return {k: fmt(v) for k, v in where.items()}
 
     rows = [({k: fmt(_number(v)) for k, v in p.items()}, acc) for p, acc in trials]
     r = stats.claim(
@@ -446,7 +442,7 @@ def _claim_line(
         norm(claim.better),
         norm(claim.than),
         norm(claim.at),
-        norm(claim.more_than_at),
+        None if claim.more_than_at is None else norm(claim.more_than_at),
     )
     what = (
         f"({_side(claim.better)} − {_side(claim.than)}"

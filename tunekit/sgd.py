@@ -1,7 +1,7 @@
 """One SGD step for every member of a pack: momentum, L2 as weight decay and the L1 gradient, with
 each member's lr, momentum, L1, L2 and penalised set held as tensors (as HFTA's fused optimizers).
 
-The update is torch.optim.SGD's (dampening 0, no Nesterov), on the flat stack of `pack.Packed`:
+The update is torch.optim.SGD's (dampening 0, no Nesterov), on the flat stack of `pack.Stack`:
 
     g = grad + l1 · sign(p) + l2 · p      (l1, l2: 0 for parameters the member does not penalise)
     buf = momentum · buf + g              (buf starts at 0, which is SGD's first step exactly)
@@ -17,12 +17,12 @@ from typing import Sequence
 
 import torch
 
-from tunekit.pack import Packed
+from tunekit.pack import Stack
 from tunekit.spec import TrainSpec
 
 
 class FusedSGD:
-    def __init__(self, pack: Packed, trains: Sequence[TrainSpec]):
+    def __init__(self, pack: Stack, trains: Sequence[TrainSpec]):
         device = pack.params.device
         self.owner = pack.owner  # the member of each element
         every = torch.tensor([t.penalize == "all" for t in trains], device=device)
@@ -51,10 +51,10 @@ class FusedSGD:
         self.buf.mul_(momentum[self.owner]).add_(grad)
         params.sub_(torch.where(live, lr, 0.0)[self.owner] * self.buf)
 
-    def member_state(self, pack: Packed, k: int) -> dict[str, torch.Tensor]:
+    def member_state(self, pack: Stack, k: int) -> dict[str, torch.Tensor]:
         """Member k's momentum buffers, by parameter name (CPU tensors of their own)."""
         return {name: slot.of(self.buf, k).cpu().clone() for name, slot in pack.slots.items()}
 
-    def load(self, pack: Packed, k: int, state: dict[str, torch.Tensor]) -> None:
+    def load(self, pack: Stack, k: int, state: dict[str, torch.Tensor]) -> None:
         for name, slot in pack.slots.items():
             slot.of(self.buf, k).copy_(state[name])

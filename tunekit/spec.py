@@ -543,7 +543,7 @@ def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> 
         ) from None
 
 
-def _msg(err: dict[str, Any]) -> str:
+def _msg(err: Mapping[str, Any]) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
@@ -570,7 +570,10 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 
 def _problem(
-    err: dict[str, Any], root: yaml.Node | None, cls: type[BaseModel], overridden: Mapping[str, Any]
+    err: Mapping[str, Any],
+    root: yaml.Node | None,
+    cls: type[BaseModel],
+    overridden: Mapping[str, Any],
 ) -> Problem:
     loc, msg = tuple(err["loc"]), _msg(err)
     if err["type"] == "extra_forbidden":

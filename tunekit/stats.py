@@ -133,27 +133,27 @@ def versus_best(groups: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, Co
     best's mean is biased up a little: the winner's curse; the caller says so)."""
     means = {k: math.fsum(_finite(v)) / len(v) for k, v in groups.items()}
     best = max(means, key=lambda k: means[k])
-    tests: dict[Hashable, Contrast] = {}
+    tests: dict[Hashable, tuple[float, float, float]] = {}  # p, df, se of each test
     why: dict[Hashable, str] = {}
     for k in groups:
         if k == best:
             continue
         c = welch(groups[best], groups[k])
-        if c.p is not None:
-            tests[k] = c
+        if c.p is not None and c.df is not None and c.se is not None:
+            tests[k] = (c.p, c.df, c.se)
         else:
             why[k] = "one seed: no test" if c.se is None else "all seeds equal: no test"
-    adjusted = dict(zip(tests, holm([c.p for c in tests.values()])))
+    adjusted = dict(zip(tests, holm([p for p, _, _ in tests.values()])))
     m = len(tests)
     out = {best: Comparison(None, None, False)}
     for k in groups:
         if k in tests:
-            c = tests[k]
+            p, df, se = tests[k]
             # Holm's first step is Bonferroni: a gap of t(1 − α/2m, df)·se reaches p_holm < α
             from scipy import stats
 
-            gap = float(stats.t.ppf(1 - ALPHA / (2 * m), c.df)) * c.se
-            out[k] = Comparison(c.p, adjusted[k], adjusted[k] < ALPHA, gap)
+            gap = float(stats.t.ppf(1 - ALPHA / (2 * m), df)) * se
+            out[k] = Comparison(p, adjusted[k], adjusted[k] < ALPHA, gap)
         elif k != best:
             out[k] = Comparison(None, None, False, why_none=why[k])
     return out
@@ -235,15 +235,12 @@ def main_effects(
     for f in factors:
         levels = _levels(rows, f)
         flagged = [
-            pair
+            (pair, p)
             for pair, p in (interaction_ps or {}).items()
             if f in pair and p is not None and p < CAVEAT
         ]
         caveat = (
-            "; ".join(
-                f"the {' × '.join(pair)} interaction has p = {interaction_ps[pair]:.2g}"
-                for pair in flagged
-            )
+            "; ".join(f"the {' × '.join(pair)} interaction has p = {p:.2g}" for pair, p in flagged)
             or None
         )
         for lv in levels[1:]:

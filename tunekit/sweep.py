@@ -379,7 +379,7 @@ def run(
             trainable,
             param_space=param_space(plan, _active.packs),
             tune_config=tune.TuneConfig(
-                num_samples=spec.search.budget if plan.adaptive else 1,
+                num_samples=(spec.search.budget or 1) if plan.adaptive else 1,
                 scheduler=scheduler,
                 metric=OBJECTIVE[0] if metric else None,
                 mode=OBJECTIVE[1] if metric else None,
@@ -414,7 +414,7 @@ def run(
                 interrupted.set()
             elif tune_catches:
                 signal.signal(signal.SIGINT, ours)
-        states = [s for r in grid for s in _final_states(_active, r)]
+        states = [s for i in range(len(grid)) for s in _final_states(_active, grid[i])]
     finally:
         _active = None
     return sorted(states, key=lambda t: t.index)

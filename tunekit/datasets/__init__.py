@@ -91,7 +91,8 @@ def check(spec: DataSpec) -> Images:
 @lru_cache(maxsize=4)
 def _built_in(dataset: str, root: Path, download: bool) -> Images:
     if dataset == "cifar10":
-        return Images(*cifar.read(root, download), mean=cifar.MEAN, std=cifar.STD, classes=10)
+        train_x, train_y, test_x, test_y = cifar.read(root, download)
+        return Images(train_x, train_y, test_x, test_y, cifar.MEAN, cifar.STD, 10)
     train_x, train_y, test_x, test_y = idx.read(dataset, root, download)
     mean, std = idx.STATS[dataset]
     return Images(train_x.unsqueeze(1), train_y, test_x.unsqueeze(1), test_y, (mean,), (std,), 10)

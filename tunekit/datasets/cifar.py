@@ -76,7 +76,10 @@ def _batches(where: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(images), torch.cat(labels)
 
 
-def read(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+def read(
+    root: Path, download: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train images (uint8 N×3×32×32), labels, test images, labels."""
     where = folder(root, download)
-    return (*_batches(where, TRAIN), *_batches(where, TEST))
+    (train_x, train_y), (test_x, test_y) = _batches(where, TRAIN), _batches(where, TEST)
+    return train_x, train_y, test_x, test_y

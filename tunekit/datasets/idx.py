@@ -14,7 +14,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torchvision import datasets
@@ -48,7 +48,7 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _file_names(cls: type) -> list[str]:
+def _file_names(cls: Any) -> list[str]:
     """The extracted IDX file names a torchvision MNIST-style class reads."""
     return [Path(url).name.removesuffix(".gz") for url, _md5 in cls.resources]
 
