@@ -78,9 +78,10 @@ def test_train_rejects_bad_input_with_exit_2_and_starts_nothing(
 
 def test_train_bad_yaml_file(tmp_path: Path, no_training: None) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel: {norm: GN\n")
+    bad.write_text("name: x\nmodel: {norm: GN\n")  # the `{` on line 2 is never closed
     result = runner.invoke(app, ["train", str(bad)])
-    assert result.exit_code == 2 and "line 3" in result.output and "<yaml>" in result.output
+    assert result.exit_code == 2 and "line 2, <yaml>: while parsing a flow mapping" in result.output
+    assert "(found on line 3)" in result.output
 
 
 def test_train_runs_one_trial(tiny_data: Path) -> None:
@@ -146,7 +147,7 @@ def test_train_uses_the_trials_cpus_as_threads(
         (["report", "smoke", "-f", "xml"], "error: --format: 'xml' is not one of"),
         (["validate", "SMOKE", "--set", "x"], "error: --set: expected FIELD=VALUE"),
         (["validate", "SMOKE", "-f", "xml"], "error: --format: 'xml' is not one of"),
-        (["sweep", "SMOKE", "--resume", "--restart"], "error: --restart: use --resume"),
+        (["sweep", "SMOKE", "--resume", "--restart"], "error: --restart: not both --resume and"),
     ],
 )
 def test_errors_about_arguments_say_so(args: list[str], header: str, no_training: None) -> None:
@@ -216,3 +217,24 @@ def test_help_and_validate_start_fast() -> None:
             text=True,
         )
         assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+def test_every_misspelt_grid_key_is_named_and_set_names_the_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "grid.yaml"
+    spec.write_text("name: x\nsearch:\n  grid: {model.nrom: [BN], train.batchsize: [16]}\n")
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2
+    assert "'model.nrom' names no field" in result.output
+    assert "'train.batchsize' names no field; did you mean 'train.batch_size'" in result.output
+    smoke = REPO / "experiments" / "smoke.yaml"
+    result = runner.invoke(app, ["validate", str(smoke), "--set", "search.budget=4"])
+    assert result.exit_code == 2 and f"invalid spec {smoke}: search.budget: " in result.output
+
+
+@pytest.mark.parametrize("command", ["--help", "sweep", "train", "report", "ui", "plot"])
+def test_help_has_no_type_placeholders(command: str) -> None:
+    args = [command] if command == "--help" else [command, "--help"]
+    text = runner.invoke(app, args, prog_name="tunekit").output
+    assert "<bool>" not in text and "{" not in text and "<list" not in text, text
+    if command != "--help":
+        assert f"Usage: tunekit {command} [OPTIONS]" in " ".join(text.split())

@@ -47,6 +47,12 @@ class SmallCNN(nn.Module):
         return torch.log_softmax(self.body(x), 1)
 
 
+def mixed(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, stride=2), nn.GroupNorm(2, width), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(width * 13 * 13, 16), nn.LayerNorm(16),
+                         nn.ReLU(), nn.Linear(16, 10))
+
+
 def not_a_module():
     return 42
 
@@ -57,6 +63,11 @@ def fashion(n=64):
             torch.randint(0, 3, (n,), generator=g),
             torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8, generator=g),
             torch.randint(0, 3, (16,), generator=g))
+
+
+def colour(n=32):
+    images = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
+    return images, torch.arange(n) % 10, images[:8], torch.arange(8)
 
 
 def broken_loader():
@@ -160,6 +171,11 @@ BAD = {  # what the spec sets -> the key the one line names, and what it says
         "data.subset",
         "more than the 512 training images",
     ),
+    "images that do not fit": (
+        'data: {import: "their_models:colour"}\nmodel: {import: "their_models:SmallCNN"}',
+        "data.import",
+        "images of shape 3×28×28 do not fit their_models:SmallCNN",
+    ),
     "broken loader": (
         'data: {import: "their_models:broken_loader"}',
         "data.import",
@@ -258,7 +274,9 @@ def exact():
     torch.backends.mkldnn.enabled = before
 
 
-@pytest.mark.parametrize("model", ["their_models:mlp", "their_models:SmallCNN"])
+@pytest.mark.parametrize(
+    "model", ["their_models:mlp", "their_models:SmallCNN", "their_models:mixed"]
+)
 def test_a_pack_of_your_model_is_its_members_alone(yours: Path, exact, model: str) -> None:
     configs = [
         TrialConfig.model_validate(
@@ -293,6 +311,10 @@ def test_a_model_that_draws_random_numbers_is_not_packed_and_says_why(yours: Pat
     assert packable(their_models.mlp(), (1, 28, 28)) is None
     why = packable(their_models.dropped_mlp(), (1, 28, 28))
     assert why is not None and "layer '3' (Dropout, p=0.2) draws random numbers" in why
+    from torch import nn
+
+    why = packable(nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.BatchNorm1d(8)), (1, 28, 28))
+    assert why is not None and "layer '2' (BatchNorm1d) has weights of a kind" in why
     pack = Vmapped([their_models.dropped_mlp()])  # alone it trains, its dropout seeded per epoch
     assert pack(torch.zeros(4, 1, 1, 28, 28)).shape == (4, 1, 10)
 
@@ -346,3 +368,14 @@ def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) ->
     ]
     with pytest.raises(SpecError, match="train.epochs"):
         tunekit.load(path, {"train.epochs": 0})
+
+
+def test_the_example_model_and_spec_pass_the_checks(yours: Path) -> None:
+    import tunekit
+    from conftest import REPO
+
+    plan = tunekit.load(REPO / "examples" / "fashion_mnist.yaml", {"data.subset": 100})
+    checked = tunekit.api.check(plan)  # each width's WideCNN built on FashionMNIST's images
+    assert checked.image_shape == (1, 28, 28) and checked.classes == 10
+    assert checked.unpackable is None  # no dropout: it packs where packing pays (GPUs)
+    assert checked.ship == [str(REPO / "examples" / "my_models.py")]

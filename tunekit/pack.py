@@ -265,16 +265,8 @@ def _dropout_sizes(features: nn.Sequential, size: tuple[int, int] = (28, 28)) ->
 # member's own (a convolution over K members is a grouped one, a linear layer a batched matmul);
 # without, any that draws no random numbers. Dropout (p > 0) draws per member what a pack
 # cannot draw as each member would alone, so a model with it trains in packs of 1.
-STACKABLE = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Linear,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.Embedding,
-)
+STACKABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+#   (BatchNorm1d is not: vmapped, its gradients round apart from a lone model's)
 
 
 class Vmapped(Stack):
