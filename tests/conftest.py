@@ -12,6 +12,7 @@ import gzip
 import os
 import struct
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -65,6 +66,41 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny synthetic MNIST (.gz files, as shipped) that $TUNEKIT_DATA_DIR points at."""
     root = make_mnist(tmp_path / "data")
+    monkeypatch.setenv("TUNEKIT_DATA_DIR", str(root))
+    return root
+
+
+def write_flaky(folder: Path) -> Path:
+    """A model module, flaky.py, whose training steps raise while folder/flag exists (its
+    forward for the driver's check, in eval mode, does not): a trial that fails at run time for
+    a reason that can go away. Returns the flag's path, created."""
+    flag = folder / "flag"
+    flag.touch()
+    (folder / "flaky.py").write_text(
+        textwrap.dedent(f"""
+        from pathlib import Path
+
+        from torch import nn
+
+
+        class Net(nn.Sequential):
+            def __init__(self):
+                super().__init__(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+            def forward(self, x):
+                if self.training and Path({str(flag)!r}).exists():
+                    raise OSError("the scratch disk is full")
+                return super().forward(x)
+        """)
+    )
+    return flag
+
+
+@pytest.fixture
+def smoke_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A synthetic MNIST large enough for experiments/smoke.yaml (its first 6,000 training
+    images: a larger `data.subset` than the dataset holds is refused)."""
+    root = make_mnist(tmp_path / "data", n_train=6000)
     monkeypatch.setenv("TUNEKIT_DATA_DIR", str(root))
     return root
 

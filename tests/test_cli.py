@@ -84,7 +84,7 @@ def test_train_bad_yaml_file(tmp_path: Path, no_training: None) -> None:
     assert "(found on line 3)" in result.output
 
 
-def test_train_runs_one_trial(tiny_data: Path) -> None:
+def test_train_runs_one_trial(smoke_data: Path) -> None:
     result = runner.invoke(
         app,
         [
@@ -111,8 +111,9 @@ def test_train_without_data_says_where_it_looked(
     result = runner.invoke(
         app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--set", "data.download=false"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # checked before training: nothing started
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in result.output
+    assert result.output.startswith("error: invalid spec ") and "data.root: " in result.output
 
 
 def test_train_refuses_a_set_that_its_trial_overrides(no_training: None) -> None:

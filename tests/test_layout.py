@@ -25,26 +25,30 @@ def imports() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                deps.add(node.module)
+                deps.add(node.module)  # the package's __init__ runs too
                 deps |= {
-                    f"{node.module}.{a.name}"
-                    for a in node.names
-                    if (PACKAGE.parent / node.module.replace(".", "/") / a.name)
-                    .with_suffix(".py")
-                    .exists()
+                    f"{node.module}.{a.name}" for a in node.names if _is_module(node.module, a.name)
                 }
         found[name] = {d if d.startswith("tunekit") else d.split(".")[0] for d in deps}
     return found
 
 
+def _is_module(package: str, name: str) -> bool:
+    path = PACKAGE.parent / package.replace(".", "/") / name
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node that runs: `if TYPE_CHECKING:` blocks (type hints only) left out."""
+    """Every node that runs: `if TYPE_CHECKING:` blocks (type hints only) and a module's
+    `__getattr__` (names it loads on first use, as tunekit's own `tunekit.run`) left out."""
     out, todo = [], [tree]
     while todo:
         node = todo.pop()
         out.append(node)
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
             todo += node.orelse
+            continue
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
             continue
         todo += ast.iter_child_nodes(node)
     return out

@@ -106,7 +106,7 @@ def test_spec_is_frozen() -> None:
 
 
 BAD = {
-    "yaml syntax": ("name: x\nmodel: {norm: GN\ntrain: {}\n", "<yaml>", "expected", 3),
+    "yaml syntax": ("name: x\nmodel: {norm: GN\ntrain: {}\n", "<yaml>", "found on line 3", 2),
     "unknown key": ("name: x\nmodel: {nrom: GN}\n", "model.nrom", "did you mean 'norm'", 2),
     "wrong type": ("name: x\ntrain: {epochs: many}\n", "train.epochs", "integer", 2),
     "out of range": ("name: x\nmodel: {dropout: 1.5}\n", "model.dropout", "less than 1", 2),

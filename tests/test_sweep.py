@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from tunekit.cli import app
 
-from conftest import REPO, RayNodes, make_mnist, progress, run_tunekit as tunekit
+from conftest import REPO, RayNodes, make_mnist, progress, run_tunekit as tunekit, write_flaky
 
 pytestmark = pytest.mark.ray
 
@@ -33,14 +33,14 @@ def spec_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
+def test_smoke_sweep_end_to_end(tmp_path: Path, smoke_data: Path) -> None:
     out = tunekit(
         "sweep",
         str(REPO / "experiments" / "smoke.yaml"),
         "--set",
         "train.epochs=2",
         cwd=tmp_path,
-        data=tiny_data,
+        data=smoke_data,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "smoke")
@@ -56,7 +56,9 @@ def test_smoke_sweep_end_to_end(tmp_path: Path, tiny_data: Path) -> None:
         for epoch in (1, 2):
             assert f"trial {i} (model.norm={norm}) epoch {epoch}/2: val_acc" in out.stdout
     # the sweep's results are not overwritten by accident
-    again = tunekit("sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path, data=tiny_data)
+    again = tunekit(
+        "sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path, data=smoke_data
+    )
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
@@ -134,26 +136,24 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(
 def test_failed_trials_end_with_their_reason_and_the_rest_succeed(
     tmp_path: Path, tiny_data: Path
 ) -> None:
+    write_flaky(tmp_path)  # a model whose training raises (its check by the driver passes)
     spec = spec_file(
         tmp_path,
-        f"""
+        """
         name: faults
-        train: {{epochs: 2, batch_size: 32, scheduler: {{name: none}}}}
+        train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
         search:
           cases:
-            - {{model.norm: GN}}
-            - {{model.norm: LN, data.root: {tmp_path / "missing"}, data.download: false}}
-            - {{model.norm: BN, train.optimizer.lr: 1.0e+30}}
-            - {{model.norm: BN}}
+            - {model.norm: GN}
+            - {model.import: "flaky:Net"}
+            - {model.norm: BN, train.optimizer.lr: 1.0e+30}
+            - {model.norm: BN}
     """,
     )
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "2 of 4 trial(s) failed" in out.stdout
-    assert (
-        f"DataError: mnist files not found in {tmp_path / 'missing' / 'MNIST' / 'raw'}"
-        in out.stdout
-    )
+    assert "trial 1 (model.import=flaky:Net): OSError: the scratch disk is full" in out.stdout
     assert "DivergedError: training loss became nan in epoch 1" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
     rows = progress(tmp_path / "runs" / "faults")

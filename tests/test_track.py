@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tunekit.models.seed_cnn import Net
 
-from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_mlflow
+from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_mlflow, write_flaky
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -29,8 +29,8 @@ def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     return {str(int(name.removeprefix("trial_"))): rows for name, rows in progress(run_dir).items()}
 
 
-def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:
-    out = tunekit("sweep", SMOKE, "--set", "train.epochs=2", cwd=tmp_path, data=tiny_data)
+def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, smoke_data: Path) -> None:
+    out = tunekit("sweep", SMOKE, "--set", "train.epochs=2", cwd=tmp_path, data=smoke_data)
     assert out.returncode == 0, out.stdout + out.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
@@ -112,9 +112,9 @@ def rest(url: str, path: str, body: dict | None = None) -> dict:
 
 
 def test_smoke_sweep_against_a_real_mlflow_server(
-    tmp_path: Path, tiny_data: Path, mlflow_server: str
+    tmp_path: Path, smoke_data: Path, mlflow_server: str
 ) -> None:
-    out = tunekit("sweep", SMOKE, "--tracking-uri", mlflow_server, cwd=tmp_path, data=tiny_data)
+    out = tunekit("sweep", SMOKE, "--tracking-uri", mlflow_server, cwd=tmp_path, data=smoke_data)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
     exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=smoke")["experiment"]
@@ -143,7 +143,7 @@ def test_smoke_sweep_against_a_real_mlflow_server(
 
 
 def test_unreachable_tracking_server_fails_fast_and_starts_nothing(
-    tmp_path: Path, tiny_data: Path
+    tmp_path: Path, smoke_data: Path
 ) -> None:
     start = time.monotonic()
     out = tunekit(
@@ -152,7 +152,7 @@ def test_unreachable_tracking_server_fails_fast_and_starts_nothing(
         "--tracking-uri",
         f"http://127.0.0.1:{free_port()}",
         cwd=tmp_path,
-        data=tiny_data,
+        data=smoke_data,
         timeout=60,
     )
     assert out.returncode == 2
@@ -231,11 +231,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
     CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run installs it)"
 )
 def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(
-    tmp_path: Path, tiny_data: Path
+    tmp_path: Path, smoke_data: Path
 ) -> None:
     """What a new user sees: headless Chromium opens the printed URL and the page lists the
     trials by name (MLflow 3 would show its GenAI overview, or fold them under the sweep)."""
-    out = tunekit("sweep", SMOKE, "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
+    out = tunekit("sweep", SMOKE, "--set", "train.epochs=1", cwd=tmp_path, data=smoke_data)
     assert out.returncode == 0, out.stdout + out.stderr
     names = [f"trial {i}: model.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
     port = free_port()
@@ -314,15 +314,15 @@ def test_read_only_commands_create_no_store_and_say_where_they_looked(tmp_path: 
 def test_a_trial_that_failed_then_finished_on_resume_shows_no_old_error(
     tmp_path: Path, tiny_data: Path
 ) -> None:
-    """A trial's status and error are its last attempt's: the data missing where it ran, then
-    there on --resume."""
+    """A trial's status and error are its last attempt's: its disk full where it ran, then
+    not on --resume."""
+    flag = write_flaky(tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        "name: again\ntrain: {epochs: 1, batch_size: 32}\nsearch:\n  grid: {model.norm: [GN]}\n"
+        "name: again\ntrain: {epochs: 1, batch_size: 32}\nmodel: {import: 'flaky:Net'}\n"
+        "search:\n  grid: {train.seed: [1]}\n"
     )
-    empty = tmp_path / "nodata"
-    empty.mkdir()
-    first = tunekit("sweep", str(spec), cwd=tmp_path, data=empty)
+    first = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
     assert first.returncode != 0, first.stdout + first.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("again")
@@ -331,11 +331,12 @@ def test_a_trial_that_failed_then_finished_on_resume_shows_no_old_error(
     ]
     assert (
         run.data.tags["tunekit.status"] == "failed"
-        and "DataError" in run.data.tags["tunekit.error"]
+        and "OSError: the scratch disk is full" in run.data.tags["tunekit.error"]
     )
+    flag.unlink()
     again = tunekit("sweep", str(spec), "--resume", cwd=tmp_path, data=tiny_data)
     assert again.returncode == 0, again.stdout + again.stderr
     run = client.get_run(run.info.run_id)
     assert run.data.tags["tunekit.status"] == "done" and "tunekit.error" not in run.data.tags
     table = tunekit("report", "again", cwd=tmp_path, data=tiny_data).stdout
-    assert "DataError" not in table and "done" in table
+    assert "OSError" not in table and "done" in table

@@ -341,9 +341,31 @@ def test_an_unpackable_model_trains_in_packs_of_one_and_says_so(yours: Path) -> 
     ]
 
 
+API = """
+import json, sys
+import tunekit
+from tunekit.errors import SpecError
+
+plan = tunekit.load(sys.argv[1], {"train.epochs": 1})  # as --set train.epochs=1
+outcome = tunekit.run(plan)
+try:
+    tunekit.load(sys.argv[1], {"train.epochs": 0})
+    refused = ""
+except SpecError as e:
+    refused = str(e)
+print(json.dumps({"size": plan.size, "args": plan.trials[1].config.model.args,
+                  "epochs": plan.trials[0].config.train.epochs,
+                  "interrupted": outcome.interrupted,
+                  "statuses": [t.status for t in outcome.states], "table": outcome.table(),
+                  "again": tunekit.table(sys.argv[1]), "refused": refused}))
+"""
+
+
 @pytest.mark.ray
 def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) -> None:
-    import tunekit
+    """As a notebook would, in a Python process of its own."""
+    import subprocess
+    import sys
 
     path = spec(
         yours,
@@ -355,19 +377,23 @@ def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) ->
         """,
         name="api",
     )
-    plan = tunekit.load(path, {"train.epochs": 1})  # as --set train.epochs=1
-    assert plan.size == 2 and plan.trials[1].config.model.args == {"hidden": 16}
-    assert plan.trials[0].config.train.epochs == 1
-    outcome = tunekit.run(plan)
-    assert not outcome.interrupted and [t.status for t in outcome.states] == ["done", "done"]
-    table = outcome.table()
+    out = subprocess.run(
+        [sys.executable, "-c", API, str(path)],
+        cwd=yours,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["size"] == 2 and got["args"] == {"hidden": 16} and got["epochs"] == 1
+    assert not got["interrupted"] and got["statuses"] == ["done", "done"]
+    table = got["table"]
     assert {r["hidden"] for r in table} == {"8", "16"} and all(r["n"] == 1 for r in table)
-    again = tunekit.table(path)  # later, from MLflow alone
-    assert [(r["hidden"], r["max_val_acc"]) for r in again] == [
+    assert [(r["hidden"], r["max_val_acc"]) for r in got["again"]] == [
         (r["hidden"], r["max_val_acc"]) for r in table
-    ]
-    with pytest.raises(SpecError, match="train.epochs"):
-        tunekit.load(path, {"train.epochs": 0})
+    ]  # read back later from MLflow alone
+    assert "train.epochs" in got["refused"]
 
 
 def test_the_example_model_and_spec_pass_the_checks(yours: Path) -> None:
@@ -379,3 +405,24 @@ def test_the_example_model_and_spec_pass_the_checks(yours: Path) -> None:
     assert checked.image_shape == (1, 28, 28) and checked.classes == 10
     assert checked.unpackable is None  # no dropout: it packs where packing pays (GPUs)
     assert checked.ship == [str(REPO / "examples" / "my_models.py")]
+
+
+def test_your_model_with_dropout_resumes_exactly(yours: Path) -> None:
+    config = TrialConfig.model_validate(
+        {
+            "data": {"dataset": "fashion_mnist", "subset": 128},
+            "model": {"import": "their_models:dropped_mlp"},
+            "train": {
+                "epochs": 2,
+                "batch_size": 32,
+                "device": "cpu",
+                "scheduler": {"name": "none"},
+            },
+        }
+    )
+    states = []
+    whole = fit(config, lambda m, state: states.append(state), threads=1)
+    again = fit(config, threads=1, resume=states[0])  # from the end of epoch 1
+    assert [m.val_acc for m in again.history] == [m.val_acc for m in whole.history]
+    for k in whole.best_state:
+        assert torch.equal(again.best_state[k], whole.best_state[k]), k
