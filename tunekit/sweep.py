@@ -16,7 +16,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ray import tune
@@ -26,12 +26,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tunekit import cluster, storage
 from tunekit.datasets import data_root
-from tunekit.checks import Checked
 from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import Distribution
 from tunekit.trainable import load_state, members, packs_are_seeds, train
 from tunekit.trials import Listener, Status, TrialState
+
+if TYPE_CHECKING:
+    from tunekit.checks import Checked
 
 
 def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
