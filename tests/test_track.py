@@ -22,6 +22,7 @@ from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_ml
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
+SMALL = ("--set", "data.subset=256")  # all of tiny_data's images, where smoke takes 6,000
 
 
 def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
@@ -29,8 +30,8 @@ def ray_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     return {str(int(name.removeprefix("trial_"))): rows for name, rows in progress(run_dir).items()}
 
 
-def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, smoke_data: Path) -> None:
-    out = tunekit("sweep", SMOKE, "--set", "train.epochs=2", cwd=tmp_path, data=smoke_data)
+def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> None:
+    out = tunekit("sweep", SMOKE, *SMALL, "--set", "train.epochs=2", cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
@@ -112,9 +113,11 @@ def rest(url: str, path: str, body: dict | None = None) -> dict:
 
 
 def test_smoke_sweep_against_a_real_mlflow_server(
-    tmp_path: Path, smoke_data: Path, mlflow_server: str
+    tmp_path: Path, tiny_data: Path, mlflow_server: str
 ) -> None:
-    out = tunekit("sweep", SMOKE, "--tracking-uri", mlflow_server, cwd=tmp_path, data=smoke_data)
+    out = tunekit(
+        "sweep", SMOKE, *SMALL, "--tracking-uri", mlflow_server, cwd=tmp_path, data=tiny_data
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
     exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=smoke")["experiment"]
@@ -143,16 +146,17 @@ def test_smoke_sweep_against_a_real_mlflow_server(
 
 
 def test_unreachable_tracking_server_fails_fast_and_starts_nothing(
-    tmp_path: Path, smoke_data: Path
+    tmp_path: Path, tiny_data: Path
 ) -> None:
     start = time.monotonic()
     out = tunekit(
         "sweep",
         SMOKE,
+        *SMALL,
         "--tracking-uri",
         f"http://127.0.0.1:{free_port()}",
         cwd=tmp_path,
-        data=smoke_data,
+        data=tiny_data,
         timeout=60,
     )
     assert out.returncode == 2
@@ -231,11 +235,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
     CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run installs it)"
 )
 def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(
-    tmp_path: Path, smoke_data: Path
+    tmp_path: Path, tiny_data: Path
 ) -> None:
     """What a new user sees: headless Chromium opens the printed URL and the page lists the
     trials by name (MLflow 3 would show its GenAI overview, or fold them under the sweep)."""
-    out = tunekit("sweep", SMOKE, "--set", "train.epochs=1", cwd=tmp_path, data=smoke_data)
+    out = tunekit("sweep", SMOKE, *SMALL, "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr
     names = [f"trial {i}: model.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
     port = free_port()

@@ -36,11 +36,11 @@ def dropped_mlp(p=0.2):
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, width=4, norm="BN", classes=10):
+    def __init__(self, width=4, norm="BN", p=0.0, classes=10):
         super().__init__()
         norms = {"BN": lambda c: nn.BatchNorm2d(c), "GN": lambda c: nn.GroupNorm(2, c)}
         self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), norms[norm](width),
-                                  nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+                                  nn.ReLU(), nn.MaxPool2d(4), nn.Dropout(p), nn.Flatten(),
                                   nn.Linear(width * 7 * 7, classes))
 
     def forward(self, x):
@@ -98,15 +98,23 @@ def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
         yours,
         """
         data: {dataset: fashion_mnist}
-        model: {import: "their_models:SmallCNN", args: {width: 4, norm: GN}, output: log_probs}
+        model:
+          import: "their_models:SmallCNN"
+          args: {width: 4, norm: GN, p: 0.1}
+          output: log_probs
         train: {epochs: 2, batch_size: 64, scheduler: {name: none}, device: cpu}
         search:
           grid: {model.args.width: [2, 4]}
           repeats: 2
+        sweep: {pack: 2}
         """,
     )
     out = tunekit("sweep", str(path), cwd=yours, data=yours / "data")
     assert out.returncode == 0, out.stdout + out.stderr
+    # its dropout cannot be packed as each member draws it alone: packs of 1, said in one line
+    said = [line for line in out.stdout.splitlines() if "packs of 1" in line]
+    assert len(said) == 1 and "layer 'body.4' (Dropout, p=0.1) draws random numbers" in said[0]
+    assert len(list((yours / "runs" / "yours").glob("trial_*"))) == 4  # no pack_* folders
     rows = json.loads(
         tunekit("report", str(path), "-f", "json", cwd=yours, data=yours / "data").stdout
     )
@@ -317,28 +325,6 @@ def test_a_model_that_draws_random_numbers_is_not_packed_and_says_why(yours: Pat
     assert why is not None and "layer '2' (BatchNorm1d) has weights of a kind" in why
     pack = Vmapped([their_models.dropped_mlp()])  # alone it trains, its dropout seeded per epoch
     assert pack(torch.zeros(4, 1, 1, 28, 28)).shape == (4, 1, 10)
-
-
-@pytest.mark.ray
-def test_an_unpackable_model_trains_in_packs_of_one_and_says_so(yours: Path) -> None:
-    path = spec(
-        yours,
-        """
-        data: {dataset: fashion_mnist, subset: 128}
-        model: {import: "their_models:dropped_mlp"}
-        train: {epochs: 1, batch_size: 64, device: cpu}
-        search: {grid: {model.args.p: [0.1, 0.3]}}
-        sweep: {pack: 2}
-        """,
-    )
-    out = tunekit("sweep", str(path), cwd=yours, data=yours / "data")
-    assert out.returncode == 0, out.stdout + out.stderr
-    said = [line for line in out.stdout.splitlines() if "packs of 1" in line]
-    assert len(said) == 1 and "Dropout" in said[0], out.stdout
-    assert sorted(p.name for p in (yours / "runs" / "yours").glob("trial_*")) == [
-        "trial_0000",
-        "trial_0001",
-    ]
 
 
 API = """
