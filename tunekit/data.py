@@ -15,16 +15,10 @@ from tunekit.spec import DataSpec
 
 
 @dataclass(frozen=True)
-class Data:
-    """Train and test images (uint8, N×C×H×W) and labels (int64), all on one device; the mean
-    and std of the training pixels per channel, and how to augment training images."""
+class Data(datasets.Images):
+    """A dataset (`datasets.Images`) with its tensors on the training device, and how to augment
+    its training images."""
 
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     rotation: float = 0.0  # ± degrees
     crop: int = 0  # ± pixels of shift (pad and crop back)
     flip: bool = False  # horizontal, half the images
@@ -51,6 +45,7 @@ def load(spec: DataSpec, device: torch.device | str = "cpu") -> Data:
         found.test_labels.to(device),
         found.mean,
         found.std,
+        found.classes,
         spec.rotation,
         spec.crop,
         spec.flip,

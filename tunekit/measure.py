@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -90,9 +90,7 @@ def time_steps(
     seconds = (time.perf_counter() - begin) / steps
     first = configs[0].train
     part = min(len(d.test_labels), 2 * first.eval_batch_size)
-    small = datamod.Data(
-        d.train_images, d.train_labels, d.test_images[:part], d.test_labels[:part], d.mean, d.std
-    )
+    small = replace(d, test_images=d.test_images[:part], test_labels=d.test_labels[:part])
     begin = time.perf_counter()
     evaluate(pack, small, first.eval_batch_size)
     eval_seconds = (time.perf_counter() - begin) * len(d.test_labels) / part
