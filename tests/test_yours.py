@@ -79,6 +79,7 @@ def broken_loader():
 def yours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A folder with the user's module and a FashionMNIST-format dataset, as the current one."""
     (tmp_path / "their_models.py").write_text(MODELS)
+    (tmp_path / "broken_models.py").write_text("import a_package_nobody_installed\n")
     make_mnist(tmp_path / "data", n_train=512, n_test=256, folder="FashionMNIST")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -148,6 +149,11 @@ def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
 
 BAD = {  # what the spec sets -> the key the one line names, and what it says
     "missing module": ('model: {import: "nowhere:Net"}', "model.import", "no module named"),
+    "module that fails to import": (
+        'model: {import: "broken_models:Net"}',
+        "model.import",
+        "broken_models failed to import: No module named 'a_package_nobody_installed'",
+    ),
     "missing attribute": ('model: {import: "their_models:Nett"}', "model.import", "has no 'Nett'"),
     "args it does not take": (
         'model: {import: "their_models:mlp", args: {width: 3}}',

@@ -33,7 +33,7 @@ def resolve(target: str, key: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name) or e.name == module_name:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise SpecError(
                 [
                     Problem(
