@@ -26,11 +26,6 @@ class Status(StrEnum):
     INVALID = "invalid"  # a TPE proposal that breaks a spec rule: never trained
     UNFINISHED = "unfinished"  # the sweep was interrupted before it finished
 
-    @property
-    def ended(self) -> bool:
-        """Whether nothing more will happen to it in this sweep (--resume aside)."""
-        return self in (Status.DONE, Status.STOPPED, Status.FAILED, Status.INVALID)
-
 
 class InvalidProposalError(TunekitError):
     """A TPE proposal that breaks a spec rule: reported, never trained."""
