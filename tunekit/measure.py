@@ -191,7 +191,7 @@ def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
     and Ray trials, spread over the trials that fit at once. An upper bound with ASHA, which
     stops some trials early."""
     from tunekit.cluster import AUTO_GPU_SHARE, pack_size_here
-    from tunekit.spec import pack_key
+    from tunekit.packing import pack_key
 
     s = plan.spec
     trials = [t.config for t in plan.trials] or [plan.trial_base()]

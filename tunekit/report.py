@@ -15,7 +15,8 @@ from rich.text import Text
 
 from tunekit import results
 from tunekit.results import ResultRow, findings, varying
-from tunekit.spec import AUTO_PACK, fmt
+from tunekit.packing import AUTO_PACK
+from tunekit.text import fmt
 from tunekit.trials import Status
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from tunekit.spec import fmt
+from tunekit.text import fmt
 from tunekit.trials import Status
 
 if TYPE_CHECKING:

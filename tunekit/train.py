@@ -27,7 +27,8 @@ from tunekit.metrics import EpochMetrics
 from tunekit import models
 from tunekit.pack import Packed, Stack, Vmapped
 from tunekit.sgd import FusedSGD
-from tunekit.spec import PER_MEMBER, TrialConfig, pack_key
+from tunekit.packing import PER_MEMBER, pack_key
+from tunekit.spec import TrialConfig
 
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)

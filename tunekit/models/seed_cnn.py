@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunekit.spec import CHANNELS  # output channels of the six conv blocks
+from tunekit.spec.trial import CHANNELS  # output channels of the six conv blocks
 
 POOL_AFTER = (1, 3, 5)  # a 2×2 max-pool follows blocks 2, 4 and 6
 
