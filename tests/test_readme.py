@@ -79,12 +79,12 @@ def test_readme_published_table_is_the_assignment_cases() -> None:
         norm, l1, l2, batches, _ = [c.strip() for c in line.strip("|").split("|")]
         rows |= {(norm, float(l1), float(l2), int(b)) for b in batches.split(" / ")}
     cases = {
-        (c["model.norm"], c["train.l1"], c["train.l2"], c["train.batch_size"])
+        (c["model.args.norm"], c["train.l1"], c["train.l2"], c["train.batch_size"])
         for c in load_plan(EXPERIMENTS / "assignment6.yaml").spec.search.cases
     }
     assert len(rows) == len(cases) == 14
     as_run = {
-        (c["model.norm"], c["train.batch_size"])
+        (c["model.args.norm"], c["train.batch_size"])
         for c in load_plan(EXPERIMENTS / "assignment6_as_run.yaml").spec.search.cases
     }
     assert as_run == {(norm, batch) for norm, _, _, batch in cases}  # the same rows, unlabelled

@@ -43,7 +43,7 @@ def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Stack, datamod.Data, 
     first = configs[0].train
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    pack, sgd, seeds = build(configs, device)
+    pack, sgd, seeds = build(configs, d, device)
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, device)
     draws = datamod.epoch(d, seeds, 1)

@@ -27,7 +27,7 @@ OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy 
 
 
 def label(params: Mapping[str, Any]) -> str:
-    """'model.norm=LN, train.l2=3.447e-06': how a trial is named wherever it is shown."""
+    """'model.args.norm=LN, train.l2=3.447e-06': how a trial is named wherever it is shown."""
     return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "base config"
 
 

@@ -25,7 +25,7 @@ from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
 from tunekit.metrics import EpochMetrics
 from tunekit import models
-from tunekit.pack import Packed, Stack, Vmapped
+from tunekit.pack import Fused, Stack, Vmapped, fusable
 from tunekit.sgd import FusedSGD
 from tunekit.packing import PER_MEMBER, pack_key
 from tunekit.spec import TrialConfig
@@ -173,23 +173,38 @@ class _Member:
 
 
 def build(
-    configs: Sequence[TrialConfig], device: torch.device
+    configs: Sequence[TrialConfig], d: datamod.Data, device: torch.device
 ) -> tuple[Stack, FusedSGD, torch.Tensor]:
-    """A pack of `configs` on `device`: the fused network (each member's initial weights as it
-    draws them alone; the seed CNN's fused layers, or your model stacked by torch.func), its
+    """A pack of `configs` for the images of `d` (its shape and classes) on `device`: the
+    fused network (each member's initial weights as it draws them alone; fused layer by layer
+    where the model is a chain of layers the op map knows, else stacked by torch.func), its
     optimizer, and the members' seeds as the counter-based draws take them."""
     nets = []
     for c in configs:
         torch.manual_seed(c.train.seed)
-        nets.append(models.build(c.model))
-    spec = configs[0].model
+        nets.append(models.build(c.model, d.shape, d.classes))
     pack: Stack = (
-        Packed(nets, device)
-        if spec.import_ is None
-        else Vmapped(nets, device, log_probs=spec.log_probs)
+        Fused(nets, d.shape, device)
+        if fusable(nets[0]) is None
+        else Vmapped(nets, device, log_probs=configs[0].model.log_probs)
     )
     seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32, device=device)
     return pack, FusedSGD(pack, [c.train for c in configs]), seeds
+
+
+def rehearse(configs: Sequence[TrialConfig], images: int = 2) -> None:
+    """One training step and one evaluation of `configs` as the pack they will train in, on the
+    CPU, on the first `images` training and test images of their data as a trial draws them
+    (augmented, normalised): what the driver runs before any trial, so that whatever would fail
+    in every trial fails here first. Raises what the trial would."""
+    d = datamod.load(configs[0].data, "cpu")
+    pack, sgd, seeds = build(configs, d, torch.device("cpu"))
+    k = len(configs)
+    lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, "cpu")
+    x, y = datamod.train_batch(d, datamod.epoch(d, seeds, 1), 0, min(images, len(d.train_labels)))
+    keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)
+    train_step(pack, sgd, x, y, keys, torch.tensor(0, dtype=torch.int32), lr[0], momentum[0], live)
+    pack.eval()(d.normalize(d.test_images[:images]).unsqueeze(1).expand(-1, k, *d.shape))
 
 
 def fit_pack(
@@ -217,7 +232,7 @@ def fit_pack(
         torch.set_num_threads(threads)
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    pack, sgd, seeds = build(configs, device)
+    pack, sgd, seeds = build(configs, d, device)
     members = [_Member(c) for c in configs]
     for k, state in enumerate((resume or {}).get("members", [])):
         members[k].restore(state, pack, sgd, k)

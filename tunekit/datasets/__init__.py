@@ -1,5 +1,5 @@
-"""Datasets as uint8 image tensors: the built-ins (MNIST, FashionMNIST, KMNIST in the IDX format;
-CIFAR-10 as python batches) by name, or your own callable by import path. Everything is read
+"""Datasets as uint8 image tensors: a built-in one by name (`registry`: one file each, as
+`mnist.py`, `cifar10.py`), or your own callable by import path. Everything is read
 into memory: data larger than memory is out of scope.
 
 `load` is what training uses (cached per process); `check` is what the driver calls before any
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tunekit import imports
-from tunekit.datasets import cifar, idx
+from tunekit.datasets import registry
 from tunekit.errors import DataError, Problem, SpecError
 from tunekit.spec import DataSpec
 
@@ -90,12 +90,9 @@ def check(spec: DataSpec) -> Images:
 
 @lru_cache(maxsize=4)
 def _built_in(dataset: str, root: Path, download: bool) -> Images:
-    if dataset == "cifar10":
-        train_x, train_y, test_x, test_y = cifar.read(root, download)
-        return Images(train_x, train_y, test_x, test_y, cifar.MEAN, cifar.STD, 10)
-    train_x, train_y, test_x, test_y = idx.read(dataset, root, download)
-    mean, std = idx.STATS[dataset]
-    return Images(train_x.unsqueeze(1), train_y, test_x.unsqueeze(1), test_y, (mean,), (std,), 10)
+    entry = registry.get(dataset)
+    train_x, train_y, test_x, test_y = entry.read(root, download)
+    return Images(train_x, train_y, test_x, test_y, entry.mean, entry.std, entry.classes)
 
 
 @lru_cache(maxsize=4)

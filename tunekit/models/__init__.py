@@ -1,7 +1,9 @@
-"""Models: the built-in `seed_cnn` by name, or your own callable by import path.
+"""Models: a built-in one by name (`registry`: one file each, as `seed_cnn.py`), or your own
+callable by import path.
 
-Your callable takes the spec's `model.args` as keyword args and returns an `nn.Module` that maps
-a batch of images N×C×H×W (float, standardised per channel) to N×classes: logits, or
+A built-in model gets its validated args, the dataset's image shape and its classes. Your
+callable takes the spec's `model.args` as keyword args and returns an `nn.Module` that maps a
+batch of images N×C×H×W (float, standardised per channel) to N×classes: logits, or
 log-probabilities with `model.output: log_probs`. The driver builds it once on a dummy batch of
 the dataset's images before any trial (`check`).
 """
@@ -13,16 +15,16 @@ from torch import nn
 
 from tunekit import imports
 from tunekit.errors import Problem, SpecError
-from tunekit.models.seed_cnn import Net
+from tunekit.models import registry
 from tunekit.spec import ModelSpec
 
-BUILT_IN = ("seed_cnn",)
 
-
-def build(spec: ModelSpec) -> nn.Module:
-    """A fresh model, its weights drawn from torch's generator as it stands."""
+def build(spec: ModelSpec, image_shape: tuple[int, ...], classes: int) -> nn.Module:
+    """A fresh model for images of `image_shape` (C×H×W) and `classes` classes, its weights drawn
+    from torch's generator as it stands."""
     if spec.import_ is None:
-        return Net(spec.norm, spec.groups, spec.dropout)
+        entry = registry.get(spec.name)
+        return entry.build(entry.args.model_validate(spec.args), image_shape, classes)
     return imports.resolve(spec.import_, "model.import")(**spec.args)
 
 
@@ -57,8 +59,8 @@ def check(spec: ModelSpec, image_shape: tuple[int, ...], classes: int, data_key:
                 ]
             )
     else:
-        model = build(spec)
-    name = spec.import_ or "seed_cnn"
+        model = build(spec, image_shape, classes)
+    name = spec.import_ or spec.name
     x = torch.zeros(2, *image_shape)
     try:
         with torch.no_grad():

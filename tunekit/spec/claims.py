@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from tunekit.spec.base import Strict
 from tunekit.spec.trial import check_path
 
+
 class Claim(Strict):
     """A directional claim the study tests, in plan parameters: `better` beats `than` (at `at`),
     or, with `more_than_at`, beats it by more at `at` than at `more_than_at`."""

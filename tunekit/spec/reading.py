@@ -10,9 +10,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec.base import location, message
+from tunekit.spec.base import errors, location, message
 from tunekit.spec.study import ExperimentSpec
 from tunekit.spec.trial import set_path
+
 
 def yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the YAML node at `loc`, or of its deepest parent present in the file."""
@@ -173,7 +174,7 @@ def read_spec(
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as e:
         raise SpecError(
-            [_problem(err, root, ExperimentSpec, overrides) for err in e.errors()], source=path
+            [_problem(err, root, ExperimentSpec, overrides) for err in errors(e)], source=path
         ) from None
     return spec, root
 

@@ -11,6 +11,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from tunekit.spec.base import Strict
 from tunekit.spec.trial import check_path
 
+
 class Distribution(Strict):
     """Exactly one of: uniform [low, high], loguniform [low, high], randint [low, high), choice."""
 
@@ -49,7 +50,6 @@ class Distribution(Strict):
         if self.kind == "loguniform":
             return math.exp(rng.uniform(math.log(low), math.log(high)))
         return rng.uniform(low, high)
-
 
 
 class SearchSpec(Strict):
@@ -130,7 +130,6 @@ class SearchSpec(Strict):
             return ("search", "grid" if path in self.grid else "sample", path)
         case = next((i for i, c in enumerate(self.cases) if path in c), None)
         return ("search", "cases", case, path) if case is not None else ("search", "repeats")
-
 
 
 class AshaSpec(Strict):

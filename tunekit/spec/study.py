@@ -13,11 +13,11 @@ from tunekit.spec.search import AshaSpec, SearchSpec
 from tunekit.spec.trial import TrialConfig
 from tunekit.text import fmt
 
+
 class ResourcesSpec(Strict):
     cpus_per_trial: PositiveInt = 1  # CPU cores per trial; torch uses this many threads
     gpus_per_trial: float | None = Field(None, ge=0, le=8)  # None: 0.25 (4 per GPU) if the
     #                                       cluster has GPUs, else 0; fractions share one GPU
-
 
 
 class SweepSpec(Strict):
@@ -35,7 +35,6 @@ class SweepSpec(Strict):
 class TrackingSpec(Strict):
     uri: str | None = None  # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else local store
     experiment: str | None = None  # MLflow experiment name; None: the spec's name
-
 
 
 class ExperimentSpec(TrialConfig):

@@ -8,59 +8,57 @@ from typing import Any, Literal, Mapping
 
 from pydantic import (
     BaseModel,
+    field_validator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_serializer,
     model_validator,
 )
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec.base import IMPORT, Importable, Strict, location, message
+from tunekit.spec.base import IMPORT, Importable, Strict, errors, location, message, nested
 from tunekit.text import fmt
-
-# Output channels of the six conv blocks (model.py builds them; kept here so that reading a spec
-# does not import torch).
-CHANNELS = (8, 8, 8, 16, 16, 16)
-
-
-DIGITS = ("mnist", "fashion_mnist", "kmnist")  # 28×28 grey images in the IDX format
 
 
 class DataSpec(Importable):
-    dataset: Literal["mnist", "fashion_mnist", "kmnist", "cifar10"] = "mnist"  # built in
+    dataset: str = "mnist"  # a built-in dataset: a file of tunekit/datasets/ (its registry)
     import_: str | None = Field(None, alias="import", pattern=IMPORT)  # your own: a callable
     #   returning (train_images, train_labels, test_images, test_labels), images uint8 N×H×W or
     #   N×C×H×W, labels 0..classes-1 (int); `dataset` is then not used
     args: dict[str, Any] = {}  # keyword args of that callable (sweep them: data.args.NAME)
     root: Path | None = None  # folder holding <Dataset>/raw; None: $TUNEKIT_DATA_DIR, else ./data
-    rotation: float = Field(7.0, ge=0, le=180)  # random rotation of train images, ± degrees
-    #   (default 7 for the digits, 0 for the others)
+    rotation: float = Field(0.0, ge=0, le=180)  # random rotation of train images, ± degrees
+    #   (default: the dataset's own, 7 for the digits; 0 for your own data)
     crop: NonNegativeInt = 0  # random crop: pad by this many pixels and crop back (a shift of
-    #   up to ± crop pixels); default 4 for cifar10, 0 for the others
-    flip: bool = False  # random horizontal flip (default on for cifar10)
+    #   up to ± crop pixels); default: the dataset's own, 4 for cifar10; 0 for your own data
+    flip: bool = False  # random horizontal flip (default: the dataset's own, on for cifar10)
     subset: PositiveInt | None = None  # train on the first N training images only (smoke runs)
     download: bool = True  # fetch missing files with torchvision (needs internet)
+
+    @field_validator("dataset")
+    @classmethod
+    def _built_in(cls, name: str) -> str:
+        from tunekit.datasets import registry  # the built-in datasets' files (torch)
+
+        registry.get(name)  # a ValueError listing the valid names
+        return name
 
     @model_validator(mode="before")
     @classmethod
     def _augment_for_the_dataset(cls, data: Any) -> Any:
-        """Augmentations that fit the images, unless the spec says otherwise: rotation for the
-        digits, random crop and flip for CIFAR, none for your own."""
-        if isinstance(data, dict) and (
-            data.get("dataset") not in (None, *DIGITS) or data.get("import") or data.get("import_")
-        ):
-            data = {
-                "rotation": 0.0,
-                "crop": 4 if data.get("dataset") == "cifar10" else 0,
-                "flip": data.get("dataset") == "cifar10",
-                **data,
-            }
-        return data
+        """The dataset's own augmentations unless the spec says otherwise (rotation for the
+        digits, random crop and flip for CIFAR); none for your own data."""
+        if not isinstance(data, dict) or data.get("import") or data.get("import_"):
+            return data
+        from tunekit.datasets import registry
+
+        entry = registry.datasets().get(data.get("dataset", "mnist"))
+        if entry is None:
+            return data  # the dataset field says what is wrong
+        return {**entry.augment.as_dict(), **data}
 
     @model_validator(mode="after")
     def _args_for_import(self) -> DataSpec:
@@ -77,68 +75,50 @@ class DataSpec(Importable):
         return {k: v for k, v in out.items() if k not in drop}
 
 
-SEED_CNN = ("norm", "groups", "dropout")  # the built-in seed_cnn's own options
-
-
 class ModelSpec(Importable):
-    name: Literal["seed_cnn"] = "seed_cnn"  # the built-in model (`models/`), unless `import`
+    name: str = "seed_cnn"  # a built-in model: a file of tunekit/models/ (its registry)
     import_: str | None = Field(None, alias="import", pattern=IMPORT)  # your own model: a
     #   callable returning an nn.Module that maps images N×C×H×W to N×classes
-    args: dict[str, Any] = {}  # keyword args of that callable (sweep them: model.args.NAME)
+    args: dict[str, Any] = {}  # the built-in model's args (seed_cnn: norm, groups, dropout), or
+    #   your callable's keyword args; sweep them as model.args.NAME
     output: Literal["logits", "log_probs"] = "logits"  # what your model returns; the loss is
-    #   cross-entropy either way (seed_cnn returns log_probs)
-    norm: Literal["BN", "GN", "LN"] = (
-        "GN"  # seed_cnn: BatchNorm2d | GroupNorm(groups) | GroupNorm(1)
-    )
-    groups: PositiveInt = 4  # seed_cnn, GN only: GroupNorm groups; must divide every channel count
-    dropout: float = Field(0.069, ge=0, lt=1)  # seed_cnn: drop probability after each conv block
-
-    @field_validator("groups")
-    @classmethod
-    def _groups_divide_channels(cls, groups: int, info: ValidationInfo) -> int:
-        if (
-            info.data.get("norm") == "GN"
-            and not info.data.get("import_")
-            and any(c % groups for c in CHANNELS)
-        ):
-            valid = [g for g in range(1, min(CHANNELS) + 1) if all(c % g == 0 for c in CHANNELS)]
-            raise ValueError(
-                f"GroupNorm groups={groups} does not divide every layer's channel "
-                f"count {sorted(set(CHANNELS))}; valid: {valid}"
-            )
-        return groups
+    #   cross-entropy either way (a built-in model says its own)
 
     @model_validator(mode="after")
-    def _options_fit_the_model(self) -> ModelSpec:
-        defaults = type(self).model_fields
+    def _args_fit_the_model(self) -> ModelSpec:
+        """A built-in model's args checked against its schema, its defaults filled in (so a
+        dump says every value a trial used)."""
         if self.import_:
-            stray = [f for f in SEED_CNN if getattr(self, f) != defaults[f].default]
-            if stray:
-                raise ValueError(
-                    f"{', '.join(stray)}: options of the built-in seed_cnn; give "
-                    f"your model's under args (args: {{{stray[0]}: ...}})"
-                )
-        else:
-            if self.args:
-                raise ValueError(
-                    "args are the keyword args of your own model's callable: give "
-                    "`import` too (seed_cnn takes norm, groups, dropout)"
-                )
-            if self.output != defaults["output"].default:
-                raise ValueError("output is for your own model; seed_cnn returns log_probs")
+            if "name" in self.model_fields_set:
+                raise ValueError("give name (a built-in model) or import (your own), not both")
+            return self
+        if self.output != "logits":
+            raise ValueError("output is for your own model; a built-in model says its own")
+        from tunekit.models import registry  # the built-in models' files (torch)
+
+        entry = registry.get(self.name)
+        try:
+            args = entry.args.model_validate(self.args).model_dump(mode="json")
+        except ValidationError as e:
+            raise nested(e, ("args",), list(entry.args.model_fields)) from None
+        object.__setattr__(self, "args", args)  # frozen: the validated, complete args
         return self
 
     @model_serializer(mode="wrap")
     def _only_what_applies(self, handler: Any) -> dict[str, Any]:
         """Dumps (MLflow params, config.yaml, the plan) hold only the fields that apply."""
         out = handler(self)
-        drop = (*SEED_CNN, "name") if self.import_ else ("import", "import_", "args", "output")
+        drop = ("name",) if self.import_ else ("import", "import_", "output")
         return {k: v for k, v in out.items() if k not in drop}
 
     @property
     def log_probs(self) -> bool:
         """Whether the model's output is log-probabilities (else logits)."""
-        return self.import_ is None or self.output == "log_probs"
+        if self.import_:
+            return self.output == "log_probs"
+        from tunekit.models import registry
+
+        return registry.get(self.name).output == "log_probs"
 
 
 class OptimizerSpec(Strict):
@@ -196,10 +176,9 @@ class TrainSpec(Strict):
 class TrialConfig(Strict):
     """Everything one training run needs; what `train.fit` takes."""
 
-    data: DataSpec = DataSpec()
-    model: ModelSpec = ModelSpec()
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = TrainSpec()
-
 
 
 def _paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
@@ -228,7 +207,6 @@ def check_path(path: str) -> str:
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"{path!r} names no field{hint} (fields are under data., model., train.)")
     return path
-
 
 
 def set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -260,6 +238,6 @@ def resolve(base: dict[str, Any], params: Mapping[str, Any], index: int = 0) -> 
         raise SpecError(
             [
                 Problem(location(err["loc"]), f"{message(err)} (trial {index}: {setting})")
-                for err in e.errors()
+                for err in errors(e)
             ]
         ) from None
