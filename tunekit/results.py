@@ -321,7 +321,7 @@ def findings(
     )
     if counts[0] == 2:
         lines.append(
-            f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats._t(1):.1f} "
+            f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats.t_quantile(1):.1f} "
             "standard errors wide, about 5 times a normal one. Use `search.repeats: 3` "
             "or more."
         )
