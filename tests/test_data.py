@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit import data, datasets
+from tunekit import data
+from tunekit.datasets import loading as datasets
 from torchvision.datasets import MNIST
 
 from tunekit.datasets import idx

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from tunekit import stats
-from tunekit.results import ResultRow, findings, result_rows, results_table
+from tunekit.findings import findings
+from tunekit.results import ResultRow, result_rows, results_table
 from tunekit.records import RunRecord
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit import datasets
+from tunekit.datasets import loading as datasets
 from tunekit.errors import SpecError
 from tunekit.pack import Vmapped, packable
 from tunekit.spec import DataSpec, TrialConfig

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit import datasets, imports, models, pack, train
+from tunekit import imports, pack, train
+from tunekit.datasets import loading as datasets
+from tunekit.models import building as models
 from tunekit.errors import Problem, SpecError, first_line
 from tunekit.plan import Plan
 from tunekit.spec import TrialConfig, resolve

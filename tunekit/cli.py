@@ -404,7 +404,7 @@ def report_(
             raise UsageError("--format", "html is a folder of files: add --out DIR")
         if out is not None and out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the report")
-        from tunekit import report, results, track
+        from tunekit import findings, report, results, track
 
         if trials is not None:  # no MLflow: the committed values
             from tunekit.records import read_trials_csv
@@ -454,7 +454,7 @@ def report_(
         else:
             report.console.print(table)
         if format in ("table", "markdown"):
-            for line in results.findings(rows, claims, sampled) + results.failures(records):
+            for line in findings.findings(rows, claims, sampled) + results.failures(records):
                 typer.echo(("- " if format == "markdown" else "") + line)
 
 

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tunekit import results
-from tunekit.results import ResultRow, findings, varying
+from tunekit.findings import findings
+from tunekit.results import ResultRow, varying
 from tunekit.packing import AUTO_PACK
 from tunekit.text import fmt
 from tunekit.trials import Status

@@ -24,7 +24,7 @@ from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
 from tunekit.metrics import EpochMetrics
-from tunekit import models
+from tunekit.models import building as models
 from tunekit.pack import Fused, Stack, Vmapped, fusable
 from tunekit.sgd import FusedSGD
 from tunekit.packing import PER_MEMBER, pack_key
