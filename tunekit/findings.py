@@ -17,8 +17,6 @@ def findings(
     """The statistics of a results table in plain sentences (percentage points throughout);
     `claims` (spec.Claim) are each tested and answered; `sampled` (a TPE or random search's
     parameters) get their importance."""
-    from tunekit import stats
-
     measured = [r for r in rows if r.accs]
     if not measured:
         return []
@@ -33,12 +31,40 @@ def findings(
             "configurations. Repeat seeds (a grid's `search.repeats: 3` or more) to tell "
             "real differences from seed-to-seed noise."
         ]
+    lines += _how_measured(measured, counts)
+    lines.append(_best(measured))
     best = measured[0]
+    trials = [
+        ({k: r.params[k] for k in best.params}, acc)
+        for r in sorted(measured, key=lambda r: min(r.trials))
+        for acc in r.accs
+    ]
+    lines += [_claim_line(c, trials, list(best.params)) for c in claims]
+    found = importance(rows, sampled) if sampled else None
+    if found:
+        lines.append(
+            f"Parameter importance over {len(measured)} configurations' seed means "
+            "(optuna's fANOVA: a random-forest model's estimate of how much of the "
+            "spread each parameter explains, not a test): "
+            + ", ".join(f"{column_names(list(found))[k]} {v:.2f}" for k, v in found.items())
+            + "."
+        )
+    factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
+    grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
+    if not factors or not grid:
+        return lines
+    return lines + _effects([({k: p[k] for k in factors}, acc) for p, acc in trials], factors)
+
+
+def _how_measured(measured: Sequence[ResultRow], counts: list[int]) -> list[str]:
+    """What n is, what the intervals are, and the caveats of small n."""
+    from tunekit import stats
+
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    lines.append(
+    lines = [
         f"n = {n} seeds per configuration (the values used); intervals are 95% t "
         "intervals of the mean max val_acc, in percentage points."
-    )
+    ]
     if counts[0] == 2:
         lines.append(
             f"With n = 2 a t interval has 1 degree of freedom: it is ±{stats.t_quantile(1):.1f} "
@@ -57,60 +83,55 @@ def findings(
             "All seeds equal: a configuration whose seeds all scored the same has no "
             "interval (no spread to measure)."
         )
-    tested = [(r, r.vs_best) for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None]
-    same = [(r, v) for r, v in tested if not v.worse]  # (row, its test against the best)
-    worse = [(r, v) for r, v in tested if v.worse]
+    return lines
+
+
+def _best(measured: Sequence[ResultRow]) -> str:
+    """The best configuration, and those not distinguishable from it or worse."""
+    from tunekit import stats
+
+    best = measured[0]
     if len(measured) == 1:
-        lines.append(
+        return (
             f"Only one configuration has values: {best.label} at "
             f"{interval(best.summary, 2)}; nothing to compare it with."
         )
-    else:
-        lines.append(
-            f"Best: {best.label} at {interval(best.summary, 2)}. It was picked from these "
-            "same results, so its mean is likely a little high (the winner's curse), and "
-            "the tests below do not correct for that. "
+    tested = [(r, r.vs_best) for r in measured[1:] if r.vs_best and r.vs_best.p_holm is not None]
+    same = [(r, v) for r, v in tested if not v.worse]  # (row, its test against the best)
+    worse = [(r, v) for r, v in tested if v.worse]
+    return (
+        f"Best: {best.label} at {interval(best.summary, 2)}. It was picked from these "
+        "same results, so its mean is likely a little high (the winner's curse), and "
+        "the tests below do not correct for that. "
+        + (
+            f"Not distinguishable from it at this n (Welch t-test against the best, "
+            f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
+            f"{stats.ALPHA}; this does not mean equal): "
             + (
-                f"Not distinguishable from it at this n (Welch t-test against the best, "
-                f"Holm-corrected for {len(same) + len(worse)} comparisons, α = "
-                f"{stats.ALPHA}; this does not mean equal): "
-                + (
-                    "; ".join(
-                        f"{r.label} (p = {v.p_holm:.2g}; a gap of about {v.gap:.2f} would be)"
-                        for r, v in same
-                    )
-                    or "none"
+                "; ".join(
+                    f"{r.label} (p = {v.p_holm:.2g}; a gap of about {v.gap:.2f} would be)"
+                    for r, v in same
                 )
+                or "none"
+            )
+            + "."
+            + (
+                " Worse than the best: "
+                + "; ".join(f"{r.label} (p = {v.p_holm:.2g})" for r, v in worse)
                 + "."
-                + (
-                    " Worse than the best: "
-                    + "; ".join(f"{r.label} (p = {v.p_holm:.2g})" for r, v in worse)
-                    + "."
-                    if worse
-                    else ""
-                )
+                if worse
+                else ""
             )
         )
-    factors = [k for k in best.params if len({r.params[k] for r in measured}) > 1]
-    trials = [
-        ({k: r.params[k] for k in best.params}, acc)
-        for r in sorted(measured, key=lambda r: min(r.trials))
-        for acc in r.accs
-    ]
-    lines += [_claim_line(c, trials, list(best.params)) for c in claims]
-    found = importance(rows, sampled) if sampled else None
-    if found:
-        lines.append(
-            f"Parameter importance over {len(measured)} configurations' seed means "
-            "(optuna's fANOVA: a random-forest model's estimate of how much of the "
-            "spread each parameter explains, not a test): "
-            + ", ".join(f"{column_names(list(found))[k]} {v:.2f}" for k, v in found.items())
-            + "."
-        )
-    grid = math.prod(len({r.params[k] for r in measured}) for k in factors) == len(measured)
-    if not factors or not grid:
-        return lines
-    trials = [({k: p[k] for k in factors}, acc) for p, acc in trials]  # levels in plan order
+    )
+
+
+def _effects(trials: list[tuple[dict[str, Any], float]], factors: list[str]) -> list[str]:
+    """Main effects of each factor and the two-way interactions, over a full grid (levels in
+    plan order)."""
+    from tunekit import stats
+
+    lines = []
     name = column_names(factors)
     pairs = stats.interactions(trials, factors) if len(factors) <= 4 else []
     ps = {i.factors: i.p for i in pairs}
