@@ -35,6 +35,11 @@ class SpecError(TunekitError):
         self.source = source
         super().__init__(str(self))
 
+    @classmethod
+    def at(cls, key: str, message: str) -> SpecError:
+        """One problem, at `key`."""
+        return cls([Problem(key, message)])
+
     def __reduce__(self) -> tuple:  # raised on a Ray worker, re-raised on the driver
         return (type(self), (self.problems, self.source))
 

@@ -19,7 +19,7 @@ import torch
 
 from tunekit import imports
 from tunekit.datasets import registry
-from tunekit.errors import DataError, Problem, SpecError
+from tunekit.errors import DataError, SpecError
 from tunekit.spec import DataSpec
 
 
@@ -55,14 +55,9 @@ def load(spec: DataSpec) -> Images:
         images = _built_in(spec.dataset, data_root(spec).resolve(), spec.download)
     if spec.subset is not None:
         if spec.subset > len(images.train_labels):
-            raise SpecError(
-                [
-                    Problem(
-                        "data.subset",
-                        f"{spec.subset} is more than the "
-                        f"{len(images.train_labels)} training images",
-                    )
-                ]
+            raise SpecError.at(
+                "data.subset",
+                f"{spec.subset} is more than the {len(images.train_labels)} training images",
             )
         images = Images(
             images.train_images[: spec.subset],
@@ -83,8 +78,8 @@ def check(spec: DataSpec) -> Images:
     try:
         return load(spec)
     except DataError as e:
-        raise SpecError(
-            [Problem("data.root" if not spec.import_ else key, " ".join(str(e).split()))]
+        raise SpecError.at(
+            "data.root" if not spec.import_ else key, " ".join(str(e).split())
         ) from None
 
 
@@ -104,62 +99,44 @@ def _yours(target: str, args: str) -> Images:
     try:
         out = fn(**kwargs)
     except Exception as e:  # its own code: say where, not a traceback
-        raise SpecError(
-            [Problem("data.import", f"{target} raised {type(e).__name__}: {e}")]
-        ) from None
+        raise SpecError.at("data.import", f"{target} raised {type(e).__name__}: {e}") from None
     if not (
         isinstance(out, (tuple, list))
         and len(out) == 4
         and all(isinstance(t, torch.Tensor) for t in out)
     ):
-        raise SpecError(
-            [
-                Problem(
-                    "data.import",
-                    f"{target} returned {type(out).__name__}; it "
-                    "should return four tensors: train_images, "
-                    "train_labels, test_images, test_labels",
-                )
-            ]
+        raise SpecError.at(
+            "data.import",
+            f"{target} returned {type(out).__name__}; it "
+            "should return four tensors: train_images, "
+            "train_labels, test_images, test_labels",
         )
     parts = []
     for name, images, labels in (("train", out[0], out[1]), ("test", out[2], out[3])):
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
-            raise SpecError(
-                [
-                    Problem(
-                        "data.import",
-                        f"{name} images are {images.dtype} of shape "
-                        f"{tuple(images.shape)}; give uint8 N×H×W or "
-                        f"N×C×H×W (pixels 0-255)",
-                    )
-                ]
+            raise SpecError.at(
+                "data.import",
+                f"{name} images are {images.dtype} of shape "
+                f"{tuple(images.shape)}; give uint8 N×H×W or "
+                f"N×C×H×W (pixels 0-255)",
             )
         if labels.dtype.is_floating_point or labels.shape != images.shape[:1]:
-            raise SpecError(
-                [
-                    Problem(
-                        "data.import",
-                        f"{name} labels are {labels.dtype} of shape "
-                        f"{tuple(labels.shape)}; give one integer "
-                        f"label per image",
-                    )
-                ]
+            raise SpecError.at(
+                "data.import",
+                f"{name} labels are {labels.dtype} of shape "
+                f"{tuple(labels.shape)}; give one integer "
+                f"label per image",
             )
         parts += [images if images.dim() == 4 else images.unsqueeze(1), labels.long()]
     if parts[0].shape[1:] != parts[2].shape[1:]:
-        raise SpecError(
-            [
-                Problem(
-                    "data.import",
-                    f"train images are {tuple(parts[0].shape[1:])} "
-                    f"but test images {tuple(parts[2].shape[1:])}",
-                )
-            ]
+        raise SpecError.at(
+            "data.import",
+            f"train images are {tuple(parts[0].shape[1:])} "
+            f"but test images {tuple(parts[2].shape[1:])}",
         )
     labels = torch.cat([parts[1], parts[3]])
     if len(labels) == 0 or labels.min() < 0:
-        raise SpecError([Problem("data.import", "labels must be 0, 1, 2, ... (none negative)")])
+        raise SpecError.at("data.import", "labels must be 0, 1, 2, ... (none negative)")
     pixels = parts[0].float().div(255).transpose(0, 1).reshape(parts[0].shape[1], -1)
     mean = tuple(pixels.mean(1).tolist())
     std = tuple(max(s, 1e-6) for s in pixels.std(1).tolist())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tunekit import imports
-from tunekit.errors import Problem, SpecError
+from tunekit.errors import SpecError, first_line
 from tunekit.models import registry
 from tunekit.spec import ModelSpec
 
@@ -33,77 +33,52 @@ def check(spec: ModelSpec, image_shape: tuple[int, ...], classes: int, data_key:
     SpecError naming the key if it cannot be: a missing module or attribute (model.import),
     args it does not take (model.args), images it cannot take (`data_key`), an output of the
     wrong shape (model.import) or not log-probabilities when it says so (model.output)."""
-    if spec.import_ is not None:
-        fn = imports.resolve(spec.import_, "model.import")
-        imports.check_args(fn, spec.args, "model.args")
-        try:
-            torch.manual_seed(0)
-            model = fn(**spec.args)
-        except Exception as e:
-            raise SpecError(
-                [
-                    Problem(
-                        "model.args",
-                        f"{spec.import_}({_args(spec)}) raised {type(e).__name__}: {e}",
-                    )
-                ]
-            ) from None
-        if not isinstance(model, nn.Module):
-            raise SpecError(
-                [
-                    Problem(
-                        "model.import",
-                        f"{spec.import_}({_args(spec)}) returned "
-                        f"{type(model).__name__}, not an nn.Module",
-                    )
-                ]
-            )
-    else:
-        model = build(spec, image_shape, classes)
+    model = _yours(spec) if spec.import_ is not None else build(spec, image_shape, classes)
     name = spec.import_ or spec.name
-    x = torch.zeros(2, *image_shape)
     try:
         with torch.no_grad():
-            out = model.eval()(x)
+            out = model.eval()(torch.zeros(2, *image_shape))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise SpecError(
-            [
-                Problem(
-                    data_key,
-                    f"images of shape {'×'.join(map(str, image_shape))} "
-                    f"do not fit {name}: {type(e).__name__}: {first}",
-                )
-            ]
+        raise SpecError.at(
+            data_key,
+            f"images of shape {'×'.join(map(str, image_shape))} "
+            f"do not fit {name}: {type(e).__name__}: {first_line(e)}",
         ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(
-            [
-                Problem(
-                    "model.import" if spec.import_ else "model",
-                    f"{name} maps 2 images to {got}; the dataset has {classes} "
-                    f"classes, so it should be (2, {classes})",
-                )
-            ]
+        raise SpecError.at(
+            "model.import" if spec.import_ else "model",
+            f"{name} maps 2 images to {got}; the dataset has {classes} "
+            f"classes, so it should be (2, {classes})",
         )
     if (
         spec.import_
         and spec.log_probs
         and not torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-3)
     ):
-        raise SpecError(
-            [
-                Problem(
-                    "model.output",
-                    f"log_probs, but {name}'s outputs are not "
-                    "log-probabilities (their exp does not sum to "
-                    "1): leave output at logits",
-                )
-            ]
+        raise SpecError.at(
+            "model.output",
+            f"log_probs, but {name}'s outputs are not log-probabilities (their exp does not "
+            "sum to 1): leave output at logits",
         )
     return model
 
 
-def _args(spec: ModelSpec) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in spec.args.items())
+def _yours(spec: ModelSpec) -> nn.Module:
+    """Your model, built as the spec says; a SpecError naming the key if it cannot be."""
+    target = str(spec.import_)
+    fn = imports.resolve(target, "model.import")
+    imports.check_args(fn, spec.args, "model.args")
+    args = ", ".join(f"{k}={v!r}" for k, v in spec.args.items())
+    try:
+        torch.manual_seed(0)
+        model = fn(**spec.args)
+    except Exception as e:
+        raise SpecError.at(
+            "model.args", f"{target}({args}) raised {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise SpecError.at(
+            "model.import", f"{target}({args}) returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
