@@ -6,7 +6,7 @@ import torch
 
 from tunekit import counter
 from tunekit.models.seed_cnn import Net
-from tunekit.pack import Fused
+from tunekit.fused import Fused
 
 MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 

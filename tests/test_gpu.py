@@ -69,7 +69,7 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
     on_cpu = datamod.epoch(datamod.load(config("cpu", real_mnist).data), seeds.cpu(), 1)
     assert torch.equal(datamod.epoch(d, seeds, 1).order.cpu(), on_cpu.order)  # same draws
     from tunekit.models.seed_cnn import Net
-    from tunekit.pack import Fused
+    from tunekit.fused import Fused
     from tunekit import counter
 
     pack = Fused([Net("GN", dropout=0.5)], MNIST_SHAPE, "cuda")

@@ -103,3 +103,48 @@ def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:
 
 def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
     assert not reach(GRAPH, "tunekit.trials") & {"ray", "torch", "mlflow"}
+
+
+MAX_LINES = 400  # a module a newcomer reads in one sitting
+MAX_FUNCTION = 60  # longer only with the reason said in a comment `# long: ...` in its body
+
+
+def test_no_module_is_over_about_400_lines() -> None:
+    long = {
+        str(f.relative_to(PACKAGE.parent)): n
+        for f in PACKAGE.rglob("*.py")
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
+
+
+def test_no_function_is_over_about_60_lines_without_a_reason() -> None:
+    long = []
+    for f in PACKAGE.rglob("*.py"):
+        lines = f.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = lines[node.lineno - 1 : node.end_lineno]
+                if len(body) > MAX_FUNCTION and not any("# long:" in line for line in body):
+                    long.append(f"{f.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert not long, long
+
+
+def test_no_private_name_crosses_modules() -> None:
+    """A `_name` is its module's own: no tunekit module imports one from another, or reaches one
+    through another module's name."""
+    modules = {".".join(m.split(".")[1:]) for m in GRAPH} | {m.split(".")[-1] for m in GRAPH}
+    crossing = []
+    for f in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunekit"):
+                crossing += [f"{f.name}: {a.name}" for a in node.names if a.name.startswith("_")]
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+            ):
+                crossing.append(f"{f.name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not crossing, crossing

@@ -13,7 +13,7 @@ from tunekit import data as datamod
 from tunekit.errors import DivergedError
 from tunekit.models.seed_cnn import Net
 from tunekit.opcount import OpCounter
-from tunekit.pack import Fused
+from tunekit.fused import Fused
 from tunekit.spec import TrialConfig
 from tunekit.train import build, fit, fit_pack, train_step
 

@@ -9,6 +9,7 @@ import pytest
 
 from tunekit import stats
 from tunekit.findings import findings
+from tunekit.importance import fanova
 from tunekit.results import ResultRow, result_rows, results_table
 from tunekit.records import RunRecord
 
@@ -393,11 +394,11 @@ def test_parameter_importance_finds_the_parameter_that_matters() -> None:
                 99.0 - 3 * abs(math.log10(lr) + 2) + rng.gauss(0, 0.02),
             )
         )
-    found = stats.importance(configs, ["train.optimizer.lr", "model.args.groups"])
+    found = fanova(configs, ["train.optimizer.lr", "model.args.groups"])
     assert found["train.optimizer.lr"] > 0.8 > found["model.args.groups"], found
     assert sum(found.values()) == pytest.approx(1.0)
-    assert stats.importance(configs[:3], ["train.optimizer.lr", "model.args.groups"]) is None
-    assert stats.importance(configs, ["train.optimizer.lr"]) is None  # one parameter: trivial
+    assert fanova(configs[:3], ["train.optimizer.lr", "model.args.groups"]) is None
+    assert fanova(configs, ["train.optimizer.lr"]) is None  # one parameter: trivial
 
 
 def test_the_report_gives_a_search_s_parameter_importance() -> None:

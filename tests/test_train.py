@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tunekit import data, schedule
 from tunekit.errors import DivergedError
 from tunekit.models.seed_cnn import Net
-from tunekit.pack import Fused
+from tunekit.fused import Fused
 from tunekit.sgd import FusedSGD
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 from tunekit.train import fit

@@ -281,11 +281,11 @@ def failures(records: Sequence[Any]) -> list[str]:
 
 
 def importance(rows: Sequence[ResultRow], sampled: Sequence[str]) -> dict[str, float] | None:
-    """The sampled parameters' importance over the configurations' seed means (stats)."""
-    from tunekit import stats
+    """The sampled parameters' importance over the configurations' seed means (fANOVA)."""
+    from tunekit.importance import fanova  # optuna, on first use
 
     measured = [r for r in rows if r.accs]
-    return stats.importance(
+    return fanova(
         [(r.params, statistics.fmean(r.accs)) for r in measured],
         [p for p in sampled if all(p in r.params for r in measured)],
     )

@@ -25,7 +25,8 @@ from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
 from tunekit.metrics import EpochMetrics
 from tunekit.models import building as models
-from tunekit.pack import Fused, Stack, Vmapped, fusable
+from tunekit.fused import Fused, fusable
+from tunekit.pack import Stack, Vmapped
 from tunekit.sgd import FusedSGD
 from tunekit.packing import PER_MEMBER, pack_key
 from tunekit.spec import TrialConfig

@@ -48,7 +48,7 @@ def make_norm(kind: str, channels: int, groups: int = 4) -> nn.Module:
 
 class Dropout(nn.Dropout):
     """nn.Dropout, as a Net used alone draws it. In training, a pack draws each member's mask
-    from that member's key instead (`pack.Fused`): 16 random bits per element, dropped below
+    from that member's key instead (`fused.Fused`): 16 random bits per element, dropped below
     `threshold`, so p is exact to 1/65536."""
 
     @property
@@ -61,7 +61,7 @@ class Net(nn.Sequential):
     """The published model: six blocks Conv3×3 (no bias) → ReLU → Norm, with Dropout after the
     norm of blocks 1–5 and a 2×2 max-pool after blocks 2, 4 and 6; block 6 pools first and then
     drops out. Then global average pooling, a 1×1 conv head without bias, and log_softmax. A chain
-    of layers (`nn.Sequential`), so a pack of it is fused layer by layer (`pack.Fused`)."""
+    of layers (`nn.Sequential`), so a pack of it is fused layer by layer (`fused.Fused`)."""
 
     def __init__(
         self,
