@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from tunekit import wire
 from tunekit.errors import Problem, SpecError
 from tunekit.packing import pack_key
 from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, read_spec, resolve, yaml_line
@@ -74,7 +75,7 @@ class Plan:
     def proposed_params(self, index: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """A TPE trial's values: its proposal's (Ray's config, numbering left out) and, with
         repeats, its seed: proposal index // repeats, on seed train.seed + index % repeats."""
-        out = {k: v for k, v in (params or {}).items() if k not in ("trial", "pack")}
+        out = wire.proposal(params)
         repeats = self.spec.search.repeats
         if repeats > 1:
             out["train.seed"] = self.spec.train.seed + index % repeats

@@ -24,12 +24,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tunekit import cluster, storage
+from tunekit import cluster, storage, wire
 from tunekit.datasets import data_root
-from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import Distribution
-from tunekit.trainable import load_state, members, packs_are_seeds, train
+from tunekit.trainable import load_state, packs_are_seeds, train
 from tunekit.trials import Listener, Status, TrialState
 
 if TYPE_CHECKING:
@@ -41,9 +40,8 @@ def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
     searcher adds the number)."""
     if plan.adaptive:
         return {path: _domain(d) for path, d in plan.spec.search.sample.items()}
-    if any(len(p) > 1 for p in packs):
-        return {"pack": tune.grid_search(packs)}
-    return {"trial": tune.grid_search([p[0] for p in packs])}
+    key, values = wire.grid(packs)
+    return {key: tune.grid_search(values)}
 
 
 def _domain(d: Distribution) -> Any:
@@ -69,7 +67,7 @@ class NumberedTPE(OptunaSearch):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             p, r = self.proposed, getattr(self, "repeats", 1)
-            number = {"trial": p} if r == 1 else {"pack": [p * r + i for i in range(r)]}
+            number = wire.numbered([p * r + i for i in range(r)], packed=r > 1)
             config, self.proposed = {**config, **number}, p + 1
         return config
 
@@ -92,16 +90,8 @@ def _searcher(plan: Plan) -> Any:
 
 
 def trial_dirname(trial: Any) -> str:
-    """trial_0003: a trial's folder (and Ray's name for it) is its plan number; pack_0003: a
-    pack's, its first trial's."""
-    if "pack" in trial.config:
-        return f"pack_{trial.config['pack'][0]:04d}"
-    return f"trial_{trial.config['trial']:04d}"
-
-
-def _index_of(path: str | None) -> tuple[str, int] | None:
-    match = re.search(r"(trial|pack)_(\d+)$", (path or "").rstrip("/"))
-    return (match.group(1), int(match.group(2))) if match else None
+    """A Ray trial's folder, and Ray's name for it (`wire.name`)."""
+    return wire.name(trial.config)
 
 
 @dataclass
@@ -120,24 +110,6 @@ class _Active:
 _active: _Active | None = None
 
 
-def _member_metrics(result: dict[str, Any], index: int, packed: bool) -> dict[str, Any] | None:
-    """Trial `index`'s part of a Ray result: its metrics, {'failed': why}, or None if absent.
-    A pack's result holds each member under m<index> (flattened to m<index>/... in Ray's files)."""
-    if not packed:
-        return {k: result[k] for k in METRICS} if all(k in result for k in METRICS) else None
-    if isinstance(result.get(f"m{index}"), dict):
-        return result[f"m{index}"]
-    prefix = f"m{index}/"
-    found = {
-        k[len(prefix) :]: v
-        for k, v in result.items()
-        if k.startswith(prefix) and v == v and v is not None
-    }  # NaN: the column of a member that had failed
-    if found.get("failed"):
-        return {"failed": found["failed"]}
-    return {k: found[k] for k in METRICS} if all(k in found for k in METRICS) else None
-
-
 class _Relay(tune.Callback):
     """Turns Ray Tune's driver-side events into TrialState updates for the listeners, one state
     per plan trial (a pack's Ray trial updates each of its members)."""
@@ -145,7 +117,7 @@ class _Relay(tune.Callback):
     def _states(self, trial: Any) -> tuple[list[TrialState], list[Listener]]:
         assert _active is not None
         states = []
-        for index in members(trial.config):
+        for index in wire.members(trial.config):
             if index not in _active.trials:
                 plan = _active.plan
                 _active.trials[index] = TrialState(
@@ -169,7 +141,7 @@ class _Relay(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         for trial in trials:  # know every trial Tune has, started or not (TPE: its params)
-            if trial.config.get("trial") is not None or "pack" in trial.config:
+            if wire.is_numbered(trial.config):
                 self._states(trial)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -186,7 +158,7 @@ class _Relay(tune.Callback):
     ) -> None:
         states, listeners = self._states(trial)
         for t in states:
-            metrics = _member_metrics(result, t.index, "pack" in trial.config)
+            metrics = wire.member_metrics(result, t.index, wire.is_packed(trial.config))
             if metrics is None or t.status == Status.FAILED:
                 continue
             t.node_ids.add(result["node_id"])
@@ -430,11 +402,11 @@ def _final_states(active: _Active, result: Any) -> list[TrialState]:
     parameters are known only to Tune, which will run it on --resume.
     """
     config = result.config or {}  # empty (or None) for a trial that never reported
-    if "pack" in config or "trial" in config:
-        indices = members(config)
-    elif (found := _index_of(result.path)) is None:
+    if wire.is_numbered(config):
+        indices = wire.members(config)
+    elif (found := wire.from_folder(result.path)) is None:
         return []
-    elif found[0] == "pack":
+    elif found[0]:  # a pack's
         indices = next((p for p in active.packs if p[0] == found[1]), [found[1]])
     else:
         indices = [found[1]]
@@ -443,7 +415,7 @@ def _final_states(active: _Active, result: Any) -> list[TrialState]:
     df = result.metrics_dataframe
     rows = [] if df is None or df.empty else df.to_dict("records")
     saved = _checkpointed(result.checkpoint)
-    packed = len(indices) > 1 or "pack" in config
+    packed = len(indices) > 1 or wire.is_packed(config)
     return [
         _final_state(active, result, index, rows, saved[i] if i < len(saved) else None, packed)
         for i, index in enumerate(indices)
@@ -463,11 +435,11 @@ def _final_state(
     params = (
         known.params
         if known
-        else {k: v for k, v in config.items() if k != "trial"}
+        else active.plan.proposed_params(index, config)
         if active.plan.adaptive
         else active.plan.trials[index].params
     )
-    mine = [(r, m) for r in rows if (m := _member_metrics(r, index, packed)) is not None]
+    mine = [(r, m) for r in rows if (m := wire.member_metrics(r, index, packed)) is not None]
     history = list({m["epoch"]: m for r, m in mine if "failed" not in m}.values())
     last = rows[-1] if rows else {}
     state = TrialState(
