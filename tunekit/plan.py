@@ -119,9 +119,9 @@ class Plan:
         return sorted(groups.values())
 
     def packs(self, size: int) -> list[list[int]]:
-        """The trials grouped into packs of at most `size` that share a shape (`pack_key`), in
-        plan order; a TPE plan's trials are proposed one at a time, so never packed."""
-        if self.adaptive or size <= 1:
+        """The trials grouped into packs of at most `size` (`packing.decide`) that share a shape
+        (`pack_key`), in plan order."""
+        if size <= 1:
             return [[t.index] for t in self.trials]
         shapes: dict[str, list[int]] = {}
         for t in self.trials:

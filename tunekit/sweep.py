@@ -24,15 +24,16 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tunekit import cluster, storage, wire
+from tunekit import cluster, packing, storage, wire
 from tunekit.datasets import data_root
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import Distribution
-from tunekit.trainable import load_state, packs_are_seeds, train
+from tunekit.trainable import load_state, train
 from tunekit.trials import Listener, Status, TrialState
 
 if TYPE_CHECKING:
     from tunekit.checks import Checked
+    from tunekit.measure import PackChoice
 
 
 def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
@@ -267,28 +268,23 @@ def start(plan: Plan, address: str | None, probe: str, checked: Checked) -> str 
 def _packs(
     plan: Plan, one: cluster.Ask, checked: Checked | None
 ) -> tuple[list[list[int]], cluster.Ask]:
-    """The plan's packs and what each asks Ray for. With `sweep.pack: auto`, trials that get a
-    GPU and a driver that has one, the size and the GPU share are measured on it
-    (`measure.gpu_pack`); else AUTO_PACK where trials get a GPU, 1 on CPUs. A model that cannot
-    be packed (`checks`) trains in packs of 1, and the ask says why."""
-    if plan.adaptive:  # a proposal's seeds are one pack; TPE plans know no trials up front
-        return [], one.packed(plan.spec.search.repeats)
-    if packs_are_seeds(plan):  # ASHA: a configuration's seeds stop together
-        return plan.seed_packs(), one.packed(plan.spec.search.repeats)
-    if checked and checked.unpackable and (plan.spec.sweep.pack != "auto" or one.gpus > 0):
-        return plan.packs(1), cluster.Ask(
-            one.cpus, one.gpus, f"{one.why}; packs of 1: {checked.unpackable}"
-        )
-    if plan.spec.sweep.pack == "auto" and one.gpus > 0 and torch.cuda.is_available():
+    """The plan's packs (`packing.decide`) and what each asks Ray for."""
+
+    def measured() -> PackChoice:  # the pack size and GPU share, measured on this GPU
         from tunekit.measure import gpu_pack
 
         choice = gpu_pack(plan.trials[0].config, len(plan.trials))
         torch.cuda.empty_cache()
-        return plan.packs(choice.k), cluster.Ask(
-            one.cpus, choice.gpu_share, f"{one.why}; packs of up to {choice.k}, {choice.why}"
-        )
-    packs = plan.packs(cluster.pack_size(plan.spec, one))
-    return packs, one.packed(max((len(p) for p in packs), default=1))
+        return choice
+
+    how = packing.decide(
+        plan,
+        one.gpus,
+        checked.unpackable if checked else None,
+        measured if torch.cuda.is_available() else None,
+    )
+    packs = plan.seed_packs() if how.seeds else plan.packs(how.size)
+    return packs, how.ask(one, packs)
 
 
 def run(

@@ -17,7 +17,7 @@ import ray
 import torch
 from ray import tune
 
-from tunekit import cluster, wire
+from tunekit import cluster, packing, wire
 from tunekit.errors import SpecError
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import TrialConfig
@@ -58,13 +58,6 @@ def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
         ) from None
 
 
-def packs_are_seeds(plan: Plan) -> bool:
-    """Whether each pack is the seeds of one configuration, scored by their mean: a TPE
-    proposal with repeats, or ASHA over a grid with repeats (a configuration stops as a whole)."""
-    s = plan.spec.search
-    return s.repeats > 1 and (plan.adaptive or plan.spec.sweep.asha is not None)
-
-
 def _train_pack(
     indices: list[int], plan: Plan, root: str | None, params: dict[str, Any] | None = None
 ) -> None:
@@ -74,7 +67,7 @@ def _train_pack(
     else the best member's val_acc."""
     configs = [_rooted(_planned(plan, i, params or {}).config, root) for i in indices]
     where, resume = _placement(configs[0]), load_state(tune.get_checkpoint())
-    seeds = packs_are_seeds(plan)
+    seeds = packing.seeds_together(plan)
 
     def report(metrics: list[Any], state: dict[str, Any]) -> None:
         live = [m for m in metrics if m is not None]
