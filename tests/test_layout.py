@@ -94,12 +94,20 @@ def test_the_trainer_knows_no_ray_mlflow_or_plan() -> None:
 def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:
     assert {m for m, deps in GRAPH.items() if "mlflow" in deps} == {"tunekit.track"}
     ray_users = {m for m, deps in GRAPH.items() if "ray" in deps}
-    assert ray_users <= {
+    search_methods = {m for m in ray_users if m.startswith("tunekit.search.")}  # in functions,
+    assert ray_users - search_methods <= {  # where a sweep calls them: `tunekit.search`
         "tunekit.cluster",
         "tunekit.sweep",
         "tunekit.trainable",
         "tunekit.storage",
     }, sorted(ray_users)
+
+
+def test_reading_a_spec_and_planning_import_no_search_method() -> None:
+    """A method's module is imported by name when a spec names it (`search.lookup`), never
+    statically: its Ray and Optuna stay out of the spec and the plan."""
+    for module in ("tunekit.spec", "tunekit.plan"):
+        assert not {m for m in reach(GRAPH, module) if m.startswith("tunekit.search.")}
 
 
 def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
@@ -110,7 +118,9 @@ def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
 
 WIRE_KEYS = {"trial", "pack"}
 WIRE_FOLDER = re.compile(r"(trial|pack)\)?_(?![a-z])")  # trial_0003, pack_%04d, (trial|pack)_
-RAY_FACING = ["sweep", "trainable", "plan", "report", "cluster", "measure"]
+RAY_FACING = ["sweep", "trainable", "plan", "report", "cluster", "measure"] + [
+    f"search/{f.stem}" for f in (PACKAGE / "search").glob("*.py")
+]
 BUILDS_CONFIGS = {"sweep", "trainable"}  # plan's and report's dicts are plan.json's, table rows
 
 

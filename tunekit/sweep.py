@@ -1,8 +1,9 @@
 """The driver: a plan of trials run as one Ray Tune experiment, and Ray's events relayed to the
 listeners as `trials.TrialState` updates.
 
-Ray Tune is handed the plan itself: a grid plan as one `grid_search` over its trial numbers, a TPE
-plan as Optuna's sampler over the spec's distributions, each proposal numbered in turn. A trial's
+Ray Tune is handed the plan itself: a fixed plan (grid) as one `grid_search` over its trial
+numbers, an adaptive one (tpe) as its method's searcher and space (`tunekit.search`), each
+proposal numbered in turn. A trial's
 number, parameters and labels therefore always come from the plan, never from what Ray reports.
 What runs on the workers is `trainable.train`.
 """
@@ -22,12 +23,10 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from tunekit import cluster, packing, storage, wire
 from tunekit.datasets import data_root
 from tunekit.plan import OBJECTIVE, Plan
-from tunekit.spec import Distribution
 from tunekit.trainable import load_state, train
 from tunekit.trials import Listener, Status, TrialState
 
@@ -37,39 +36,35 @@ if TYPE_CHECKING:
 
 
 def param_space(plan: Plan, packs: list[list[int]]) -> dict[str, Any]:
-    """Grid: the trial numbers, or the packs' lists of them; TPE: the spec's distributions (the
-    searcher adds the number)."""
+    """A fixed plan: its trial numbers, or its packs, as one grid search; an adaptive one: its
+    method's space (the searcher adds the numbers)."""
     if plan.adaptive:
-        return {path: _domain(d) for path, d in plan.spec.search.sample.items()}
+        return plan.method.space(plan)
     key, values = wire.grid(packs)
     return {key: tune.grid_search(values)}
 
 
-def _domain(d: Distribution) -> Any:
-    if d.choice is not None:
-        return tune.choice(d.choice)
-    low, high = getattr(d, d.kind)
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[
-        d.kind
-    ](low, high)
+PROPOSED = "proposed"  # the searcher's attribute that counts its proposals
 
 
-class NumberedTPE(OptunaSearch):
-    """Optuna's TPE whose proposals carry their plan number (0, 1, 2, ... in proposal order);
-    the number is saved with the searcher, so a resumed sweep numbers on from where it was.
+class Numbered(ConcurrencyLimiter):
+    """An adaptive method's searcher, at most `max_concurrent` trials at once, whose proposals
+    carry their plan numbers (0, 1, 2, ... in proposal order). The count is kept on the searcher
+    it wraps, which Ray saves with its state, so a resumed sweep numbers on from where it was.
     With `repeats` R > 1, proposal p is the pack of trials pR .. pR + R − 1 (its seeds), one Ray
     trial, so a proposal is trained, stopped, resumed and scored as a whole."""
 
-    def __init__(self, *args: Any, repeats: int = 1, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.proposed, self.repeats = 0, repeats
+    def __init__(self, searcher: Any, max_concurrent: int, repeats: int = 1):
+        super().__init__(searcher, max_concurrent)
+        self.repeats = repeats
+        setattr(searcher, PROPOSED, 0)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         if isinstance(config, dict):
-            p, r = self.proposed, getattr(self, "repeats", 1)
-            number = wire.numbered([p * r + i for i in range(r)], packed=r > 1)
-            config, self.proposed = {**config, **number}, p + 1
+            p, r = getattr(self.searcher, PROPOSED), self.repeats
+            config = {**config, **wire.numbered([p * r + i for i in range(r)], packed=r > 1)}
+            setattr(self.searcher, PROPOSED, p + 1)
         return config
 
 
@@ -77,17 +72,8 @@ def _searcher(plan: Plan) -> Any:
     s = plan.spec
     if not plan.adaptive:
         return None  # Tune's default: the grid over trial numbers, in order
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    startup = max(2, min(10, (s.search.budget or 0) // 3))  # random proposals before TPE models
-    tpe = NumberedTPE(
-        metric=OBJECTIVE[0],
-        mode=OBJECTIVE[1],
-        sampler=optuna.samplers.TPESampler(seed=s.train.seed, n_startup_trials=startup),
-        repeats=s.search.repeats,
-    )
-    return ConcurrencyLimiter(tpe, max_concurrent=s.sweep.max_concurrent or 2)
+    limit = s.sweep.max_concurrent or 2
+    return Numbered(plan.method.searcher(plan), limit, repeats=s.search.repeats)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -349,7 +335,7 @@ def run(
             trainable,
             param_space=param_space(plan, _active.packs),
             tune_config=tune.TuneConfig(
-                num_samples=(spec.search.budget or 1) if plan.adaptive else 1,
+                num_samples=plan.size // spec.search.repeats if plan.adaptive else 1,
                 scheduler=scheduler,
                 metric=OBJECTIVE[0] if metric else None,
                 mode=OBJECTIVE[1] if metric else None,
