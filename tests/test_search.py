@@ -69,13 +69,17 @@ def test_a_method_added_as_one_file_validates_and_sweeps(tmp_path: Path, tiny_da
             cwd=work, env=env, text=True, capture_output=True, timeout=300,
         )  # fmt: skip
 
-    smoke = str(REPO / "experiments" / "smoke.yaml")
-    wrong = tunekit("validate", smoke, "--set", "search.method=frist")
+    smoke = (REPO / "experiments" / "smoke.yaml").read_text()
+    for method in ("frist", "first"):  # the smoke spec's grid over three norms, by `method`
+        (work / f"{method}.yaml").write_text(
+            smoke.replace("search:\n", f"search:\n  method: {method}\n", 1)
+        )
+    wrong = tunekit("validate", "frist.yaml")
     assert wrong.returncode == 2 and "Input should be 'first', 'grid' or 'tpe'" in wrong.stderr
-    shown = tunekit("validate", smoke, "--set", "search.method=first")
+    shown = tunekit("validate", "first.yaml")
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert "1 trial(s), valid." in shown.stdout and " BN " in shown.stdout
-    out = tunekit("sweep", smoke, "--set", "search.method=first")
+    assert "smoke: 1 trial(s)" in shown.stdout and "1 trial(s), valid." in shown.stdout
+    out = tunekit("sweep", "first.yaml")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "trial 0 (model.norm=BN) epoch 1/1: val_acc" in out.stdout
     assert [p.name for p in (work / "runs" / "smoke").glob("trial_*")] == ["trial_0000"]
