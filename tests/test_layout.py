@@ -98,6 +98,7 @@ def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:
     assert ray_users - search_methods <= {  # where a sweep calls them: `tunekit.search`
         "tunekit.cluster",
         "tunekit.sweep",
+        "tunekit.relay",
         "tunekit.trainable",
         "tunekit.storage",
     }, sorted(ray_users)
@@ -118,10 +119,10 @@ def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
 
 WIRE_KEYS = {"trial", "pack"}
 WIRE_FOLDER = re.compile(r"(trial|pack)\)?_(?![a-z])")  # trial_0003, pack_%04d, (trial|pack)_
-RAY_FACING = ["sweep", "trainable", "plan", "report", "cluster", "measure"] + [
+RAY_FACING = ["sweep", "relay", "trainable", "plan", "report", "cluster", "measure"] + [
     f"search/{f.stem}" for f in (PACKAGE / "search").glob("*.py")
 ]
-BUILDS_CONFIGS = {"sweep", "trainable"}  # plan's and report's dicts are plan.json's, table rows
+BUILDS_CONFIGS = {"sweep", "relay", "trainable"}  # plan.json and table rows are no Ray configs
 
 
 def _wire_spellings(module: str, tree: ast.AST) -> list[str]:
