@@ -161,69 +161,87 @@ def run(
     )
     storage_path, fs = storage.for_ray(spec)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
-        try:
-            tuner = tune.Tuner.restore(
-                path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
-            )
-        except (EOFError, pickle.UnpicklingError) as e:  # cut short by a kill, before wholefiles
-            raise storage.StorageError(
-                f"Ray's saved state of the sweep at {path} (tuner.pkl) cannot be read "
-                f"({type(e).__name__}: {e}), as when a driver is killed while writing it. "
-                "Start over with --restart (the earlier sweep's MLflow runs are kept)."
-            )
+        tuner = _restored(path, trainable, fs)
     else:  # new, or resumed before Tune had saved anything
-        asha = spec.sweep.asha
-        scheduler = (
-            ASHAScheduler(
-                time_attr="epoch",
-                max_t=spec.train.epochs,
-                grace_period=asha.grace_period,
-                reduction_factor=asha.reduction_factor,
-            )
-            if asha
-            else None
+        tuner = _tuner(plan, trainable, packs, storage_path, fs)
+    try:
+        grid = _fit(tuner, interrupted)
+        states = [s for i in range(len(grid)) for s in relay.final_states(active, grid[i])]
+    finally:
+        relay.end()
+    return sorted(states, key=lambda t: t.index)
+
+
+def _restored(path: str, trainable: Any, fs: Any) -> tune.Tuner:
+    """The sweep Tune saved at `path`, to go on with."""
+    try:
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
         )
-        metric = plan.adaptive or asha
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(plan, active.packs),
-            tune_config=tune.TuneConfig(
-                num_samples=plan.size // spec.search.repeats if plan.adaptive else 1,
-                scheduler=scheduler,
-                metric=OBJECTIVE[0] if metric else None,
-                mode=OBJECTIVE[1] if metric else None,
-                max_concurrent_trials=None if plan.adaptive else spec.sweep.max_concurrent,
-                reuse_actors=True,  # a worker keeps torch imported and the dataset loaded
-                search_alg=_searcher(plan),
-                trial_dirname_creator=trial_dirname,
-                trial_name_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=storage_path,
-                storage_filesystem=fs,
-                verbose=0,
-                callbacks=[relay.Relay()],
-                failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
+    except (EOFError, pickle.UnpicklingError) as e:  # cut short by a kill, before wholefiles
+        raise storage.StorageError(
+            f"Ray's saved state of the sweep at {path} (tuner.pkl) cannot be read "
+            f"({type(e).__name__}: {e}), as when a driver is killed while writing it. "
+            "Start over with --restart (the earlier sweep's MLflow runs are kept)."
         )
+
+
+def _tuner(
+    plan: Plan, trainable: Any, packs: list[list[int]], storage_path: str, fs: Any
+) -> tune.Tuner:
+    """A new Tune experiment of the plan: its trials (or its method's searcher), ASHA if asked,
+    and the relay."""
+    spec, asha = plan.spec, plan.spec.sweep.asha
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=spec.train.epochs,
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
+        if asha
+        else None
+    )
+    metric = plan.adaptive or asha
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(plan, packs),
+        tune_config=tune.TuneConfig(
+            num_samples=plan.size // spec.search.repeats if plan.adaptive else 1,
+            scheduler=scheduler,
+            metric=OBJECTIVE[0] if metric else None,
+            mode=OBJECTIVE[1] if metric else None,
+            max_concurrent_trials=None if plan.adaptive else spec.sweep.max_concurrent,
+            reuse_actors=True,  # a worker keeps torch imported and the dataset loaded
+            search_alg=_searcher(plan),
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            verbose=0,
+            callbacks=[relay.Relay()],
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _fit(tuner: tune.Tuner, interrupted: threading.Event) -> Any:
+    """Tune's run of the sweep; `interrupted` set if a Ctrl-C stopped it."""
     ours = signal.getsignal(signal.SIGINT)
     tune_catches = (
         threading.current_thread() is threading.main_thread()
         and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
     )
     try:
-        try:
-            grid = tuner.fit()
-        finally:
-            # Tune puts its Ctrl-C handler in place for the run and hands the previous one back
-            # only when it fires: ours back means a Ctrl-C stopped the run; else restore ours.
-            if tune_catches and signal.getsignal(signal.SIGINT) is ours:
-                interrupted.set()
-            elif tune_catches:
-                signal.signal(signal.SIGINT, ours)
-        states = [s for i in range(len(grid)) for s in relay.final_states(active, grid[i])]
+        return tuner.fit()
     finally:
-        relay.end()
-    return sorted(states, key=lambda t: t.index)
+        # Tune puts its Ctrl-C handler in place for the run and hands the previous one back
+        # only when it fires: ours back means a Ctrl-C stopped the run; else restore ours.
+        if tune_catches and signal.getsignal(signal.SIGINT) is ours:
+            interrupted.set()
+        elif tune_catches:
+            signal.signal(signal.SIGINT, ours)
