@@ -49,10 +49,10 @@ def train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
 
 
 def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
-    """Plan trial `index` (a TPE proposal's params for a TPE plan)."""
+    """Plan trial `index` (an adaptive plan's: built from its proposal's params)."""
     try:
         return plan.trial(index, params)
-    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
+    except SpecError as e:  # only a proposal can be invalid: fixed plans are checked up front
         raise InvalidProposalError(
             "; ".join(f"{p.field}: {p.message}" for p in e.problems)
         ) from None

@@ -19,6 +19,7 @@ trials of any plan early, and it stays with the sweep.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
@@ -73,9 +74,14 @@ class Method:
         raise NotImplementedError
 
 
+@functools.cache
+def _modules() -> tuple[str, ...]:
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)))
+
+
 def names() -> list[str]:
     """Every method: this package's modules (a leading _ marks a helper, not a method)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [n for n in _modules() if not n.startswith("_")]
 
 
 def lookup(name: str) -> Method:
