@@ -4,6 +4,7 @@ imports included): display code is a leaf, the trainer knows nothing of Ray, MLf
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -93,12 +94,21 @@ def test_the_trainer_knows_no_ray_mlflow_or_plan() -> None:
 def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:
     assert {m for m, deps in GRAPH.items() if "mlflow" in deps} == {"tunekit.track"}
     ray_users = {m for m, deps in GRAPH.items() if "ray" in deps}
-    assert ray_users <= {
+    search_methods = {m for m in ray_users if m.startswith("tunekit.search.")}  # in functions,
+    assert ray_users - search_methods <= {  # where a sweep calls them: `tunekit.search`
         "tunekit.cluster",
         "tunekit.sweep",
+        "tunekit.relay",
         "tunekit.trainable",
         "tunekit.storage",
     }, sorted(ray_users)
+
+
+def test_reading_a_spec_and_planning_import_no_search_method() -> None:
+    """A method's module is imported by name when a spec names it (`search.lookup`), never
+    statically: its Ray and Optuna stay out of the spec and the plan."""
+    for module in ("tunekit.spec", "tunekit.plan"):
+        assert not {m for m in reach(GRAPH, module) if m.startswith("tunekit.search.")}
 
 
 def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
@@ -148,3 +158,71 @@ def test_no_private_name_crosses_modules() -> None:
             ):
                 crossing.append(f"{f.name}:{node.lineno} {node.value.id}.{node.attr}")
     assert not crossing, crossing
+
+
+# -- the Ray trial's wire format: spelled in tunekit/wire.py only --------------------------------
+
+WIRE_KEYS = {"trial", "pack"}
+WIRE_FOLDER = re.compile(r"(trial|pack)\)?_(?![a-z])")  # trial_0003, pack_%04d, (trial|pack)_
+RAY_FACING = ["sweep", "relay", "trainable", "plan", "report", "cluster", "measure"] + [
+    f"search/{f.stem}" for f in (PACKAGE / "search").glob("*.py")
+]
+BUILDS_CONFIGS = {"sweep", "relay", "trainable"}  # plan.json and table rows are no Ray configs
+
+
+def _wire_spellings(module: str, tree: ast.AST) -> list[str]:
+    """Where a module spells the wire format: 'trial'/'pack' as a key looked up, tested for or
+    (where Ray configs are built) written; a folder name; an f'm{...}' member key."""
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+    }
+    keys: list[ast.AST] = []
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Subscript):
+            keys.append(n.slice)
+        elif isinstance(n, ast.Compare) and any(isinstance(o, (ast.In, ast.NotIn)) for o in n.ops):
+            for side in (n.left, *n.comparators):
+                keys += side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+        elif isinstance(n, ast.Call) and getattr(n.func, "attr", None) in ("get", "pop"):
+            keys += n.args[:1]
+        elif isinstance(n, ast.Dict) and module in BUILDS_CONFIGS:
+            keys += [k for k in n.keys if k is not None]
+        elif isinstance(n, ast.JoinedStr):
+            for a, b in zip(n.values, n.values[1:]):
+                if getattr(a, "value", None) == "m" and isinstance(b, ast.FormattedValue):
+                    found.append(f"line {n.lineno}: an f'm{{...}}' member key")
+        if (
+            isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and id(n) not in docstrings
+            and WIRE_FOLDER.search(n.value)
+        ):
+            found.append(f"line {n.lineno}: {n.value!r}")
+    found += [
+        f"line {k.lineno}: {k.value!r} as a key"
+        for k in keys
+        if isinstance(k, ast.Constant) and k.value in WIRE_KEYS
+    ]
+    return found
+
+
+@pytest.mark.parametrize("module", RAY_FACING)
+def test_only_the_codec_spells_the_wire_format(module: str) -> None:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    assert not _wire_spellings(module, tree), _wire_spellings(module, tree)
+
+
+def test_the_wire_check_finds_what_it_looks_for() -> None:
+    spelt = """
+def f(config, result, i):
+    '''trial_0003: a docstring may say it'''
+    n = config["trial"] if "pack" not in config else config.get("pack")[0]
+    return f"trial_{n:04d}", result[f"m{i}"], {"pack": [n]}
+"""
+    assert len(_wire_spellings("sweep", ast.parse(spelt))) == 6
+    assert len(_wire_spellings("report", ast.parse(spelt))) == 5  # its dicts are table rows

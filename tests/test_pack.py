@@ -171,15 +171,16 @@ def test_the_plan_packs_trials_of_one_shape_in_plan_order() -> None:
 def test_a_pack_asks_for_its_members_gpu_shares_up_to_one_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tunekit import cluster
+    from tunekit import cluster, packing
+    from tunekit.plan import make_plan
     from tunekit.spec import ExperimentSpec
 
     spec = ExperimentSpec.model_validate({"name": "p"})
     monkeypatch.setenv(cluster.GPUS_ENV, "0.25")
     assert cluster.ask(spec).packed(2).gpus == 0.5 and cluster.ask(spec).packed(16).gpus == 1.0
-    assert cluster.pack_size(spec, cluster.ask(spec)) == cluster.AUTO_PACK
+    assert packing.decide(make_plan(spec), cluster.ask(spec).gpus).size == packing.AUTO_PACK
     monkeypatch.setenv(cluster.GPUS_ENV, "0")
-    assert cluster.pack_size(spec, cluster.ask(spec)) == 1  # CPUs: packing is no faster
+    assert packing.decide(make_plan(spec), cluster.ask(spec).gpus).size == 1  # CPUs: no faster
 
 
 def step_of(k: int, norm: str, l1: float, batch: int = 32):

@@ -492,7 +492,7 @@ def test_asha_stops_weak_configurations_early_with_all_their_seeds(
 
 
 def test_a_failed_trial_s_reason_is_its_exception_whole() -> None:
-    from tunekit.sweep import _exception
+    from tunekit.relay import _exception
 
     ray_text = textwrap.dedent("""\
         Failure # 1 (occurred at 2026-11-25_17-08-32)

@@ -21,7 +21,6 @@ import ray
 import yaml
 
 from tunekit.errors import TunekitError, UsageError, first_line
-from tunekit.packing import AUTO_PACK
 from tunekit.spec import ExperimentSpec
 from tunekit.text import fmt
 
@@ -171,19 +170,6 @@ def published_gpus() -> float | None:
         return None
     gpus = float(most.get("GPU", 0) or 0)
     return gpus if gpus > 0 else None
-
-
-def pack_size(spec: ExperimentSpec, asks: Ask) -> int:
-    """Trials per pack: sweep.pack, or (auto) AUTO_PACK where trials get a GPU, else 1 (on CPUs
-    a pack trains no faster than its members one after another: benchmarks/pack.py)."""
-    if spec.sweep.pack != "auto":
-        return spec.sweep.pack
-    return AUTO_PACK if asks.gpus > 0 else 1
-
-
-def pack_size_here(spec: ExperimentSpec, on_gpu: bool) -> int:
-    """The pack size a sweep on this machine would use, without Ray (for --dry-run)."""
-    return pack_size(spec, Ask(spec.resources.cpus_per_trial, 1.0 if on_gpu else 0.0, ""))
 
 
 def ask(spec: ExperimentSpec) -> Ask:

@@ -190,13 +190,13 @@ def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
     trial of each shape (in a pack of the size the sweep would use) timed here, times its epochs
     and Ray trials, spread over the trials that fit at once. An upper bound with ASHA, which
     stops some trials early."""
-    from tunekit.cluster import AUTO_GPU_SHARE, pack_size_here
-    from tunekit.packing import pack_key
+    from tunekit.cluster import AUTO_GPU_SHARE
+    from tunekit.packing import decide, pack_key
 
     s = plan.spec
     trials = [t.config for t in plan.trials] or [plan.trial_base()]
     on_gpu = gpus > 0 and pick_device(trials[0].train.device).type == "cuda"
-    size = pack_size_here(s, on_gpu)
+    size = decide(plan, 1.0 if on_gpu else 0.0).size
     groups: dict[str, list[TrialConfig]] = {}
     for c in trials:
         groups.setdefault(pack_key(c), []).append(c)

@@ -6,10 +6,8 @@ copies side by side, and the fused layers read it through views, so a forward pa
 per layer whatever K is, and the optimizer steps every member at once (`sgd.FusedSGD`).
 
 Two ways to fuse, chosen by the model's layers, not by who wrote it:
-- `fused.Fused`, for a chain of layers (nn.Sequential) of the types in the op map `FUSED`, as HFTA's:
-  a convolution over K members is one with K times the groups, BatchNorm over K·C channels is
-  each member's own, GroupNorm(g) becomes GroupNorm(K·g); ReLU and pooling act per channel; each
-  member's dropout mask is drawn from its own key (`counter`). Exact, one kernel per layer.
+- `fused.Fused`, for a chain of layers (nn.Sequential) whose types all have an op in the map
+  `fused.FUSED`, as HFTA's: exact, one kernel per layer.
 - `Vmapped`, for any other model whose layers stack: torch.func over the stacked weights.
 A member's weights come out as a plain state dict (`member_state`) or as a model whose tensors
 are views of the stack (`member_net`).

@@ -1,23 +1,23 @@
 """The plan of trials: what a spec expands to, numbered 0..N-1, computed once and handed on.
 
 `validate`, `--dry-run`, the sweep, MLflow, `train --trial N` and `report` all read trials from
-here, so a trial's number and values are the same wherever they are shown or run. A grid plan
-lists every trial up front; a TPE plan has a search space and a budget, and its trials get their
-numbers in the order they are proposed.
+here, so a trial's number and values are the same wherever they are shown or run. A fixed plan
+(grid) lists every trial up front; an adaptive one (tpe) has a search space and a budget, and its
+trials get their numbers in the order they are proposed. The search method (`tunekit.search`)
+says which, and what the trials are.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from tunekit import wire
 from tunekit.errors import Problem, SpecError
 from tunekit.packing import pack_key
+from tunekit.search import Method, lookup
 from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, read_spec, resolve, yaml_line
 from tunekit.spec.base import location
 from tunekit.text import fmt
@@ -61,27 +61,32 @@ class Plan:
         return plan_size(self.spec)
 
     @property
+    def method(self) -> Method:
+        return lookup(self.spec.search.method)
+
+    @property
     def adaptive(self) -> bool:
-        return self.spec.search.method == "tpe"
+        """Whether its trials are proposed while the sweep runs (tpe), not planned up front."""
+        return self.method.adaptive
 
     def trial(self, index: int, params: Mapping[str, Any] | None = None) -> Trial:
-        """Trial `index`: from the list (grid), or built from a proposal's params (tpe)."""
+        """Trial `index`: from the list (grid), or built from a proposal's params (adaptive)."""
         if not self.adaptive:
             return self.trials[index]
         params = self.proposed_params(index, params)
         return Trial(index, params, resolve(self.spec.base(), params, index))
 
     def proposed_params(self, index: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A TPE trial's values: its proposal's (Ray's config, numbering left out) and, with
+        """An adaptive trial's values: its proposal's (Ray's config, numbering left out) and, with
         repeats, its seed: proposal index // repeats, on seed train.seed + index % repeats."""
-        out = {k: v for k, v in (params or {}).items() if k not in ("trial", "pack")}
+        out = wire.proposal(params)
         repeats = self.spec.search.repeats
         if repeats > 1:
             out["train.seed"] = self.spec.train.seed + index % repeats
         return out
 
     def proposal(self, index: int) -> int | None:
-        """The TPE proposal a trial belongs to (its seeds share it); None in a grid."""
+        """The proposal a trial belongs to (its seeds share it); None in a fixed plan."""
         return index // self.spec.search.repeats if self.adaptive else None
 
     def trial_base(self) -> TrialConfig:
@@ -90,22 +95,11 @@ class Plan:
 
     def identity(self) -> dict[str, Any]:
         """What makes two plans the same plan: stored with a sweep, compared on --resume."""
-        s = self.spec
+        method = {"method": self.spec.search.method}
         if self.adaptive:
-            seeds = {"repeats": s.search.repeats} if s.search.repeats > 1 else {}
-            return {
-                "method": "tpe",
-                "budget": s.search.budget,
-                "seed": s.train.seed,
-                **seeds,
-                "base": self.trial_base().model_dump(mode="json"),
-                "space": {
-                    k: d.model_dump(mode="json", exclude_none=True)
-                    for k, d in s.search.sample.items()
-                },
-            }
+            return {**method, **self.method.identity(self)}
         return {
-            "method": "grid",
+            **method,
             "trials": [{"trial": t.index, "config": t.record()["config"]} for t in self.trials],
         }
 
@@ -118,9 +112,9 @@ class Plan:
         return sorted(groups.values())
 
     def packs(self, size: int) -> list[list[int]]:
-        """The trials grouped into packs of at most `size` that share a shape (`pack_key`), in
-        plan order; a TPE plan's trials are proposed one at a time, so never packed."""
-        if self.adaptive or size <= 1:
+        """The trials grouped into packs of at most `size` (`packing.decide`) that share a shape
+        (`pack_key`), in plan order."""
+        if size <= 1:
             return [[t.index] for t in self.trials]
         shapes: dict[str, list[int]] = {}
         for t in self.trials:
@@ -147,36 +141,19 @@ class Plan:
 
 def plan_size(spec: ExperimentSpec) -> int:
     """How many trials a spec plans, without expanding it."""
-    s = spec.search
-    if s.method == "tpe":
-        return (s.budget or 0) * s.repeats
-    grid = math.prod(len(v) for v in s.grid.values())
-    return grid * max(1, len(s.cases)) * s.num_samples * s.repeats
+    return lookup(spec.search.method).size(spec)
 
 
 def expand(spec: ExperimentSpec) -> list[Trial]:
-    """The trials of a grid spec: grid × cases × samples × repeats, each validated like the base.
-
-    Pure: the same spec always gives the same trials (draws are seeded by train.seed).
-    """
-    s = spec.search
-    if s.method == "tpe":
-        return []
-    points = [dict(zip(s.grid, combo)) for combo in itertools.product(*s.grid.values())]
-    points = [{**p, **c} for p in points for c in (s.cases or [{}])]
-    rng = random.Random(spec.train.seed)
+    """The trials its search method plans up front (none for an adaptive one), numbered in
+    order, each validated like the base."""
     base = spec.base()
     trials: list[Trial] = []
-    for _ in range(s.num_samples):
-        draws = {path: dist.draw(rng) for path, dist in s.sample.items()}
-        for point in points:
-            for r in range(s.repeats):
-                seed = {"train.seed": spec.train.seed + r} if s.repeats > 1 else {}
-                params = {**point, **draws, **seed}
-                try:
-                    trials.append(Trial(len(trials), params, resolve(base, params, len(trials))))
-                except SpecError as e:
-                    raise SpecError([_blame(p, params, s) for p in e.problems]) from None
+    for params in lookup(spec.search.method).points(spec):
+        try:
+            trials.append(Trial(len(trials), params, resolve(base, params, len(trials))))
+        except SpecError as e:
+            raise SpecError([_blame(p, params, spec.search) for p in e.problems]) from None
     return trials
 
 

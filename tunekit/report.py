@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tunekit import results
+from tunekit import results, wire
 from tunekit.findings import findings
 from tunekit.results import ResultRow, varying
 from tunekit.packing import AUTO_PACK
@@ -365,10 +365,11 @@ def sweep_outcome(
     if failed:
         console.print(f"[red]{len(failed)} of {planned} trial(s) failed:[/]", highlight=False)
         folder = path.partition("?")[0]  # a URI's options are not part of its files' paths
-        for t in failed:  # a pack member's Ray folder is its pack's (pack_NNNN)
-            where = t.path.rstrip("/").rsplit("/", 1)[-1] if t.path else f"trial_{t.index:04d}"
+        for t in failed:  # a pack member's Ray folder is its pack's
+            where = t.path.rstrip("/").rsplit("/", 1)[-1] if t.path else wire.folder(t.index, False)
+            in_pack = (wire.from_folder(where) or (False, 0))[0]
             alone = not (
-                where.startswith("pack_")  # a diverged member raised nothing
+                in_pack  # a diverged member raised nothing
                 and (t.error or "").startswith("DivergedError")
             )
             console.print(

@@ -1,6 +1,6 @@
 """The Ray trainable: the only code that runs on Ray's workers.
 
-A Ray trial is one plan trial (config['trial']) or a pack of them (config['pack']); it builds
+A Ray trial is one plan trial or a pack of them (its config numbers them: `wire`); it builds
 their validated configs from the plan it was handed, calls `train.fit` or `train.fit_pack` with a
 report callback that hands Ray each epoch's metrics and a checkpoint, and so resumes from the last
 finished epoch.
@@ -17,7 +17,7 @@ import ray
 import torch
 from ray import tune
 
-from tunekit import cluster
+from tunekit import cluster, packing, wire
 from tunekit.errors import SpecError
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import TrialConfig
@@ -27,11 +27,6 @@ from tunekit.trials import InvalidProposalError
 STATE_FILE = "state.pt"
 
 
-def members(config: dict[str, Any]) -> list[int]:
-    """The plan trials a Ray trial trains: its pack, or its one trial."""
-    return list(config["pack"]) if "pack" in config else [config["trial"]]
-
-
 def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
     if root and cfg.data.root is None:  # trials run in other working directories
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(root)})})
@@ -39,11 +34,12 @@ def _rooted(cfg: TrialConfig, root: str | None) -> TrialConfig:
 
 
 def train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
-    """The Ray trainable: plan trial config['trial'] (or the pack config['pack']), resumed from
+    """The Ray trainable: the plan trial or pack that `config` numbers (`wire`), resumed from
     its last checkpoint if any."""
-    if "pack" in config:  # (a TPE config is the proposal's values; plan.trial reads them)
-        return _train_pack(config["pack"], plan, root, config)
-    cfg = _rooted(_planned(plan, config["trial"], config).config, root)
+    if wire.is_packed(config):  # (an adaptive config is the proposal's; plan.trial reads it)
+        return _train_pack(wire.members(config), plan, root, config)
+    (index,) = wire.members(config)
+    cfg = _rooted(_planned(plan, index, config).config, root)
     where, resume = _placement(cfg), load_state(tune.get_checkpoint())
 
     def report(metrics: Any, state: dict[str, Any]) -> None:
@@ -53,32 +49,25 @@ def train(config: dict[str, Any], plan: Plan, root: str | None) -> None:
 
 
 def _planned(plan: Plan, index: int, params: dict[str, Any]) -> Any:
-    """Plan trial `index` (a TPE proposal's params for a TPE plan)."""
+    """Plan trial `index` (an adaptive plan's: built from its proposal's params)."""
     try:
         return plan.trial(index, params)
-    except SpecError as e:  # only a TPE proposal can be invalid: grid plans are checked up front
+    except SpecError as e:  # only a proposal can be invalid: fixed plans are checked up front
         raise InvalidProposalError(
             "; ".join(f"{p.field}: {p.message}" for p in e.problems)
         ) from None
-
-
-def packs_are_seeds(plan: Plan) -> bool:
-    """Whether each pack is the seeds of one configuration, scored by their mean: a TPE
-    proposal with repeats, or ASHA over a grid with repeats (a configuration stops as a whole)."""
-    s = plan.spec.search
-    return s.repeats > 1 and (plan.adaptive or plan.spec.sweep.asha is not None)
 
 
 def _train_pack(
     indices: list[int], plan: Plan, root: str | None, params: dict[str, Any] | None = None
 ) -> None:
     """A pack of plan trials as one fused network: one result per epoch with each member's
-    metrics under m<trial>/ (or why it failed), and the objective for TPE and ASHA: the mean of
-    the members' max val_acc so far where the pack is one configuration's seeds, else the best
-    member's val_acc."""
+    metrics under its `wire.member` key (or why it failed), and the objective for TPE and ASHA:
+    the mean of the members' max val_acc so far where the pack is one configuration's seeds,
+    else the best member's val_acc."""
     configs = [_rooted(_planned(plan, i, params or {}).config, root) for i in indices]
     where, resume = _placement(configs[0]), load_state(tune.get_checkpoint())
-    seeds = packs_are_seeds(plan)
+    seeds = packing.seeds_together(plan)
 
     def report(metrics: list[Any], state: dict[str, Any]) -> None:
         live = [m for m in metrics if m is not None]
@@ -97,7 +86,7 @@ def _train_pack(
             **where,
         }
         for i, m, s in zip(indices, metrics, state["members"]):
-            out[f"m{i}"] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
+            out[wire.member(i)] = m.as_dict() if m is not None else {"failed": s["failed"] or ""}
         _report(out, state)
 
     fit_pack(configs, report, threads=plan.spec.resources.cpus_per_trial, resume=resume)

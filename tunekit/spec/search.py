@@ -1,13 +1,15 @@
-"""How a study varies its trials: grid, cases, samples from distributions, repeats, TPE, ASHA."""
+"""How a study varies its trials: grid, cases, samples from distributions, repeats, the search
+method (one of tunekit/search/, which holds its own rules), ASHA."""
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from tunekit import search as methods
 from tunekit.spec.base import Strict
 from tunekit.spec.trial import check_path
 
@@ -52,9 +54,14 @@ class Distribution(Strict):
         return rng.uniform(low, high)
 
 
+def _method_names(schema: dict[str, Any]) -> None:
+    schema["enum"] = methods.names()  # the JSON schema lists them, as for any other choice
+
+
 class SearchSpec(Strict):
-    method: Literal["grid", "tpe"] = "grid"  # grid: every trial of grid × cases × samples ×
-    #   repeats, fixed up front; tpe: Bayesian search (Optuna's TPE) over `sample`, `budget` trials
+    method: str = Field("grid", json_schema_extra=_method_names)  # a file of
+    #   tunekit/search/: grid: every trial of grid × cases × samples × repeats, fixed up front;
+    #   tpe: Bayesian search (Optuna's TPE) over `sample`, `budget` trials
     budget: PositiveInt | None = None  # tpe: how many trials it proposes in all
     grid: dict[str, list[Any]] = {}  # field path -> values; every combination is a trial
     cases: list[dict[str, Any]] = []  # hand-picked settings, each combined with every grid point
@@ -62,6 +69,12 @@ class SearchSpec(Strict):
     num_samples: PositiveInt = 1  # draws of `sample` (each draw runs the whole grid × cases)
     repeats: PositiveInt = 1  # seeds per configuration: train.seed, train.seed + 1, ...; with
     #   tpe, each proposal is trained on this many seeds (one pack) and scored by their mean
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        methods.lookup(value)  # ValueError naming the methods there are
+        return value
 
     @field_validator("grid", "sample")
     @classmethod
@@ -110,18 +123,7 @@ class SearchSpec(Strict):
             )
         if "train.seed" in self.grid and self.repeats > 1:
             raise ValueError("train.seed is in the grid and repeats > 1; use one of them")
-        if self.method == "tpe":
-            fixed = [k for k in ("grid", "cases") if getattr(self, k)] + [
-                k for k in ("num_samples",) if getattr(self, k) > 1
-            ]
-            if not self.sample or self.budget is None or fixed:
-                raise ValueError(
-                    "method tpe searches `sample` (uniform, loguniform, randint, "
-                    "choice) for `budget` trials"
-                    + (f"; it takes no {', '.join(fixed)}" if fixed else "; give both")
-                )
-        elif self.budget is not None:
-            raise ValueError("budget is for method tpe; grid runs every trial it expands to")
+        methods.lookup(self.method).check(self)  # what the method takes and needs
         return self
 
     def source(self, path: str) -> tuple[Any, ...]:
