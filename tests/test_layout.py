@@ -69,7 +69,19 @@ GRAPH = imports()
 
 @pytest.mark.parametrize(
     "module",
-    ["track", "sweep", "train", "trainable", "trials", "results", "pack", "plan", "spec", "stats"],
+    [
+        "track",
+        "ui",
+        "sweep",
+        "train",
+        "trainable",
+        "trials",
+        "results",
+        "pack",
+        "plan",
+        "spec",
+        "stats",
+    ],
 )
 def test_no_display_code_below_the_cli(module: str) -> None:
     reached = reach(GRAPH, f"tunekit.{module}")

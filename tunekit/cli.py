@@ -569,7 +569,9 @@ def ui(
         name = track.experiment_name(spec) if spec else name_or_spec
         from tunekit.report import console
 
-        track.serve_ui(
+        from tunekit.ui import serve
+
+        serve(
             uri, host, port, name, lambda line: console.print(line, highlight=False, soft_wrap=True)
         )
 
