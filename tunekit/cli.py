@@ -244,6 +244,7 @@ def sweep(
                 checked=checked,
                 say=lambda line: report.console.print(line, markup=False, highlight=False),
             )
+            view.finished(outcome.states)  # a resumed sweep's earlier trials counted too
         again = [
             "tunekit sweep",
             str(spec),
