@@ -33,7 +33,7 @@ def config(images: int, epochs: int, device: str, seed: int, compile: bool = Fal
     return TrialConfig.model_validate(
         {
             "data": {"subset": images},
-            "model": {"norm": "GN"},
+            "model": {"args": {"norm": "GN"}},
             "train": {
                 "epochs": epochs,
                 "batch_size": 64,

@@ -28,7 +28,7 @@ def config(images: int, device: str, seed: int, compile: bool = False) -> TrialC
     return TrialConfig.model_validate(
         {
             "data": {"subset": images},
-            "model": {"norm": "GN"},
+            "model": {"args": {"norm": "GN"}},
             "train": {
                 "epochs": 2,
                 "batch_size": 64,

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import datasets, transforms
 
-from tunekit.datasets import data_root, idx
+from tunekit.datasets import idx
+from tunekit.datasets.loading import data_root
 from tunekit.models.seed_cnn import Dropout, Net
 from tunekit.spec import TrialConfig
 from tunekit.train import fit
@@ -43,7 +44,7 @@ def seed_style(images: int, threads: int, workers: int) -> float:
     """images/s of the seed's loop over the first `images` training images (after a warm-up)."""
     torch.set_num_threads(threads)
     spec = TrialConfig().data
-    root = idx.prepare(spec.dataset, data_root(spec))
+    root = idx.prepare(spec.dataset, datasets.MNIST, data_root(spec))
     tf = transforms.Compose(
         [
             transforms.RandomRotation((-7.0, 7.0), fill=(0,)),

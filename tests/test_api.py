@@ -84,9 +84,9 @@ def test_the_api_and_the_command_leave_the_same_mlflow_runs_and_artifacts(
     cli, api = recorded(by_cli), recorded(by_api)
     assert sorted(cli) == [
         "smoke sweep",
-        "trial 0: model.norm=BN",
-        "trial 1: model.norm=GN",
-        "trial 2: model.norm=LN",
+        "trial 0: model.args.norm=BN",
+        "trial 1: model.args.norm=GN",
+        "trial 2: model.args.norm=LN",
     ]
     for name in cli:
         assert api[name] == cli[name], name
@@ -95,5 +95,5 @@ def test_the_api_and_the_command_leave_the_same_mlflow_runs_and_artifacts(
         sweep
     ), sweep
     assert {"curves.png", "misclassified.png", "best_model.pt", "config.yaml"} <= set(
-        cli["trial 0: model.norm=BN"]["artifacts"]
+        cli["trial 0: model.args.norm=BN"]["artifacts"]
     )

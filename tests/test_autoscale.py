@@ -230,7 +230,7 @@ SPEC = """
 name: NAME
 train: {epochs: 2, batch_size: 32}
 search:
-  grid: {model.norm: [BN, GN, LN], train.seed: [1, 2]}  # packs of 2: one shape each
+  grid: {model.args.norm: [BN, GN, LN], train.seed: [1, 2]}  # packs of 2: one shape each
 """
 
 

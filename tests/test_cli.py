@@ -28,7 +28,7 @@ def test_validate_prints_the_varying_parameters_and_count() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "42 trial(s), valid." in result.output
-    for column in ("model.norm", "train.l1", "train.l2", "train.batch_size", "train.seed"):
+    for column in ("model.args.norm", "train.l1", "train.l2", "train.batch_size", "train.seed"):
         assert column in result.output
     assert "0.006604" in result.output
 
@@ -62,7 +62,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--set", "model.norm=XN"], "model.norm"),
+        (["--set", "model.args.norm=XN"], "model.args.norm"),
         (["--set", "train.epoch=1"], "did you mean 'epochs'"),
         (["--set", "noequals"], "expected FIELD=VALUE"),
         (["--trial", "3"], "plans 3 trial(s), numbered 0..2"),
@@ -99,7 +99,7 @@ def test_train_runs_one_trial(smoke_data: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "trial 2: model.norm=LN" in result.output
+    assert "trial 2: model.args.norm=LN" in result.output
     assert "epoch   1" in result.output and "epoch   2" in result.output
     assert "max val_acc" in result.output
 
@@ -117,12 +117,12 @@ def test_train_without_data_says_where_it_looked(
 
 
 def test_train_refuses_a_set_that_its_trial_overrides(no_training: None) -> None:
-    # smoke.yaml's grid sets model.norm: --set model.norm=LN would be silently ignored
+    # smoke.yaml's grid sets model.args.norm: --set model.args.norm=LN would be silently ignored
     result = runner.invoke(
-        app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--set", "model.norm=LN"]
+        app, ["train", str(REPO / "experiments" / "smoke.yaml"), "--set", "model.args.norm=LN"]
     )
     assert result.exit_code == 2
-    assert "error: --set: trial 0 sets model.norm itself" in result.output
+    assert "error: --set: trial 0 sets model.args.norm itself" in result.output
 
 
 def test_train_uses_the_trials_cpus_as_threads(
@@ -186,13 +186,13 @@ def test_validate_summarises_a_large_plan(tmp_path: Path) -> None:
     spec.write_text(
         "name: x\nsearch:\n  grid:\n    train.seed: ["
         + ", ".join(map(str, range(100)))
-        + "]\n    model.norm: [BN, GN, LN]\n"
+        + "]\n    model.args.norm: [BN, GN, LN]\n"
     )
     result = runner.invoke(app, ["validate", str(spec)])
     assert result.exit_code == 0, result.output
     assert "300 trial(s), valid." in result.output
     assert (
-        "285 trial(s) not shown; the plan is train.seed: 100 value(s) × model.norm: 3 value(s)"
+        "285 trial(s) not shown; the plan is train.seed: 100 value(s) × model.args.norm: 3 value(s)"
         in result.output
     )
     assert len(result.output.splitlines()) < 40

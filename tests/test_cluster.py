@@ -134,7 +134,7 @@ def late_gpu_worker(tmp_path: Path, bootstrap: bool, **env_vars: str) -> tuple[s
         name: gpus
         train: {epochs: 1, batch_size: 32}
         search:
-          grid: {model.norm: [BN, GN]}
+          grid: {model.args.norm: [BN, GN]}
     """)
     )
     nodes = RayNodes(tmp_path, env)

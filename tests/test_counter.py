@@ -6,7 +6,9 @@ import torch
 
 from tunekit import counter
 from tunekit.models.seed_cnn import Net
-from tunekit.pack import Packed
+from tunekit.pack import Fused
+
+MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 
 
 def lowbias32(x: int) -> int:
@@ -50,14 +52,14 @@ def test_dropout_masks_keep_1_minus_p_and_are_a_member_s_own() -> None:
     for seed in (1, 2, 3):
         torch.manual_seed(seed)
         nets.append(Net("GN", dropout=0.3))
-    trio, alone = Packed(nets), Packed(nets[1:2])
+    trio, alone = Fused(nets, MNIST_SHAPE), Fused(nets[1:2], MNIST_SHAPE)
     assert list(trio.dropped) == [3, 7, 12, 16, 21, 26]  # the six dropout layers
     assert trio.dropped[3] == 8 * 28 * 28 // 2  # two 16-bit draws per hash
     keys = counter.step_keys(
         counter.keys(torch.tensor([5, 9, 4], dtype=torch.int32), counter.DROPOUT, 1),
         torch.tensor(7),
     )
-    masks, one = trio._masks(16, keys), alone._masks(16, keys[1:2])
+    masks, one = trio.draw_masks(16, keys), alone.draw_masks(16, keys[1:2])
     for i in trio.dropped:
         assert torch.equal(masks[i][:, 1], one[i][:, 0])  # member 2's mask: its key's alone
         assert (masks[i][:, 0] != masks[i][:, 1]).any()  # other keys, other masks
@@ -69,7 +71,7 @@ def test_dropout_masks_keep_1_minus_p_and_are_a_member_s_own() -> None:
 
 def test_a_pack_s_forward_drops_out_with_those_masks() -> None:
     torch.manual_seed(0)
-    pack = Packed([Net("GN", dropout=0.5)])
+    pack = Fused([Net("GN", dropout=0.5)], MNIST_SHAPE)
     keys = counter.keys(torch.tensor([3], dtype=torch.int32), counter.DROPOUT, 1)
     x = torch.randn(4, 1, 1, 28, 28)
     a, b = pack(x, keys), pack(x, keys)

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit import data, datasets
+from tunekit import data
+from tunekit.datasets import loading as datasets
+from torchvision.datasets import MNIST
+
 from tunekit.datasets import idx
 from tunekit.errors import DataError
 from tunekit.spec import DataSpec
@@ -36,7 +39,7 @@ def test_reads_gz_files_as_shipped(tiny_data: Path) -> None:
 
 def test_extracted_files_are_used_in_place(tmp_path: Path) -> None:
     root = make_mnist(tmp_path / "plain", gz=False)
-    assert idx.prepare("mnist", root) == root
+    assert idx.prepare("mnist", MNIST, root) == root
 
 
 def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +58,7 @@ def test_subset_takes_the_first_images(tiny_data: Path) -> None:
 
 def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
-        idx.prepare("mnist", tmp_path / "empty", download=False)
+        idx.prepare("mnist", MNIST, tmp_path / "empty", download=False)
     msg = str(e.value)
     assert str(tmp_path / "empty" / "MNIST" / "raw") in msg
     assert "train-images-idx3-ubyte[.gz]" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
@@ -64,7 +67,7 @@ def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
 
 def _prepare_in_child(root: str, cache: str, out: "mp.Queue[str]") -> None:
     os.environ["TUNEKIT_CACHE_DIR"] = cache
-    out.put(str(idx.prepare("mnist", Path(root))))
+    out.put(str(idx.prepare("mnist", MNIST, Path(root))))
 
 
 def test_concurrent_first_extraction_does_not_race(tmp_path: Path) -> None:
@@ -155,9 +158,9 @@ def test_a_failed_download_leaves_nothing_behind(
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(idx.CLASSES["mnist"], "download", offline)
+    monkeypatch.setattr(MNIST, "download", offline)
     (tmp_path / "here").mkdir()
     for root in (tmp_path / "here", tmp_path / "new" / "data"):
         with pytest.raises(DataError, match="download failed"):
-            idx.prepare("mnist", root, download=True)
+            idx.prepare("mnist", MNIST, root, download=True)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["here"]  # no MNIST/raw, no lock

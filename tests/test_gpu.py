@@ -24,6 +24,8 @@ from tunekit.train import fit, fit_pack
 
 from conftest import progress
 
+MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
+
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: the GPU check needs an NVIDIA GPU"
 )
@@ -49,7 +51,7 @@ def config(device: str, root: Path, **train: object) -> TrialConfig:
     return TrialConfig.model_validate(
         {
             "data": {"root": str(root)},
-            "model": {"norm": "GN"},
+            "model": {"args": {"norm": "GN"}},
             "train": {"epochs": 1, "batch_size": 64, "device": device, **train},
         }
     )
@@ -67,16 +69,16 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
     on_cpu = datamod.epoch(datamod.load(config("cpu", real_mnist).data), seeds.cpu(), 1)
     assert torch.equal(datamod.epoch(d, seeds, 1).order.cpu(), on_cpu.order)  # same draws
     from tunekit.models.seed_cnn import Net
-    from tunekit.pack import Packed
+    from tunekit.pack import Fused
     from tunekit import counter
 
-    pack = Packed([Net("GN", dropout=0.5)], "cuda")
+    pack = Fused([Net("GN", dropout=0.5)], MNIST_SHAPE, "cuda")
     keys = counter.step_keys(
         counter.keys(seeds[:1], counter.DROPOUT, 1), torch.tensor(0, device="cuda")
     )
-    kept = pack._masks(64, keys)[3]
+    kept = pack.draw_masks(64, keys)[3]
     assert kept.is_cuda and 0.49 < (kept > 0).float().mean().item() < 0.51
-    on_cpu = Packed([Net("GN", dropout=0.5)])._masks(64, keys.cpu())[3]
+    on_cpu = Fused([Net("GN", dropout=0.5)], MNIST_SHAPE).draw_masks(64, keys.cpu())[3]
     assert torch.equal(kept.cpu(), on_cpu)  # the same masks on either device
 
 

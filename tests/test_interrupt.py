@@ -28,7 +28,7 @@ name: chaos
 data: {subset: 3000}
 train: {epochs: 8, batch_size: 32, scheduler: {name: none}}
 search:
-  grid: {model.norm: [BN, GN, LN]}
+  grid: {model.args.norm: [BN, GN, LN]}
 sweep: {max_concurrent: 1}  # one trial at a time, as in the report that found the bug
 """
 
@@ -51,8 +51,8 @@ def assert_runs_carry_the_plan(cwd: Path, when: str) -> None:
     assert len(numbers) == len(set(numbers)), f"{when}: two runs of one trial: {numbers}"
     for r in runs:
         i = int(r.data.tags["tunekit.trial"])
-        assert r.data.params.get("model.norm") in (None, NORMS[i]), (when, i, r.data.params)
-        assert r.info.run_name == f"trial {i}: model.norm={NORMS[i]}", when
+        assert r.data.params.get("model.args.norm") in (None, NORMS[i]), (when, i, r.data.params)
+        assert r.info.run_name == f"trial {i}: model.args.norm={NORMS[i]}", when
 
 
 def epochs_trained(cwd: Path) -> int:
@@ -136,7 +136,7 @@ def test_interrupted_at_many_moments_then_resumed_records_exactly_what_ran(tmp_p
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for r in runs:
         i = int(r.data.tags["tunekit.trial"])
-        assert r.data.params["model.norm"] == NORMS[i]
+        assert r.data.params["model.args.norm"] == NORMS[i]
         assert r.data.tags["tunekit.status"] == "done"
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
         assert steps == list(range(1, 9)), (i, steps)

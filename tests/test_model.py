@@ -48,7 +48,10 @@ def test_architecture_order(norm: str, layer: str) -> None:
         "MaxPool2d"
     ] + block + ["Dropout"] + block + ["MaxPool2d", "Dropout"]
     head = [type(m).__name__ for m in Net(norm).head]
-    assert head == ["AdaptiveAvgPool2d", "Conv2d"] and Net(norm).head[1].bias is None
+    assert (
+        head == ["AdaptiveAvgPool2d", "Conv2d", "Flatten", "LogSoftmax"]
+        and Net(norm).head[1].bias is None
+    )
     convs = [m for m in Net("GN").features if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
         (1, 8),

@@ -224,7 +224,7 @@ def epochs_logged(c: Cluster, run_id: str) -> list[int]:
 GRID = """
 train: {epochs: EPOCHS, batch_size: 32}
 search:
-  grid: {model.norm: [BN, GN, LN, GN], train.seed: [1]}
+  grid: {model.args.norm: [BN, GN, LN, GN], train.seed: [1]}
 sweep: {max_failures: 2}
 """
 
@@ -268,7 +268,7 @@ def test_s3_storage_runs_every_trial_on_the_workers_with_artifacts_in_mlflow(
             weights = torch.load(
                 client.download_artifacts(run.info.run_id, "best_model.pt", d), weights_only=True
             )
-        Net(run.data.params["model.norm"]).load_state_dict(weights)
+        Net(run.data.params["model.args.norm"]).load_state_dict(weights)
     json.loads(cluster.s3.read("cluster/ons3/tunekit_plan.json"))  # the plan is in the bucket
 
 
@@ -351,7 +351,7 @@ def test_unusable_s3_storage_is_refused_in_one_line(tmp_path: Path, s3: S3, case
         "unparseable": s3.uri("x").replace("endpoint_override", "endpoint_overide"),
     }[case]
     keys = {**s3.env, "AWS_SECRET_ACCESS_KEY": "wrong"} if case == "bad credentials" else s3.env
-    spec = write_spec(tmp_path, "bad", "search:\n  grid: {model.norm: [GN]}\n")
+    spec = write_spec(tmp_path, "bad", "search:\n  grid: {model.args.norm: [GN]}\n")
     out = subprocess.run(
         [sys.executable, "-m", "tunekit", "sweep", str(spec), "--set", f"sweep.storage={uri}"],
         cwd=tmp_path,
@@ -392,7 +392,7 @@ def test_local_means_local_beside_a_cluster_and_a_stale_address(
     spec = write_spec(
         tmp_path,
         "mine",
-        "train: {epochs: 1, batch_size: 32}\nsearch:\n  grid: {model.norm: [GN]}\n",
+        "train: {epochs: 1, batch_size: 32}\nsearch:\n  grid: {model.args.norm: [GN]}\n",
     )
     env = {k: v for k, v in cluster.env.items() if k != "MLFLOW_TRACKING_URI"}
     run = [sys.executable, "-m", "tunekit", "sweep", str(spec)]

@@ -13,15 +13,17 @@ from tunekit import data as datamod
 from tunekit.errors import DivergedError
 from tunekit.models.seed_cnn import Net
 from tunekit.opcount import OpCounter
-from tunekit.pack import Packed
+from tunekit.pack import Fused
 from tunekit.spec import TrialConfig
 from tunekit.train import build, fit, fit_pack, train_step
+
+MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 
 
 def config(norm: str = "GN", seed: int = 1, lr: float = 0.04, **train: object) -> TrialConfig:
     return TrialConfig.model_validate(
         {
-            "model": {"norm": norm},
+            "model": {"args": {"norm": norm}},
             "train": {
                 "epochs": 2,
                 "batch_size": 32,
@@ -86,7 +88,7 @@ def test_the_fused_forward_is_each_member_s_forward_with_default_kernels(norm: s
         torch.manual_seed(seed)
         nets.append(Net(norm, dropout=0.0).eval())
     x = torch.randn(8, 3, 1, 28, 28)  # N×K×C×H×W: member k's images in [:, k]
-    pack = Packed(nets).eval()
+    pack = Fused(nets, MNIST_SHAPE).eval()
     out = pack(x)
     for k, net in enumerate(nets):
         assert torch.allclose(out[:, k], net(x[:, k]), atol=1e-5)
@@ -185,7 +187,7 @@ def step_of(k: int, norm: str, l1: float, batch: int = 32):
     number, and the inputs it takes (for counting and compiling)."""
     configs = [config(norm, seed=s, l1=l1, batch_size=batch) for s in range(1, k + 1)]
     d = datamod.load(configs[0].data)
-    pack, sgd, seeds = build(configs, torch.device("cpu"))
+    pack, sgd, seeds = build(configs, d, torch.device("cpu"))
     draws = datamod.epoch(d, seeds, 1)
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 8, "cpu")
     keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)

@@ -31,7 +31,7 @@ SPEC = """\
 name: repeats
 train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
 search:
-  grid: {model.norm: [BN, GN]}
+  grid: {model.args.norm: [BN, GN]}
   repeats: 2
 """
 
@@ -84,7 +84,7 @@ def test_report_groups_repeats_with_mean_std_and_n(swept) -> None:
     runs = trial_runs(swept[0])
     assert len(runs) == 4 and len(rows) == 2
     for row in rows:
-        mine = [r for r in runs if r.data.params["model.norm"] == row["norm"]]
+        mine = [r for r in runs if r.data.params["model.args.norm"] == row["norm"]]
         accs = sorted(r.data.metrics["max_val_acc"] for r in mine)
         assert row["n"] == 2 and sorted(row["accs"]) == pytest.approx(accs)
         assert row["max_val_acc"] == pytest.approx(sum(accs) / 2)
@@ -151,9 +151,11 @@ def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
     # the numbers in the report are MLflow's
     runs = trial_runs(cwd)
     for norm in ("BN", "GN"):
-        accs = [r.data.metrics["max_val_acc"] for r in runs if r.data.params["model.norm"] == norm]
+        accs = [
+            r.data.metrics["max_val_acc"] for r in runs if r.data.params["model.args.norm"] == norm
+        ]
         assert f"{sum(accs) / len(accs):.2f} [" in text
-    assert "n = 2 seeds per configuration" in text and "grid: {model.norm: [BN, GN]}" in text
+    assert "n = 2 seeds per configuration" in text and "grid: {model.args.norm: [BN, GN]}" in text
     for package in ("torch", "ray", "mlflow", "tunekit commit", "lock"):
         assert package in text
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
@@ -216,7 +218,7 @@ def test_plot_draws_the_stored_curves(swept) -> None:
     for r in runs:
         curve = curves[int(r.data.tags["tunekit.trial"])]
         assert curve["label"] == (
-            f"norm={r.data.params['model.norm']}, seed={r.data.params['train.seed']}"
+            f"norm={r.data.params['model.args.norm']}, seed={r.data.params['train.seed']}"
         )
         stored = sorted(
             (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")
@@ -257,8 +259,8 @@ def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     from tunekit.trials import TrialState
 
     view = report.SweepView("study", total=3, epochs=5)
-    a = TrialState(0, {"model.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
-    b = TrialState(1, {"model.norm": "GN"}, "running", [])
+    a = TrialState(0, {"model.args.norm": "BN"}, "running", [{"epoch": 2, "val_acc": 97.5}])
+    b = TrialState(1, {"model.args.norm": "GN"}, "running", [])
     view.trial_started(a)
     view.trial_started(b)
     out = Console(file=io.StringIO(), width=120)
@@ -268,7 +270,10 @@ def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
         "study: 0 done · 2 running · 0 failed · 3 in all · 0.0 min · best val_acc 97.50% "
         "(trial 0)" in text
     )
-    assert " 0      model.norm=BN  2/5    97.50%" in text and " 1      model.norm=GN  0/5" in text
+    assert (
+        " 0      model.args.norm=BN  2/5    97.50%" in text
+        and " 1      model.args.norm=GN  0/5" in text
+    )
     a.status = "failed"
     view.trial_ended(a)
     out.file = io.StringIO()
@@ -285,8 +290,8 @@ def test_sweep_view_s_summary_counts_trials_finished_before_a_resume(
 
     out = Console(file=io.StringIO(), width=120, force_terminal=False)
     monkeypatch.setattr(report, "console", out)
-    earlier = TrialState(0, {"model.norm": "BN"}, "done", [{"epoch": 1, "val_acc": 90.0}])
-    now = TrialState(1, {"model.norm": "GN"}, "running", [])
+    earlier = TrialState(0, {"model.args.norm": "BN"}, "done", [{"epoch": 1, "val_acc": 90.0}])
+    now = TrialState(1, {"model.args.norm": "GN"}, "running", [])
     with report.SweepView("study", total=2, epochs=1) as view:
         view.sweep_started("a local Ray", Ask(1, 0.0, "the spec"))  # trial 0 ended before it
         view.trial_started(now)
@@ -302,7 +307,7 @@ def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
     from rich.console import Console
     from tunekit.trials import TrialState
 
-    trial = TrialState(2, {"model.norm": "LN"}, "running", [])
+    trial = TrialState(2, {"model.args.norm": "LN"}, "running", [])
     for terminal in (True, False):
         out = Console(file=io.StringIO(), width=120, force_terminal=terminal)
         monkeypatch.setattr(report, "console", out)
@@ -314,9 +319,9 @@ def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
             trial.status = "done"
             view.trial_ended(trial)
         text = out.file.getvalue()
-        assert "trial 2 (model.norm=LN): max val_acc 91.00% (epoch 1)" in text
+        assert "trial 2 (model.args.norm=LN): max val_acc 91.00% (epoch 1)" in text
         if not terminal:
-            assert "trial 2 (model.norm=LN) epoch 1/2: val_acc 91.00%" in text
+            assert "trial 2 (model.args.norm=LN) epoch 1/2: val_acc 91.00%" in text
             assert "study: 1 done · 0 running · 0 failed · 3 in all" in text  # the summary
 
 
@@ -330,7 +335,7 @@ def test_report_rebuilds_the_statistics_from_a_trials_csv_without_mlflow(
         RunRecord(
             f"r{i}",
             i,
-            {"model.norm": norm, "train.batch_size": str(batch), "train.seed": str(seed)},
+            {"model.args.norm": norm, "train.batch_size": str(batch), "train.seed": str(seed)},
             98.0 + 0.1 * i,
             3,
             "done",

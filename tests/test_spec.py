@@ -59,7 +59,7 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
         name: x
         train: {seed: 7}
         search:
-          grid: {model.norm: [BN, GN, LN], train.batch_size: [32, 64]}
+          grid: {model.args.norm: [BN, GN, LN], train.batch_size: [32, 64]}
           cases: [{train.l1: 0.0}, {train.l1: 0.0001, train.l2: 0.0004}]
           sample: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}
           num_samples: 2
@@ -71,7 +71,7 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
     assert len(trials) == 3 * 2 * 2 * 2 * 3
     assert [t.index for t in trials] == list(range(len(trials)))
     assert {t.config.train.seed for t in trials} == {7, 8, 9}
-    assert {(t.config.model.norm, t.config.train.batch_size) for t in trials} == {
+    assert {(t.config.model.args["norm"], t.config.train.batch_size) for t in trials} == {
         (n, b) for n in ("BN", "GN", "LN") for b in (32, 64)
     }
     lrs = {t.config.train.optimizer.lr for t in trials}
@@ -82,13 +82,19 @@ def test_expansion_is_grid_times_cases_times_samples_times_repeats(tmp_path: Pat
 
 
 def test_no_search_is_one_trial_of_the_base(tmp_path: Path) -> None:
-    trials = load_plan(write(tmp_path, "name: x\nmodel: {norm: LN}\n")).trials
-    assert len(trials) == 1 and trials[0].params == {} and trials[0].config.model.norm == "LN"
+    trials = load_plan(write(tmp_path, "name: x\nmodel: {args: {norm: LN}}\n")).trials
+    assert (
+        len(trials) == 1 and trials[0].params == {} and trials[0].config.model.args["norm"] == "LN"
+    )
 
 
 def test_defaults_are_the_seed_recipe() -> None:
     spec = ExperimentSpec(name="seed")
-    assert (spec.model.norm, spec.model.groups, spec.model.dropout) == ("GN", 4, 0.069)
+    assert (spec.model.args["norm"], spec.model.args["groups"], spec.model.args["dropout"]) == (
+        "GN",
+        4,
+        0.069,
+    )
     t = spec.train
     assert (t.epochs, t.optimizer.lr, t.optimizer.momentum) == (25, 0.04104, 0.9)
     assert (
@@ -107,10 +113,25 @@ def test_spec_is_frozen() -> None:
 
 BAD = {
     "yaml syntax": ("name: x\nmodel: {norm: GN\ntrain: {}\n", "<yaml>", "found on line 3", 2),
-    "unknown key": ("name: x\nmodel: {nrom: GN}\n", "model.nrom", "did you mean 'norm'", 2),
+    "unknown key": (
+        "name: x\nmodel: {args: {nrom: GN}}\n",
+        "model.args.nrom",
+        "did you mean 'norm'",
+        2,
+    ),
     "wrong type": ("name: x\ntrain: {epochs: many}\n", "train.epochs", "integer", 2),
-    "out of range": ("name: x\nmodel: {dropout: 1.5}\n", "model.dropout", "less than 1", 2),
-    "bad choice": ("name: x\nmodel: {norm: XN}\n", "model.norm", "'BN', 'GN' or 'LN'", 2),
+    "out of range": (
+        "name: x\nmodel: {args: {dropout: 1.5}}\n",
+        "model.args.dropout",
+        "less than 1",
+        2,
+    ),
+    "bad choice": (
+        "name: x\nmodel: {args: {norm: XN}}\n",
+        "model.args.norm",
+        "'BN', 'GN' or 'LN'",
+        2,
+    ),
     "grid key names no field": (
         "name: x\nsearch:\n  grid: {train.batchsize: [8]}\n",
         "search.grid",
@@ -124,26 +145,26 @@ BAD = {
         3,
     ),
     "bad grid value": (
-        "name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n",
-        "search.grid.model.norm",
+        "name: x\nsearch:\n  grid: {model.args.norm: [BN, XN]}\n",
+        "search.grid.model.args.norm",
         "'BN', 'GN' or 'LN'",
         3,
     ),
     "groups do not divide": (
-        "name: x\nsearch:\n  grid: {model.groups: [2, 3]}\n",
-        "search.grid.model.groups",
+        "name: x\nsearch:\n  grid: {model.args.groups: [2, 3]}\n",
+        "search.grid.model.args.groups",
         "does not divide",
         3,
     ),
     "base groups do not divide": (
-        "name: x\nmodel: {norm: GN, groups: 5}\n",
-        "model.groups",
+        "name: x\nmodel: {args: {norm: GN, groups: 5}}\n",
+        "model.args.groups",
         "valid: [1, 2, 4, 8]",
         2,
     ),
     "empty search": ("name: x\nsearch: {}\n", "search", "search is empty", 2),
     "empty grid axis": (
-        "name: x\nsearch:\n  grid: {model.norm: []}\n",
+        "name: x\nsearch:\n  grid: {model.args.norm: []}\n",
         "search.grid",
         "has no values",
         3,
@@ -161,14 +182,14 @@ BAD = {
         3,
     ),
     "sampled value out of range": (
-        "name: x\nsearch:\n  sample: {model.dropout: {uniform: [0.5, 1.5]}}\n",
-        "search.sample.model.dropout",
+        "name: x\nsearch:\n  sample: {model.args.dropout: {uniform: [0.5, 1.5]}}\n",
+        "search.sample.model.args.dropout",
         "less than 1",
         3,
     ),
-    "missing name": ("model: {norm: GN}\n", "name", "Field required", None),
+    "missing name": ("model: {args: {norm: GN}}\n", "name", "Field required", None),
     "duplicate block": (
-        "name: x\ntrain: {epochs: 3}\nmodel: {norm: GN}\ntrain: {seed: 2}\n",
+        "name: x\ntrain: {epochs: 3}\nmodel: {args: {norm: GN}}\ntrain: {seed: 2}\n",
         "train",
         "given twice, on lines 2 and 4",
         4,
@@ -185,7 +206,12 @@ BAD = {
         "finite number",
         3,
     ),
-    "nan float": ("name: x\nmodel: {dropout: .nan}\n", "model.dropout", "finite number", 2),
+    "nan float": (
+        "name: x\nmodel: {args: {dropout: .nan}}\n",
+        "model.args.dropout",
+        "finite number",
+        2,
+    ),
     "infinite grid value": (
         "name: x\nsearch:\n  grid: {train.l2: [0.0, .inf]}\n",
         "search.grid.train.l2",
@@ -206,14 +232,14 @@ BAD = {
         3,
     ),
     "tpe with a grid": (
-        "name: x\nsearch:\n  method: tpe\n  budget: 4\n  grid: {model.norm: "
+        "name: x\nsearch:\n  method: tpe\n  budget: 4\n  grid: {model.args.norm: "
         "[BN]}\n  sample: {train.l2: {loguniform: [1.0e-6, 1.0e-2]}}\n",
         "search",
         "it takes no grid",
         3,
     ),
     "budget without tpe": (
-        "name: x\nsearch:\n  budget: 4\n  grid: {model.norm: [BN]}\n",
+        "name: x\nsearch:\n  budget: 4\n  grid: {model.args.norm: [BN]}\n",
         "search",
         "budget is for method tpe",
         3,
@@ -233,8 +259,10 @@ def test_bad_input_names_the_field_and_line(case: str, tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    found = problems(tmp_path, "name: x\nmodel: {norm: XN, dropout: -1}\ntrain: {epochs: 0}\n")
-    assert {p.field for p in found} == {"model.norm", "model.dropout", "train.epochs"}
+    found = problems(
+        tmp_path, "name: x\nmodel: {args: {norm: XN, dropout: -1}}\ntrain: {epochs: 0}\n"
+    )
+    assert {p.field for p in found} == {"model.args.norm", "model.args.dropout", "train.epochs"}
 
 
 def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
@@ -263,7 +291,10 @@ def test_distributions_draw_inside_their_bounds() -> None:
 @pytest.mark.parametrize(
     "content,fragment",
     [
-        (b"name: x\nmodel: {norm: \xff\xfe}\n", "is not UTF-8 text (byte 0xff at offset 22)"),
+        (
+            b"name: x\nmodel: {args: {norm: \xff\xfe}}\n",
+            "is not UTF-8 text (byte 0xff at offset 29)",
+        ),
         (b"", "is empty"),
         (b"  \n# only a comment\n", "is empty"),
         (None, "is a folder"),
@@ -289,8 +320,8 @@ def test_a_huge_plan_is_refused_fast_and_can_be_allowed(tmp_path: Path) -> None:
     text = (
         "name: x\nsearch:\n  grid:\n    train.seed: ["
         + ", ".join(map(str, range(400)))
-        + "]\n    train.batch_size: [8, 16, 32, 64, 128]\n    model.norm: [BN, GN, LN]\n"
-        "    train.l1: [0.0, 0.1]\n    train.l2: [0.0, 0.1]\n    model.dropout: [0.0, 0.1]\n"
+        + "]\n    train.batch_size: [8, 16, 32, 64, 128]\n    model.args.norm: [BN, GN, LN]\n"
+        "    train.l1: [0.0, 0.1]\n    train.l2: [0.0, 0.1]\n    model.args.dropout: [0.0, 0.1]\n"
     )
     start = time.perf_counter()
     found = problems(tmp_path, text)
@@ -319,12 +350,16 @@ def test_numbers_people_read_have_about_four_significant_digits() -> None:
 
 
 def test_plan_identity_differences_name_trial_and_field(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.norm: [BN, GN]}\n")
+    path = write(
+        tmp_path, "name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.args.norm: [BN, GN]}\n"
+    )
     a, b = load_plan(path), load_plan(path, {"train.epochs": 2})
     assert differences(a.identity(), a.identity()) == []
     changed = differences(a.identity(), b.identity())
     assert "trials.0.config.train.epochs: 3 -> 2" in changed and len(changed) == 2
-    path.write_text("name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.norm: [BN, GN, LN]}\n")
+    path.write_text(
+        "name: x\ntrain: {epochs: 3}\nsearch:\n  grid: {model.args.norm: [BN, GN, LN]}\n"
+    )
     assert "trials.count: 2 -> 3" in differences(a.identity(), load_plan(path).identity())
 
 

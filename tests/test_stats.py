@@ -8,7 +8,8 @@ import random
 import pytest
 
 from tunekit import stats
-from tunekit.results import ResultRow, findings, result_rows, results_table
+from tunekit.findings import findings
+from tunekit.results import ResultRow, result_rows, results_table
 from tunekit.records import RunRecord
 
 
@@ -91,7 +92,7 @@ def record(i: int, norm: str, seed: int, acc: float) -> RunRecord:
         f"run{i}",
         i,
         {
-            "model.norm": norm,
+            "model.args.norm": norm,
             "train.seed": str(seed),
             "train.l1": "0",
             "train.l2": "0",
@@ -179,7 +180,7 @@ def test_main_effects_are_cell_mean_contrasts_where_the_pooled_difference_is_wro
     # its variance: the four cells' variances / n, each weighted by (1/2)²
     var = sum(0.25 * statistics_var(n) / n for n in (6, 2, 2, 6))
     assert norm.high - norm.difference == pytest.approx(
-        stats._t(norm.df) * math.sqrt(var), rel=1e-9
+        stats.t_quantile(norm.df) * math.sqrt(var), rel=1e-9
     )
 
 
@@ -304,14 +305,14 @@ def claim_rows(
     rng = random.Random(seed)
     means = {("BN", "16"): 99.0, ("BN", "128"): 99.0, ("GN", "16"): gn16, ("GN", "128"): gn128}
     return [
-        ({"model.norm": n, "train.batch_size": b}, v)
+        ({"model.args.norm": n, "train.batch_size": b}, v)
         for (n, b), m in means.items()
         for v in noisy(m, seeds, rng, sd)
     ]
 
 
-FACTORS = ["model.norm", "train.batch_size"]
-GN_BN = dict(better={"model.norm": "GN"}, than={"model.norm": "BN"})
+FACTORS = ["model.args.norm", "train.batch_size"]
+GN_BN = dict(better={"model.args.norm": "GN"}, than={"model.args.norm": "BN"})
 
 
 def test_a_true_claim_is_supported() -> None:
@@ -352,7 +353,7 @@ def test_the_report_answers_the_spec_s_claims() -> None:
             f"r{i}",
             i,
             {
-                "model.norm": p["model.norm"],
+                "model.args.norm": p["model.args.norm"],
                 "train.batch_size": p["train.batch_size"],
                 "train.seed": str(i),
                 "train.l1": "0",
@@ -367,8 +368,8 @@ def test_the_report_answers_the_spec_s_claims() -> None:
     ]
     claim = Claim(
         text="GN does better at small batches",
-        better={"model.norm": "GN"},
-        than={"model.norm": "BN"},
+        better={"model.args.norm": "GN"},
+        than={"model.args.norm": "BN"},
         at={"train.batch_size": 16},
         more_than_at={"train.batch_size": 128},
     )
@@ -388,14 +389,14 @@ def test_parameter_importance_finds_the_parameter_that_matters() -> None:
         lr, groups = 10 ** rng.uniform(-3, -1), rng.choice([1, 2, 4])
         configs.append(
             (
-                {"train.optimizer.lr": str(lr), "model.groups": str(groups)},
+                {"train.optimizer.lr": str(lr), "model.args.groups": str(groups)},
                 99.0 - 3 * abs(math.log10(lr) + 2) + rng.gauss(0, 0.02),
             )
         )
-    found = stats.importance(configs, ["train.optimizer.lr", "model.groups"])
-    assert found["train.optimizer.lr"] > 0.8 > found["model.groups"], found
+    found = stats.importance(configs, ["train.optimizer.lr", "model.args.groups"])
+    assert found["train.optimizer.lr"] > 0.8 > found["model.args.groups"], found
     assert sum(found.values()) == pytest.approx(1.0)
-    assert stats.importance(configs[:3], ["train.optimizer.lr", "model.groups"]) is None
+    assert stats.importance(configs[:3], ["train.optimizer.lr", "model.args.groups"]) is None
     assert stats.importance(configs, ["train.optimizer.lr"]) is None  # one parameter: trivial
 
 
@@ -411,9 +412,9 @@ def test_the_report_gives_a_search_s_parameter_importance() -> None:
                     len(runs),
                     {
                         "train.optimizer.lr": str(lr),
-                        "model.groups": str(groups),
+                        "model.args.groups": str(groups),
                         "train.seed": str(s),
-                        "model.norm": "GN",
+                        "model.args.norm": "GN",
                     },
                     99.0 - 3 * abs(math.log10(lr) + 2) + rng.gauss(0, 0.02),
                     1,
@@ -421,7 +422,9 @@ def test_the_report_gives_a_search_s_parameter_importance() -> None:
                     None,
                 )
             )
-    text = " ".join(findings(result_rows(runs), sampled=["train.optimizer.lr", "model.groups"]))
+    text = " ".join(
+        findings(result_rows(runs), sampled=["train.optimizer.lr", "model.args.groups"])
+    )
     assert (
         "Parameter importance over 8 configurations' seed means (optuna's fANOVA: a "
         "random-forest model's estimate" in text

@@ -54,7 +54,7 @@ def test_smoke_sweep_end_to_end(tmp_path: Path, smoke_data: Path) -> None:
     # not a terminal: a plain progress line per epoch, numbered as the plan numbers trials
     for i, norm in enumerate(("BN", "GN", "LN")):
         for epoch in (1, 2):
-            assert f"trial {i} (model.norm={norm}) epoch {epoch}/2: val_acc" in out.stdout
+            assert f"trial {i} (model.args.norm={norm}) epoch {epoch}/2: val_acc" in out.stdout
     # the sweep's results are not overwritten by accident
     again = tunekit(
         "sweep", str(REPO / "experiments" / "smoke.yaml"), cwd=tmp_path, data=smoke_data
@@ -71,7 +71,7 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(
         name: planned
         train: {epochs: 1, batch_size: 32, scheduler: {name: none}}
         search:
-          grid: {model.norm: [BN, GN]}
+          grid: {model.args.norm: [BN, GN]}
           cases: [{train.l1: 0.0}, {train.l1: 0.0001, train.l2: 0.0004}]
           sample: {train.optimizer.lr: {loguniform: [0.01, 0.1]}}
           num_samples: 2
@@ -111,12 +111,12 @@ def test_the_sweep_runs_exactly_the_plan_that_validate_shows(
         p = run.data.params
         assert float(p["train.optimizer.lr"]) == config["train"]["optimizer"]["lr"]  # exactly
         assert (
-            p["model.norm"],
+            p["model.args.norm"],
             int(p["train.seed"]),
             float(p["train.l1"]),
             float(p["train.l2"]),
         ) == (
-            config["model"]["norm"],
+            config["model"]["args"]["norm"],
             config["train"]["seed"],
             config["train"]["l1"],
             config["train"]["l2"],
@@ -144,10 +144,10 @@ def test_failed_trials_end_with_their_reason_and_the_rest_succeed(
         train: {epochs: 2, batch_size: 32, scheduler: {name: none}}
         search:
           cases:
-            - {model.norm: GN}
+            - {model.args.norm: GN}
             - {model.import: "flaky:Net"}
-            - {model.norm: BN, train.optimizer.lr: 1.0e+30}
-            - {model.norm: BN}
+            - {model.args.norm: BN, train.optimizer.lr: 1.0e+30}
+            - {model.args.norm: BN}
     """,
     )
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
@@ -177,9 +177,9 @@ def test_dry_run_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_bad_spec_starts_no_sweep(tmp_path: Path, tiny_data: Path) -> None:
-    spec = spec_file(tmp_path, "name: x\nsearch:\n  grid: {model.norm: [BN, XN]}\n")
+    spec = spec_file(tmp_path, "name: x\nsearch:\n  grid: {model.args.norm: [BN, XN]}\n")
     out = tunekit("sweep", str(spec), cwd=tmp_path, data=tiny_data)
-    assert out.returncode == 2 and "search.grid.model.norm" in out.stderr
+    assert out.returncode == 2 and "search.grid.model.args.norm" in out.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -191,7 +191,7 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
         name: killed
         train: {epochs: 3, batch_size: 32, scheduler: {name: none}}
         search:
-          grid: {model.norm: [BN, GN, LN], train.seed: [1, 2]}
+          grid: {model.args.norm: [BN, GN, LN], train.seed: [1, 2]}
     """,
     )
     run_dir, log = tmp_path / "runs" / "killed", tmp_path / "killed.log"
@@ -270,7 +270,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
         train: {epochs: 6, batch_size: 32}
         data: {subset: 2000}
         search:
-          grid: {model.norm: [GN]}
+          grid: {model.args.norm: [GN]}
     """,
     )
     user = subprocess.Popen(
@@ -300,7 +300,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_leaves_other_rays_alone(
             name: twonode
             train: {epochs: 4, batch_size: 32}
             search:
-              grid: {model.norm: [BN, GN, LN, BN], train.seed: [1]}
+              grid: {model.args.norm: [BN, GN, LN, BN], train.seed: [1]}
         """,
         )
         out = tunekit(
@@ -371,7 +371,7 @@ search:
   repeats: 2                          # each proposal trained on seeds 1 and 2, one pack
   sample:
     train.optimizer.lr: {loguniform: [0.001, 0.2]}
-    model.groups: {randint: [1, 9]}   # 3, 5, 6 and 7 do not divide 8 and 16: invalid proposals
+    model.args.groups: {randint: [1, 9]}   # 3, 5, 6 and 7 do not divide 8 and 16: invalid proposals
 sweep: {max_concurrent: 1}
 """
 
@@ -415,8 +415,8 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(tmp_p
         assert r.data.params["train.seed"] == str(1 + trial % 2)
         proposed = packs[f"pack_{trial // 2 * 2:04d}"]
         assert float(r.data.params["train.optimizer.lr"]) == proposed["train.optimizer.lr"]
-        assert int(r.data.params["model.groups"]) == proposed["model.groups"]
-        if 8 % proposed["model.groups"]:  # reported, never trained
+        assert int(r.data.params["model.args.groups"]) == proposed["model.args.groups"]
+        if 8 % proposed["model.args.groups"]:  # reported, never trained
             assert r.data.tags["tunekit.status"] == "invalid"
             assert "does not divide" in r.data.tags["tunekit.error"]
             assert not client.get_metric_history(r.info.run_id, "val_acc")

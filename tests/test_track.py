@@ -43,14 +43,14 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
         assert run.data.tags["tunekit.ray_trial_id"] == rows[0]["trial_id"]
         p = run.data.params
         # the plan's trial N: smoke's grid is BN, GN, LN in that order
-        assert p["model.norm"] == "BN GN LN".split()[int(run.data.tags["tunekit.trial"])]
+        assert p["model.args.norm"] == "BN GN LN".split()[int(run.data.tags["tunekit.trial"])]
         assert (
             run.info.run_name == f"trial {run.data.tags['tunekit.trial']}: "
-            f"model.norm={p['model.norm']}"
+            f"model.args.norm={p['model.args.norm']}"
         )
-        assert p["model.norm"] in ("BN", "GN", "LN") and p["train.epochs"] == "2"
+        assert p["model.args.norm"] in ("BN", "GN", "LN") and p["train.epochs"] == "2"
         assert p["train.batch_size"] == "64" and p["train.optimizer.lr"] == "0.04104"
-        assert p["model.norm"] in run.info.run_name
+        assert p["model.args.norm"] in run.info.run_name
         for key in ("val_acc", "train_loss", "val_loss", "train_acc", "lr", "images_per_s"):
             history = sorted(
                 (m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)
@@ -70,10 +70,13 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
             "misclassified.pt",
         }
         d = client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id))
-        net = Net(p["model.norm"])
+        net = Net(p["model.args.norm"])
         net.load_state_dict(torch.load(Path(d) / "best_model.pt", weights_only=True))
         config = yaml.safe_load((Path(d) / "config.yaml").read_text())
-        assert config["model"]["norm"] == p["model.norm"] and config["train"]["epochs"] == 2
+        assert (
+            config["model"]["args"]["norm"] == p["model.args.norm"]
+            and config["train"]["epochs"] == 2
+        )
         assert (Path(d) / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parent = parents[0].info.run_id
     assert {a.path for a in client.list_artifacts(parent, "spec")} == {
@@ -84,7 +87,7 @@ def test_smoke_sweep_in_the_embedded_store(tmp_path: Path, tiny_data: Path) -> N
         Path(client.download_artifacts(parent, "plan.json", str(tmp_path))).read_text()
     )
     assert [(t["trial"], t["params"]) for t in plan["trials"]] == [
-        (i, {"model.norm": n}) for i, n in enumerate(("BN", "GN", "LN"))
+        (i, {"model.args.norm": n}) for i, n in enumerate(("BN", "GN", "LN"))
     ]
     plots = {a.path for a in client.list_artifacts(parent, "plots")}
     assert {"plots/val_acc.png", "plots/train_loss.png", "plots/curves.json"} <= plots
@@ -135,7 +138,7 @@ def test_smoke_sweep_against_a_real_mlflow_server(
             (int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in reported[trial]
         ]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
-        assert params["model.norm"] in ("BN", "GN", "LN")
+        assert params["model.args.norm"] in ("BN", "GN", "LN")
         files = rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]
         assert {"best_model.pt", "misclassified.png", "curves.png"} <= {f["path"] for f in files}
     assert (Path(tmp_path / "server" / "artifacts")).exists()  # served, not written by the client

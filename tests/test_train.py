@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from tunekit import data, schedule
 from tunekit.errors import DivergedError
 from tunekit.models.seed_cnn import Net
-from tunekit.pack import Packed
+from tunekit.pack import Fused
 from tunekit.sgd import FusedSGD
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 from tunekit.train import fit
+
+MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 
 
 def config(**train) -> TrialConfig:
@@ -25,12 +27,12 @@ def config(**train) -> TrialConfig:
     )
 
 
-def sgd_against_torch(train: TrainSpec, steps: int = 3) -> tuple[Packed, Net]:
+def sgd_against_torch(train: TrainSpec, steps: int = 3) -> tuple[Fused, Net]:
     """The fused step and torch.optim.SGD (with the L1 term added to the loss, as the seed meant
     it) from the same weights and gradients; returns both after `steps` updates."""
     torch.manual_seed(0)
     net = Net("GN")
-    pack = Packed([copy.deepcopy(net)])
+    pack = Fused([copy.deepcopy(net)], MNIST_SHAPE)
     sgd = FusedSGD(pack, [train])
     kernels = [p for p in net.parameters() if p.ndim == 4]
     covered = kernels if train.penalize == "weights" else list(net.parameters())
@@ -79,7 +81,7 @@ def test_the_fused_step_is_torch_sgd_with_l2_as_decay_and_the_l1_gradient(
 
 def test_l2_applies_whether_or_not_l1_is_set_and_covers_what_penalize_says() -> None:
     net = Net("GN")
-    pack = Packed([net, net])
+    pack = Fused([net, net], MNIST_SHAPE)
     sgd = FusedSGD(pack, [TrainSpec(l2=0.01, penalize="weights"), TrainSpec(l1=0.1)])
     kernels = torch.cat(
         [torch.full((s.numel,), len(s.shape) == 4) for s in pack.slots.values() for _ in range(2)]
@@ -204,7 +206,7 @@ def test_one_real_epoch_of_gn_batch_64_reaches_97_percent(real_mnist: Path) -> N
     cfg = TrialConfig.model_validate(
         {
             "data": {"root": str(real_mnist)},
-            "model": {"norm": "GN"},
+            "model": {"args": {"norm": "GN"}},
             "train": {"epochs": 1, "batch_size": 64},
         }
     )

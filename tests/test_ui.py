@@ -95,7 +95,7 @@ def test_the_url_ui_prints_opens_on_the_trial_runs_in_a_browser(
     trials by name (MLflow 3 would show its GenAI overview, or fold them under the sweep)."""
     out = tunekit("sweep", SMOKE, *SMALL, "--set", "train.epochs=1", cwd=tmp_path, data=tiny_data)
     assert out.returncode == 0, out.stdout + out.stderr
-    names = [f"trial {i}: model.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
+    names = [f"trial {i}: model.args.norm={norm}" for i, norm in enumerate(("BN", "GN", "LN"))]
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "tunekit", "ui", SMOKE, "--port", str(port)],

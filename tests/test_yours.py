@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit import datasets
+from tunekit.datasets import loading as datasets
 from tunekit.errors import SpecError
 from tunekit.pack import Vmapped, packable
 from tunekit.spec import DataSpec, TrialConfig
@@ -138,7 +138,7 @@ def test_your_cnn_swept_over_its_width_with_repeats(yours: Path) -> None:
     for i, r in runs.items():
         assert r.data.params["model.import"] == "their_models:SmallCNN"
         assert r.data.params["model.args.width"] == str([2, 2, 4, 4][i])
-        assert r.data.params["model.args.norm"] == "GN" and "model.norm" not in r.data.params
+        assert r.data.params["model.args.norm"] == "GN" and "model.name" not in r.data.params
         assert r.data.tags["tunekit.status"] == "done"
 
     # `tunekit train --trial 3` trains trial 3 again, to the same numbers
@@ -211,16 +211,17 @@ def test_bad_model_or_data_exits_2_in_one_line_with_nothing_started(yours: Path,
     assert not (yours / "runs").exists() and not (yours / "mlflow.db").exists()  # nothing kept
 
 
-def test_images_that_do_not_fit_the_model_name_the_dataset(tmp_path: Path) -> None:
+def test_images_that_do_not_fit_the_model_name_the_dataset(yours: Path) -> None:
     from tunekit.checks import check_config
 
-    root = tmp_path / "data"
+    root = yours / "cifar"
     write_cifar(root, 20, 10)
-    config = TrialConfig.model_validate({"data": {"dataset": "cifar10", "root": str(root)}})
+    config = TrialConfig.model_validate(
+        {"data": {"dataset": "cifar10", "root": str(root)}, "model": {"import": "their_models:mlp"}}
+    )
     with pytest.raises(
         SpecError,
-        match=r"data.dataset: images of shape 3×32×32 do not fit "
-        r"seed_cnn: RuntimeError",
+        match=r"data.dataset: images of shape 3×32×32 do not fit their_models:mlp: RuntimeError",
     ):
         check_config(config)
 

@@ -1,6 +1,8 @@
 """What the driver checks before any trial, beyond the spec's own rules: that the data can be
-read and that each model of the plan builds and fits it, once, on a dummy batch. A problem is a
-SpecError naming the key (exit 2), and nothing has been started or recorded.
+read, and that each model of the plan builds, fits it and trains: one training step and one
+evaluation in the pack its trials will train in, on a few of its real images, down the path a
+trial takes (`train.rehearse`). A problem is a SpecError naming the key (exit 2), and nothing
+has been started or recorded: what passes here does not fail in every trial.
 
 It also finds what the sweep needs to know of the user's code: whether a pack of it would be its
 members alone (`pack.packable`), and which modules Ray's workers need sent (`imports.to_ship`).
@@ -11,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit import datasets, imports, models, pack
-from tunekit.errors import Problem, SpecError
+from tunekit import imports, pack, train
+from tunekit.datasets import loading as datasets
+from tunekit.models import building as models
+from tunekit.errors import Problem, SpecError, first_line
 from tunekit.plan import Plan
 from tunekit.spec import TrialConfig, resolve
 
@@ -46,27 +50,44 @@ def _configs(plan: Plan) -> list[TrialConfig]:
     return out
 
 
-def check_config(config: TrialConfig) -> tuple[tuple[int, ...], int, Any]:
-    """One config's dataset read and model built on a dummy batch: (image shape, classes,
-    the model)."""
+def check_config(config: TrialConfig, members: int = 1) -> tuple[tuple[int, ...], int, Any]:
+    """One config's dataset read, its model built on a dummy batch, and a step of it trained in
+    a pack of `members`: (image shape, classes, the model)."""
     images = datasets.check(config.data)
     data_key = "data.import" if config.data.import_ else "data.dataset"
-    return (
-        images.shape,
-        images.classes,
-        models.check(config.model, images.shape, images.classes, data_key),
-    )
+    model = models.check(config.model, images.shape, images.classes, data_key)
+    try:
+        train.rehearse([config] * members)
+    except SpecError:
+        raise
+    except Exception as e:  # what every trial would raise: say it once, here
+        name = config.model.import_ or config.model.name
+        raise SpecError(
+            [
+                Problem(
+                    data_key,
+                    f"images of shape {'×'.join(map(str, images.shape))} do not train in "
+                    f"{name}{f' (a pack of {members})' if members > 1 else ''}: "
+                    f"{type(e).__name__}: {first_line(e)}",
+                )
+            ]
+        ) from None
+    return images.shape, images.classes, model
 
 
 def check(plan: Plan) -> Checked:
-    """Read each dataset and build each model of the plan on a dummy batch of its images."""
+    """Read each dataset of the plan, and build and train each model on a few of its images,
+    alone and, where it packs, in a pack of two."""
     configs = _configs(plan)
     shape: tuple[int, ...] = ()
     classes, unpackable = 0, None
     for c in configs:
         shape, classes, model = check_config(c)
-        if c.model.import_ and unpackable is None:
-            unpackable = pack.packable(model, shape)
+        why = pack.packable(model, shape) if c.model.import_ else None
+        if unpackable is None:
+            unpackable = why
+        if why is None:
+            check_config(c, 2)  # the pack its trials may train in
     targets = [t for c in configs for t in (c.model.import_, c.data.import_) if t]
     ship = imports.to_ship(list(dict.fromkeys(targets)))
     s = plan.spec

@@ -21,7 +21,9 @@ import ray
 import yaml
 
 from tunekit.errors import TunekitError, UsageError, first_line
-from tunekit.spec import AUTO_PACK, ExperimentSpec, fmt
+from tunekit.packing import AUTO_PACK
+from tunekit.spec import ExperimentSpec
+from tunekit.text import fmt
 
 AUTO_GPU_SHARE = 0.25  # a GPU shared by four trials: one small CNN cannot keep a GPU busy
 GPUS_ENV = "TUNEKIT_GPUS_PER_TRIAL"  # the cluster's default for resources.gpus_per_trial

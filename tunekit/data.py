@@ -10,7 +10,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from tunekit import counter, datasets
+from tunekit import counter
+from tunekit.datasets import loading as datasets
 from tunekit.spec import DataSpec
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from tunekit.results import ACCURACY, column_names, varying
-from tunekit.spec import fmt
+from tunekit.text import fmt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -43,7 +43,7 @@ def _stepper(configs: Sequence[TrialConfig]) -> tuple[Any, Stack, datamod.Data, 
     first = configs[0].train
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    pack, sgd, seeds = build(configs, device)
+    pack, sgd, seeds = build(configs, d, device)
     n, batch = len(d.train_labels), min(first.batch_size, len(d.train_labels))
     lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, device)
     draws = datamod.epoch(d, seeds, 1)
@@ -191,7 +191,7 @@ def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
     and Ray trials, spread over the trials that fit at once. An upper bound with ASHA, which
     stops some trials early."""
     from tunekit.cluster import AUTO_GPU_SHARE, pack_size_here
-    from tunekit.spec import pack_key
+    from tunekit.packing import pack_key
 
     s = plan.spec
     trials = [t.config for t in plan.trials] or [plan.trial_base()]

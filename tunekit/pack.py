@@ -3,12 +3,16 @@ HFTA), K = 1 being an ordinary trial.
 
 The members' weights are stacked: one flat tensor holds, parameter by parameter, the K members'
 copies side by side, and the fused layers read it through views, so a forward pass is one kernel
-per layer whatever K is, and the optimizer steps every member at once (`sgd.FusedSGD`). For this
-CNN the fusion is exact: a Conv3×3 or the 1×1 head over K members is one convolution with
-`groups=K`, BatchNorm over K·C channels is each member's own BatchNorm, GroupNorm(g) becomes
-GroupNorm(K·g) and LayerNorm = GroupNorm(K); ReLU and pooling act per channel, and each member's
-dropout mask is drawn from its own key (`counter`). A member's weights come out as a plain `Net`
-state dict (`member_state`) or as a `Net` whose tensors are views of the stack (`member_net`).
+per layer whatever K is, and the optimizer steps every member at once (`sgd.FusedSGD`).
+
+Two ways to fuse, chosen by the model's layers, not by who wrote it:
+- `Fused`, for a chain of layers (nn.Sequential) of the types in the op map `FUSED`, as HFTA's:
+  a convolution over K members is one with K times the groups, BatchNorm over K·C channels is
+  each member's own, GroupNorm(g) becomes GroupNorm(K·g); ReLU and pooling act per channel; each
+  member's dropout mask is drawn from its own key (`counter`). Exact, one kernel per layer.
+- `Vmapped`, for any other model whose layers stack: torch.func over the stacked weights.
+A member's weights come out as a plain state dict (`member_state`) or as a model whose tensors
+are views of the stack (`member_net`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Sequence, cast
+from typing import Callable, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -165,17 +169,122 @@ class Stack:
         return self.train(False)
 
 
-class Packed(Stack):
-    """K seed CNNs of one shape, trained as one by fused layers. Input N×K×1×H×W (member k's
-    images in [:, k]), output N×K×10 log-probabilities (member k's in [:, k])."""
+# --- fused layers, by layer type (HFTA's op map): each maps the K members' activations side by
+# side in the channels (N×(K·C)×H×W) as each member's own layer would map its own
 
-    def __init__(self, nets: Sequence[nn.Module], device: torch.device | str = "cpu"):
-        super().__init__(nets, device)
-        self.features = cast(nn.Sequential, self.template.features)  # a seed CNN's layers
-        if any(isinstance(m, nn.BatchNorm2d) and m.momentum is None for m in self.features):
-            raise ValueError("a pack takes BatchNorm with a momentum (not a cumulative average)")
-        self.dropped = _dropout_sizes(self.features)  # dropout layer -> hashes per image
-        drops = {layer.p for layer in self.features if isinstance(layer, Dropout)}
+FusedOp = Callable[["Fused", int, nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _conv(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    conv = cast(nn.Conv2d, layer)  # K members' convolution: one with K times the groups
+    w, name = pack.leaves, pack.names[i]
+    bias = w.get(f"{name}.bias")
+    padding = cast("str | tuple[int, ...]", conv.padding)
+    return F.conv2d(
+        h, w[f"{name}.weight"], bias, conv.stride, padding, conv.dilation, conv.groups * pack.k
+    )
+
+
+def _batch_norm(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    bn, w, name = cast(nn.BatchNorm2d, layer), pack.leaves, pack.names[i]
+    return F.batch_norm(  # over K·C channels: each member's own BatchNorm
+        h,
+        pack.buffers[f"{name}.running_mean"],
+        pack.buffers[f"{name}.running_var"],
+        w[f"{name}.weight"],
+        w[f"{name}.bias"],
+        pack.training,
+        bn.momentum or 0.0,  # never None in a pack (`fusable`)
+        bn.eps,
+    )
+
+
+def _group_norm(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    gn, w, name = cast(nn.GroupNorm, layer), pack.leaves, pack.names[i]
+    return F.group_norm(  # GroupNorm(g) of K members: GroupNorm(K·g)
+        h, gn.num_groups * pack.k, w[f"{name}.weight"], w[f"{name}.bias"], gn.eps
+    )
+
+
+def _dropout(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    mask = pack.masks.get(i)  # each member's mask from its own key (`Fused.draw_masks`)
+    return h if mask is None else (h.view(h.shape[0], pack.k, -1) * mask).view(h.shape)
+
+
+def _as_is(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return layer(h)  # acts per channel (or per image's flat members side by side): as it is
+
+
+FUSED: dict[type[nn.Module], FusedOp] = {
+    nn.Conv2d: _conv,
+    nn.BatchNorm2d: _batch_norm,
+    nn.GroupNorm: _group_norm,
+    Dropout: _dropout,
+    nn.ReLU: _as_is,
+    nn.MaxPool2d: _as_is,
+    nn.AvgPool2d: _as_is,
+    nn.AdaptiveAvgPool2d: _as_is,
+    nn.Flatten: _as_is,
+}  # and a last nn.LogSoftmax(dim=1), taken per member (`Fused.forward`)
+
+
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A model's layers in the order its forward runs them, if it is a chain of them: nested
+    nn.Sequential (whose forward is their chain) down to layers that hold no others."""
+    if not isinstance(model, nn.Sequential):
+        return [("", model)]
+    out = []
+    for name, child in model.named_children():
+        for sub, layer in _chain(child):
+            out.append((f"{name}.{sub}" if sub else name, layer))
+    return out
+
+
+def fusable(model: nn.Module) -> str | None:
+    """Why `Fused` cannot pack `model`, or None: a chain of layers (nn.Sequential) each in the
+    op map `FUSED` (exact type), a log_softmax last if at all, flattened only at the end."""
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} is not a chain of layers (nn.Sequential)"
+    layers = _chain(model)
+    for j, (name, layer) in enumerate(layers):
+        last = j == len(layers) - 1
+        if isinstance(layer, nn.LogSoftmax) and last and layer.dim in (1, -1):
+            continue
+        if type(layer) not in FUSED:
+            return f"layer {name!r} ({type(layer).__name__}) has no fused op"
+        if isinstance(layer, nn.BatchNorm2d) and (
+            layer.momentum is None or not layer.track_running_stats
+        ):
+            return f"layer {name!r}: a pack takes BatchNorm with running stats and a momentum"
+        if isinstance(layer, nn.Flatten) and not all(
+            isinstance(rest, (nn.Flatten, nn.LogSoftmax)) for _, rest in layers[j + 1 :]
+        ):
+            return f"layer {name!r}: a pack flattens only at the end"
+    return None
+
+
+class Fused(Stack):
+    """K models of one chain of layers (`fusable`), trained as one: each layer fused over the
+    members by its type (`FUSED`), so a forward pass is one kernel per layer whatever K is.
+    Input N×K×C×H×W (member k's images in [:, k]), output N×K×classes log-probabilities (a
+    model's logits, or its chain before a last LogSoftmax, go through log_softmax per member).
+    Exact: each member computes what it would alone."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        image_shape: Sequence[int],
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__(models, device)
+        chain = _chain(self.template)
+        self.names = [name for name, _ in chain]
+        self.layers = [layer for _, layer in chain]
+        if isinstance(self.layers[-1], nn.LogSoftmax):  # taken per member in `forward`
+            self.layers, self.names = self.layers[:-1], self.names[:-1]
+        self.ops = [FUSED[type(layer)] for layer in self.layers]
+        self.dropped = _dropout_sizes(self.layers, image_shape)  # layer -> hashes per image
+        drops = {cast(Dropout, self.layers[i]).p for i in self.dropped}
         if len(drops) > 1:
             raise ValueError(f"a pack draws one dropout rate for every layer, got {sorted(drops)}")
         self.p = drops.pop() if drops else 0.0
@@ -186,41 +295,18 @@ class Packed(Stack):
         self._per = sizes.repeat_interleave(sizes).to(device)
         self._before = starts.repeat_interleave(sizes).to(device)
         self._at = torch.arange(len(self._per), dtype=torch.int32, device=device) - self._before
+        self.masks: dict[int, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
-        """The K members' log-probabilities for `x` (N×K×1×H×W) and, in training, each member's
+        """The K members' log-probabilities for `x` (N×K×C×H×W) and, in training, each member's
         dropout key."""
-        w, h, k = self.leaves, x.flatten(1, 2), self.k
-        masks = self._masks(x.shape[0], dropout_keys) if self.training else {}
-        for i, layer in enumerate(self.features):
-            name = f"features.{i}"
-            if isinstance(layer, nn.Conv2d):
-                h = F.conv2d(h, w[f"{name}.weight"], padding=layer.padding, groups=k)
-            elif isinstance(layer, nn.BatchNorm2d):
-                h = F.batch_norm(
-                    h,
-                    self.buffers[f"{name}.running_mean"],
-                    self.buffers[f"{name}.running_var"],
-                    w[f"{name}.weight"],
-                    w[f"{name}.bias"],
-                    self.training,
-                    layer.momentum or 0.0,  # never None in a pack (checked above)
-                    layer.eps,
-                )
-            elif isinstance(layer, nn.GroupNorm):
-                h = F.group_norm(
-                    h, layer.num_groups * k, w[f"{name}.weight"], w[f"{name}.bias"], layer.eps
-                )
-            elif isinstance(layer, Dropout):
-                if i in masks:
-                    h = (h.view(h.shape[0], k, -1) * masks[i]).view(h.shape)
-            else:  # ReLU, MaxPool2d: per channel, as they are
-                h = layer(h)
-        h = F.adaptive_avg_pool2d(h, 1)
-        h = F.conv2d(h, w["head.1.weight"], groups=k)
-        return F.log_softmax(h.view(h.shape[0], k, -1), dim=-1)
+        self.masks = self.draw_masks(x.shape[0], dropout_keys) if self.training else {}
+        h = x.flatten(1, 2)
+        for i, (op, layer) in enumerate(zip(self.ops, self.layers)):
+            h = op(self, i, layer, h)
+        return F.log_softmax(h.view(h.shape[0], self.k, -1), dim=-1)  # of logits or the chain's
 
-    def _masks(self, n: int, keys: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    def draw_masks(self, n: int, keys: torch.Tensor | None) -> dict[int, torch.Tensor]:
         """Every dropout layer's mask for a batch of n (0, or 1 / (1 - p) where an element is
         kept, as nn.Dropout scales), N×K×(C·H·W) slices of one draw.
 
@@ -235,7 +321,7 @@ class Packed(Stack):
         image = torch.arange(n, dtype=torch.int32, device=keys.device).view(n, 1, 1)
         counters = image * self._per + (self._at + n * self._before)  # N×1×ΣP
         keep = counter.bits(keys, counters).view(torch.int16) >= self.threshold  # N×K×2ΣP
-        scaled = keep.to(self.leaves["head.1.weight"].dtype) * self.scale  # 1 / (1 - p) kept
+        scaled = keep.to(self.params.dtype) * self.scale  # 1 / (1 - p) where kept
         masks, start = {}, 0
         for i, per_image in self.dropped.items():
             masks[i] = scaled[:, :, 2 * start : 2 * (start + per_image)]
@@ -243,15 +329,20 @@ class Packed(Stack):
         return masks
 
 
-def _dropout_sizes(features: nn.Sequential, size: tuple[int, int] = (28, 28)) -> dict[int, int]:
-    """Each dropout layer that drops (p > 0) of a seed CNN's `features`, by index: the 32-bit
-    hashes one image takes there (half its elements), for images of `size`."""
+def _dropout_sizes(layers: Sequence[nn.Module], image_shape: Sequence[int]) -> dict[int, int]:
+    """Each dropout layer that drops (p > 0) of a chain, by index: the 32-bit hashes one image
+    takes there (half its elements), for images of `image_shape` (C×H×W)."""
     found: dict[int, int] = {}
-    h = torch.zeros(1, 1, *size)
+    h = torch.zeros(1, *image_shape)
     with torch.no_grad():
-        for i, layer in enumerate(features):
+        for i, layer in enumerate(layers):
             if isinstance(layer, Dropout):
                 if layer.p:
+                    if h[0].numel() % 2:
+                        raise ValueError(
+                            f"dropout over {h[0].numel()} elements an image: a pack draws "
+                            "them in pairs (an even count)"
+                        )
                     found[i] = h[0].numel() // 2
                 continue
             if not isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):  # norms keep the shape

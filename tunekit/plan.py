@@ -17,24 +17,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tunekit.errors import Problem, SpecError
-from tunekit.spec import (
-    ExperimentSpec,
-    SearchSpec,
-    TrialConfig,
-    _line,
-    _loc,
-    fmt,
-    pack_key,
-    read_spec,
-    resolve,
-)
+from tunekit.packing import pack_key
+from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, read_spec, resolve, yaml_line
+from tunekit.spec.base import location
+from tunekit.text import fmt
 
 
 OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
 
 
 def label(params: Mapping[str, Any]) -> str:
-    """'model.norm=LN, train.l2=3.447e-06': how a trial is named wherever it is shown."""
+    """'model.args.norm=LN, train.l2=3.447e-06': how a trial is named wherever it is shown."""
     return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "base config"
 
 
@@ -206,7 +199,7 @@ def _blame(problem: Problem, params: Mapping[str, Any], search: SearchSpec) -> P
     if not hits:
         return problem
     loc = search.source(hits[0])
-    return Problem(_loc(loc), f"{problem.field}: {problem.message}", loc=loc)
+    return Problem(location(loc), f"{problem.field}: {problem.message}", loc=loc)
 
 
 def make_plan(spec: ExperimentSpec) -> Plan:
@@ -234,7 +227,7 @@ def load_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) -> P
     try:
         return replace(make_plan(spec), source=Path(path))
     except SpecError as e:
-        problems = [replace(p, line=_line(root, p.loc)) if p.loc else p for p in e.problems]
+        problems = [replace(p, line=yaml_line(root, p.loc)) if p.loc else p for p in e.problems]
         raise SpecError(problems, source=Path(path)) from None
 
 

@@ -83,7 +83,8 @@ class Results:
 
     def findings(self) -> list[str]:
         """The statistics and the claims' verdicts in sentences, then what failed."""
-        from tunekit.results import failures, findings
+        from tunekit.findings import findings
+        from tunekit.results import failures
 
         return findings(self.rows, self.claims, self.sampled) + failures(self.records)
 

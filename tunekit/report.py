@@ -14,8 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tunekit import results
-from tunekit.results import ResultRow, findings, varying
-from tunekit.spec import AUTO_PACK, fmt
+from tunekit.findings import findings
+from tunekit.results import ResultRow, varying
+from tunekit.packing import AUTO_PACK
+from tunekit.text import fmt
 from tunekit.trials import Status
 
 if TYPE_CHECKING:

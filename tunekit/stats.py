@@ -34,7 +34,7 @@ def _finite(values: Sequence[float]) -> list[float]:
     return out
 
 
-def _t(df: float) -> float:
+def t_quantile(df: float) -> float:
     """The two-sided LEVEL quantile of Student's t with `df` degrees of freedom."""
     from scipy import stats
 
@@ -59,7 +59,7 @@ def summarize(values: Sequence[float], bounds: tuple[float, float] | None = None
         return Summary(n, mean, None, None)
     if max(values) == min(values):
         return Summary(n, mean, None, None, equal=True)
-    half = _t(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    half = t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n)
     low, high = mean - half, mean + half
     if bounds is not None and (low < bounds[0] or high > bounds[1]):
         return Summary(n, mean, max(low, bounds[0]), min(high, bounds[1]), clipped=True)
@@ -102,7 +102,7 @@ def contrast(terms: Sequence[tuple[float, Sequence[float]]]) -> Contrast:
         return Contrast(estimate, 0.0, None, None, None, None)
     df = var * var / math.fsum(p * p / dof for p, dof in parts if p > 0)
     se = math.sqrt(var)
-    half = _t(df) * se
+    half = t_quantile(df) * se
     p = 2 * float(stats.t.sf(abs(estimate) / se, df))
     return Contrast(estimate, se, df, estimate - half, estimate + half, p)
 

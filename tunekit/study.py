@@ -36,7 +36,7 @@ class Study:
 
 def write(study: Study, folder: Path, format: str) -> list[Path]:
     """Write the report (report.md or report.html) and its figures into `folder`."""
-    from tunekit import figures, results
+    from tunekit import figures, findings, results
 
     folder.mkdir(parents=True, exist_ok=True)
     measured = [r for r in study.rows if r.accs]
@@ -67,7 +67,7 @@ def write(study: Study, folder: Path, format: str) -> list[Path]:
             ).savefig(files[-1], dpi=80)
             grids.append((r.label, files[-1].name))
     table = results.results_table(study.rows, "markdown")
-    sentences = results.findings(study.rows, study.claims, study.sampled)
+    sentences = findings.findings(study.rows, study.claims, study.sampled)
     found = results.importance(study.rows, study.sampled) if study.sampled else None
     if found:
         files.append(folder / "importance.json")

@@ -25,7 +25,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tunekit import cluster, storage
-from tunekit.datasets import data_root
+from tunekit.datasets.loading import data_root
 from tunekit.metrics import METRICS
 from tunekit.plan import OBJECTIVE, Plan
 from tunekit.spec import Distribution

@@ -111,8 +111,8 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
 
 
 def flat_params(config: TrialConfig) -> dict[str, str]:
-    """Every field of a (nested) pydantic config as 'model.norm' -> 'GN', your model's args as
-    'model.args.width' -> '32' (its import path as 'model.import')."""
+    """Every field of a (nested) pydantic config as 'train.epochs' -> '3', a model's args as
+    'model.args.norm' -> 'GN' (your model's import path as 'model.import')."""
 
     def flat(value: Any, prefix: str) -> dict[str, str]:
         if isinstance(value, dict):

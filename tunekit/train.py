@@ -24,10 +24,11 @@ from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
 from tunekit.metrics import EpochMetrics
-from tunekit import models
-from tunekit.pack import Packed, Stack, Vmapped
+from tunekit.models import building as models
+from tunekit.pack import Fused, Stack, Vmapped, fusable
 from tunekit.sgd import FusedSGD
-from tunekit.spec import PER_MEMBER, TrialConfig, pack_key
+from tunekit.packing import PER_MEMBER, pack_key
+from tunekit.spec import TrialConfig
 
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
@@ -159,6 +160,43 @@ class _Member:
         self.history = [EpochMetrics(**m) for m in state["history"]]
         self.best, self.failed = state["best"], state.get("failed")
 
+    def check_loss(self, train_loss: float, epoch: int, lr: float) -> None:
+        """Fail this member if its training loss left the finite numbers this epoch."""
+        if not self.failed and not math.isfinite(train_loss):
+            t = self.config.train
+            self.failed = (
+                f"training loss became {train_loss} in epoch {epoch} (lr "
+                f"{lr:g}, l1 {t.l1:g}, l2 {t.l2:g})"
+            )
+
+    def record(
+        self,
+        metrics: EpochMetrics,
+        pack: Stack,
+        k: int,
+        d: datamod.Data,
+        found: tuple[float, float, torch.Tensor, torch.Tensor],
+    ) -> EpochMetrics:
+        """Add an epoch's metrics; keep member k's weights and wrong test images if it is the
+        best epoch so far."""
+        self.history.append(metrics)
+        if metrics.val_acc > self.best["acc"]:
+            wrong, wrong_pred = found[2], found[3]
+            keep = wrong[:MAX_WRONG]
+            self.best = {
+                "epoch": metrics.epoch,
+                "acc": metrics.val_acc,
+                "model": pack.member_state(k),
+                "wrong": {
+                    "indices": keep.cpu(),
+                    "images": d.test_images[keep].cpu(),
+                    "labels": d.test_labels[keep].cpu(),
+                    "preds": wrong_pred[:MAX_WRONG].cpu(),
+                    "total": len(wrong),
+                },
+            }
+        return metrics
+
     def result(self) -> FitResult | DivergedError:
         if self.failed:
             return DivergedError(self.failed)
@@ -172,23 +210,71 @@ class _Member:
 
 
 def build(
-    configs: Sequence[TrialConfig], device: torch.device
+    configs: Sequence[TrialConfig], d: datamod.Data, device: torch.device
 ) -> tuple[Stack, FusedSGD, torch.Tensor]:
-    """A pack of `configs` on `device`: the fused network (each member's initial weights as it
-    draws them alone; the seed CNN's fused layers, or your model stacked by torch.func), its
+    """A pack of `configs` for the images of `d` (its shape and classes) on `device`: the
+    fused network (each member's initial weights as it draws them alone; fused layer by layer
+    where the model is a chain of layers the op map knows, else stacked by torch.func), its
     optimizer, and the members' seeds as the counter-based draws take them."""
     nets = []
     for c in configs:
         torch.manual_seed(c.train.seed)
-        nets.append(models.build(c.model))
-    spec = configs[0].model
+        nets.append(models.build(c.model, d.shape, d.classes))
     pack: Stack = (
-        Packed(nets, device)
-        if spec.import_ is None
-        else Vmapped(nets, device, log_probs=spec.log_probs)
+        Fused(nets, d.shape, device)
+        if fusable(nets[0]) is None
+        else Vmapped(nets, device, log_probs=configs[0].model.log_probs)
     )
     seeds = torch.tensor([int32(c.train.seed) for c in configs], dtype=torch.int32, device=device)
     return pack, FusedSGD(pack, [c.train for c in configs]), seeds
+
+
+def _train_epoch(
+    pack: Stack,
+    sgd: FusedSGD,
+    d: datamod.Data,
+    seeds: torch.Tensor,
+    epoch: int,
+    batches: list[tuple[int, int]],
+    step: Callable[..., Any],
+    lr: torch.Tensor,
+    momentum: torch.Tensor,
+    live: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One epoch of training steps of every member: the sum of each member's batch losses
+    weighted by batch size, its images right, and the seconds it took (after the device's work)."""
+    pack.train()
+    draws = datamod.epoch(d, seeds, epoch)
+    if isinstance(pack, Vmapped):  # a lone model's own dropout: torch's generator, per epoch
+        torch.manual_seed(int(counter.keys(seeds[:1], counter.DROPOUT, epoch)))
+    dropout_keys = counter.keys(seeds, counter.DROPOUT, epoch)
+    start = time.perf_counter()
+    loss_sum = torch.zeros(pack.k, device=seeds.device)
+    correct = torch.zeros(pack.k, dtype=torch.long, device=seeds.device)
+    step_ids = torch.arange(len(batches), dtype=torch.int32, device=seeds.device)
+    for s, (begin, size) in enumerate(batches):
+        x, y = datamod.train_batch(d, draws, begin, size)
+        loss, right = step(pack, sgd, x, y, dropout_keys, step_ids[s], lr[s], momentum[s], live)
+        loss_sum += loss * size
+        correct += right
+    pack.batches_tracked += len(batches)
+    loss_sum.tolist()  # waits for the device: time after it
+    return loss_sum, correct, time.perf_counter() - start
+
+
+def rehearse(configs: Sequence[TrialConfig], images: int = 2) -> None:
+    """One training step and one evaluation of `configs` as the pack they will train in, on the
+    CPU, on the first `images` training and test images of their data as a trial draws them
+    (augmented, normalised): what the driver runs before any trial, so that whatever would fail
+    in every trial fails here first. Raises what the trial would."""
+    d = datamod.load(configs[0].data, "cpu")
+    pack, sgd, seeds = build(configs, d, torch.device("cpu"))
+    k = len(configs)
+    lr, momentum, _ = schedule.table([c.train for c in configs], 1, 1, "cpu")
+    x, y = datamod.train_batch(d, datamod.epoch(d, seeds, 1), 0, min(images, len(d.train_labels)))
+    keys, live = counter.keys(seeds, counter.DROPOUT, 1), torch.ones(k, dtype=torch.bool)
+    train_step(pack, sgd, x, y, keys, torch.tensor(0, dtype=torch.int32), lr[0], momentum[0], live)
+    pack.eval()(d.normalize(d.test_images[:images]).unsqueeze(1).expand(-1, k, *d.shape))
 
 
 def fit_pack(
@@ -216,76 +302,45 @@ def fit_pack(
         torch.set_num_threads(threads)
     device = pick_device(first.device)
     d = datamod.load(configs[0].data, device)
-    pack, sgd, seeds = build(configs, device)
+    pack, sgd, seeds = build(configs, d, device)
     members = [_Member(c) for c in configs]
     for k, state in enumerate((resume or {}).get("members", [])):
         members[k].restore(state, pack, sgd, k)
     live = torch.tensor([not m.failed for m in members], device=device)
     batches = datamod.steps(len(d.train_labels), first.batch_size)
-    step_ids = torch.arange(len(batches), dtype=torch.int32, device=device)
     step = compiled(pack, sgd) if first.compile else train_step
-
+    n = len(d.train_labels)
     for epoch in range(len(members[0].history) + 1, first.epochs + 1):
-        pack.train()
         lr, momentum, lrs = schedule.table(trains, epoch, len(batches), device)
-        draws = datamod.epoch(d, seeds, epoch)
-        if isinstance(pack, Vmapped):  # a lone model's own dropout: torch's generator, per epoch
-            torch.manual_seed(int(counter.keys(seeds[:1], counter.DROPOUT, epoch)))
-        dropout_keys = counter.keys(seeds, counter.DROPOUT, epoch)
-        start = time.perf_counter()
-        loss_sum = torch.zeros(len(members), device=device)
-        correct = torch.zeros(len(members), dtype=torch.long, device=device)
-        for s, (begin, size) in enumerate(batches):
-            x, y = datamod.train_batch(d, draws, begin, size)
-            loss, right = step(pack, sgd, x, y, dropout_keys, step_ids[s], lr[s], momentum[s], live)
-            loss_sum += loss * size
-            correct += right
-        pack.batches_tracked += len(batches)
-        n = len(d.train_labels)
-        train_loss = (loss_sum / n).tolist()  # waits for the device: time after it
-        seconds = time.perf_counter() - start
-        right = correct.tolist()
+        loss_sum, correct, seconds = _train_epoch(
+            pack, sgd, d, seeds, epoch, batches, step, lr, momentum, live
+        )
+        train_loss, right = (loss_sum / n).tolist(), correct.tolist()  # after the device's work
         for i, m in enumerate(members):
-            if not m.failed and not math.isfinite(train_loss[i]):
-                t = m.config.train
-                m.failed = (
-                    f"training loss became {train_loss[i]} in epoch {epoch} (lr "
-                    f"{lrs[i]:g}, l1 {t.l1:g}, l2 {t.l2:g})"
-                )
+            m.check_loss(train_loss[i], epoch, lrs[i])
         live = torch.tensor([not m.failed for m in members], device=device)
         found = evaluate(pack, d, first.eval_batch_size)
-        reported: list[EpochMetrics | None] = []
-        for i, m in enumerate(members):
-            if m.failed:
-                reported.append(None)
-                continue
-            val_loss, val_acc, wrong, wrong_pred = found[i]
-            metrics = EpochMetrics(
-                epoch,
-                train_loss[i],
-                100.0 * right[i] / n,
-                val_loss,
-                val_acc,
-                lrs[i],
-                seconds,
-                n / seconds,
+        reported: list[EpochMetrics | None] = [
+            None
+            if m.failed
+            else m.record(
+                EpochMetrics(
+                    epoch,
+                    train_loss[i],
+                    100.0 * right[i] / n,
+                    found[i][0],
+                    found[i][1],
+                    lrs[i],
+                    seconds,
+                    n / seconds,
+                ),
+                pack,
+                i,
+                d,
+                found[i],
             )
-            m.history.append(metrics)
-            reported.append(metrics)
-            if val_acc > m.best["acc"]:
-                keep = wrong[:MAX_WRONG]
-                m.best = {
-                    "epoch": epoch,
-                    "acc": val_acc,
-                    "model": pack.member_state(i),
-                    "wrong": {
-                        "indices": keep.cpu(),
-                        "images": d.test_images[keep].cpu(),
-                        "labels": d.test_labels[keep].cpu(),
-                        "preds": wrong_pred[:MAX_WRONG].cpu(),
-                        "total": len(wrong),
-                    },
-                }
+            for i, m in enumerate(members)
+        ]
         if report:
             report(
                 reported,

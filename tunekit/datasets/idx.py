@@ -1,4 +1,5 @@
-"""MNIST, FashionMNIST and KMNIST: IDX files read with torchvision's dataset classes.
+"""Datasets in the IDX format (MNIST and its kin): files read with torchvision's dataset classes.
+Each dataset is its own file (`mnist.py`, ...) that gives its class to `reader`.
 
 Those read the extracted files of `<root>/<Class>/raw/`; when a folder holds only the `.gz`
 archives (a read-only shared copy, say), they are extracted once into tunekit's cache, under a
@@ -8,29 +9,17 @@ file lock so that trials starting together do not race.
 from __future__ import annotations
 
 import fcntl
+import functools
 import gzip
 import hashlib
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
-from torchvision import datasets
-
 from tunekit.errors import DataError
-
-CLASSES = {
-    "mnist": datasets.MNIST,
-    "fashion_mnist": datasets.FashionMNIST,
-    "kmnist": datasets.KMNIST,
-}
-STATS = {
-    "mnist": (0.1307, 0.3081),
-    "fashion_mnist": (0.2860, 0.3530),
-    "kmnist": (0.1918, 0.3483),
-}  # mean and std of the training pixels, in [0, 1]
 
 
 def cache_dir() -> Path:
@@ -57,9 +46,13 @@ def _has(raw: Path, names: list[str], suffix: str = "") -> bool:
     return all((raw / (n + suffix)).is_file() for n in names)
 
 
-def prepare(dataset: str, root: Path, download: bool = True) -> Path:
+def reader(dataset: str, cls: Any) -> Callable[[Path, bool], tuple[torch.Tensor, ...]]:
+    """The reader of an IDX dataset that torchvision's MNIST-style class `cls` reads."""
+    return functools.partial(read, dataset, cls)
+
+
+def prepare(dataset: str, cls: Any, root: Path, download: bool = True) -> Path:
     """A root from which torchvision's class reads `dataset`; extracts or downloads as needed."""
-    cls = CLASSES[dataset]
     names = _file_names(cls)
     raw = root / cls.__name__ / "raw"
     if _has(raw, names):
@@ -104,17 +97,17 @@ def prepare(dataset: str, root: Path, download: bool = True) -> Path:
     )
 
 
-def read(dataset: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
-    """Train images (uint8 N×28×28), labels, test images, labels of an MNIST-style dataset."""
-    ready = str(prepare(dataset, root, download))
+def read(dataset: str, cls: Any, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    """Train images (uint8 N×1×28×28), labels, test images, labels of an MNIST-style dataset."""
+    ready = str(prepare(dataset, cls, root, download))
     out: list[torch.Tensor] = []
     for train in (True, False):
         try:
-            ds = CLASSES[dataset](ready, train=train, download=False)
+            ds = cls(ready, train=train, download=False)
         except (OSError, ValueError, RuntimeError, AssertionError) as e:  # cut short, not IDX
             raise DataError(
-                f"{dataset} files in {Path(ready) / CLASSES[dataset].__name__ / 'raw'}"
+                f"{dataset} files in {Path(ready) / cls.__name__ / 'raw'}"
                 f" cannot be read ({type(e).__name__}: {e})"
             ) from None
-        out += [ds.data.contiguous(), ds.targets.long()]
+        out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
     return tuple(out)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tunekit.datasets.idx import cache_dir, locked
+from tunekit.datasets.registry import Augment, Dataset, register
 from tunekit.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
@@ -83,3 +84,10 @@ def read(
     where = folder(root, download)
     (train_x, train_y), (test_x, test_y) = _batches(where, TRAIN), _batches(where, TEST)
     return train_x, train_y, test_x, test_y
+
+
+register(
+    Dataset(
+        "cifar10", read, (3, 32, 32), 10, MEAN, STD, Augment(crop=4, flip=True)
+    )  # random crop (pad 4) and horizontal flip, as CIFAR training usually is
+)

@@ -1,0 +1,18 @@
+"""Fashion-MNIST, Zalando's clothes: 28×28 grey images in 10 classes, in the IDX format (`idx`)."""
+
+from torchvision import datasets
+
+from tunekit.datasets import idx
+from tunekit.datasets.registry import Augment, Dataset, register
+
+register(
+    Dataset(
+        "fashion_mnist",
+        idx.reader("fashion_mnist", datasets.FashionMNIST),
+        shape=(1, 28, 28),
+        classes=10,
+        mean=(0.2860,),  # of the training pixels, in [0, 1]
+        std=(0.3530,),
+        augment=Augment(rotation=7.0),  # ± 7°, as for every 28×28 digit set here
+    )
+)

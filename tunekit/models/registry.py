@@ -1,0 +1,65 @@
+"""The registry of built-in models: each is one file in `tunekit/models/` that registers itself
+(as timm's `@register_model`): its args schema, its builder, and what its output is. Adding a
+model is adding that file; nothing else names it.
+
+Light on purpose (no torch here): the spec validates `model.name` and `model.args` against it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# A builder: (its validated args, one image's shape C×H×W, the dataset's classes) -> a module
+# mapping images N×C×H×W to N×classes
+Builder = Callable[[Any, tuple[int, ...], int], "nn.Module"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A built-in model: its name in specs, its args schema, its builder, its output."""
+
+    name: str
+    args: type[BaseModel]  # model.args, validated (extra keys refused); defaults filled in
+    build: Builder
+    output: Literal["logits", "log_probs"] = "logits"
+
+
+_MODELS: dict[str, Model] = {}
+
+
+def register(
+    name: str, args: type[BaseModel], output: Literal["logits", "log_probs"] = "logits"
+) -> Callable[[Builder], Builder]:
+    """Decorate a model's builder in its own file: `@register("seed_cnn", Args, "log_probs")`."""
+
+    def add(build: Builder) -> Builder:
+        if name in _MODELS:
+            raise ValueError(f"two built-in models are named {name!r}")
+        _MODELS[name] = Model(name, args, build, output)
+        return build
+
+    return add
+
+
+def models() -> dict[str, Model]:
+    """Every built-in model by name: each file of the package imported (once), and those that
+    register a model are the built-ins."""
+    for found in pkgutil.iter_modules(importlib.import_module("tunekit.models").__path__):
+        importlib.import_module(f"tunekit.models.{found.name}")
+    return _MODELS
+
+
+def get(name: str) -> Model:
+    """The built-in model `name`; a ValueError listing the valid names if there is none."""
+    found = models()
+    if name not in found:
+        raise ValueError(f"no built-in model {name!r}; valid: {', '.join(sorted(found))}")
+    return found[name]
