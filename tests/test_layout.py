@@ -55,11 +55,14 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return out
 
 
-def reach(graph: dict[str, set[str]], module: str) -> set[str]:
+def reach(
+    graph: dict[str, set[str]], module: str, avoiding: frozenset[str] = frozenset()
+) -> set[str]:
+    """What `module` imports, directly or not; what it reaches through `avoiding` left out."""
     seen, todo = set(), [module]
     while todo:
         for dep in graph.get(todo.pop(), ()):
-            if dep not in seen:
+            if dep not in seen and dep not in avoiding:
                 seen.add(dep)
                 todo.append(dep)
     return seen
@@ -70,7 +73,19 @@ GRAPH = imports()
 
 @pytest.mark.parametrize(
     "module",
-    ["track", "sweep", "train", "trainable", "trials", "results", "pack", "plan", "spec", "stats"],
+    [
+        "track",
+        "ui",
+        "sweep",
+        "train",
+        "trainable",
+        "trials",
+        "results",
+        "pack",
+        "plan",
+        "spec",
+        "stats",
+    ],
 )
 def test_no_display_code_below_the_cli(module: str) -> None:
     reached = reach(GRAPH, f"tunekit.{module}")
@@ -89,6 +104,29 @@ def test_the_trainer_knows_no_ray_mlflow_or_plan() -> None:
         "tunekit.trainable",
         "tunekit.track",
     }, sorted(reached)
+
+
+# Code that trains, tracks or joins Ray: the CLI reaches it only through `api`.
+HEAVY = {
+    "ray",
+    "mlflow",
+    "tunekit.train",
+    "tunekit.trainable",
+    "tunekit.checks",
+    "tunekit.measure",
+    "tunekit.sweep",
+    "tunekit.cluster",
+    "tunekit.storage",
+    "tunekit.track",
+    "tunekit.recorded",
+    "tunekit.ui",
+}
+
+
+def test_the_cli_reaches_training_tracking_and_ray_only_through_the_api() -> None:
+    assert "tunekit.api" in GRAPH["tunekit.cli"]
+    reached = reach(GRAPH, "tunekit.cli", avoiding=frozenset({"tunekit.api"}))
+    assert not reached & HEAVY, sorted(reached & HEAVY)
 
 
 def test_only_track_talks_to_mlflow_and_only_the_driver_side_to_ray() -> None:

@@ -281,6 +281,26 @@ def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     assert "0 done · 1 running · 1 failed" in out.file.getvalue()
 
 
+def test_sweep_view_s_summary_counts_trials_finished_before_a_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+    from tunekit.cluster import Ask
+    from tunekit.trials import TrialState
+
+    out = Console(file=io.StringIO(), width=120, force_terminal=False)
+    monkeypatch.setattr(report, "console", out)
+    earlier = TrialState(0, {"model.args.norm": "BN"}, "done", [{"epoch": 1, "val_acc": 90.0}])
+    now = TrialState(1, {"model.args.norm": "GN"}, "running", [])
+    with report.SweepView("study", total=2, epochs=1) as view:
+        view.sweep_started("a local Ray", Ask(1, 0.0, "the spec"))  # trial 0 ended before it
+        view.trial_started(now)
+        now.status = "done"
+        view.trial_ended(now)
+        view.finished([earlier, now])
+    assert "study: 2 done · 0 running · 0 failed · 2 in all" in out.file.getvalue()
+
+
 def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

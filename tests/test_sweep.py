@@ -229,6 +229,8 @@ def test_resume_after_sigkill_reruns_nothing_finished(tmp_path: Path) -> None:
     assert out.returncode == 0, log.read_text() + out.stdout + out.stderr
     after = progress(run_dir)
     assert len(after) == 6
+    # the summary counts every trial, those that finished before the kill too
+    assert "killed: 6 done · 0 running · 0 failed · 6 in all" in out.stdout, out.stdout
     # Ray's progress.csv may repeat an epoch that it reran after the kill; none is missing, and
     # MLflow (below) holds each epoch exactly once
     assert all({int(r["epoch"]) for r in t} == {1, 2, 3} for t in after.values()), after

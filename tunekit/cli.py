@@ -1,4 +1,6 @@
-"""The `tunekit` command: each command parses its arguments and calls the modules that do the work.
+"""The `tunekit` command: each command parses its arguments, calls `api` (which does the work, the
+same for a notebook) and prints what it returns. It imports no training, tracking or Ray code but
+through `api` (tests/test_layout.py holds it to that).
 
 Heavy libraries (torch, Ray, MLflow, matplotlib) are imported inside the commands that need them,
 so `--help` and `validate` answer at once.
@@ -8,17 +10,20 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 
 import typer
 import typer.core
 import yaml
 
 from tunekit.errors import TunekitError, UsageError, first_line
+
+if TYPE_CHECKING:
+    from tunekit.api import Outcome
+    from tunekit.plan import Plan
 
 
 class _Command(typer.core.TyperCommand):
@@ -99,23 +104,6 @@ def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
     return out
 
 
-def _plan(spec: Path, sets: Optional[List[str]]):
-    """The spec's plan; import paths in it find modules beside the spec and in this folder."""
-    from tunekit.api import load
-
-    return load(spec, _overrides(sets))
-
-
-def _checked(check: Any, what: Any, spec: Path) -> Any:
-    """`check(what)`, its problems named against the spec file."""
-    from tunekit.errors import SpecError
-
-    try:
-        return check(what)
-    except SpecError as e:
-        raise SpecError(e.problems, source=e.source or spec) from None
-
-
 def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise UsageError(option, f"{value!r} is not one of: {', '.join(valid)}")
@@ -137,7 +125,9 @@ def validate(
     """Check a spec and print its plan: the numbered trials and the values each one sets."""
     with _handled():
         _choice("--format", format, ("table", "json"))
-        plan = _plan(spec, set_)
+        from tunekit.api import load
+
+        plan = load(spec, _overrides(set_))
         if format == "json":
             typer.echo(json.dumps(plan.as_json(), indent=1))
             return
@@ -174,41 +164,17 @@ def train(
 ) -> None:
     """Run one trial of a spec here, in this process, exactly as the sweep runs it."""
     with _handled():
-        plan = _plan(spec, set_)
-        if plan.adaptive:
-            raise UsageError(
-                "--trial",
-                "a TPE plan's trials exist only once TPE proposes them; "
-                "set their values with --set on a spec without search",
-            )
-        if not 0 <= trial < len(plan.trials):
-            raise UsageError(
-                "--trial",
-                f"{spec} plans {len(plan.trials)} trial(s), numbered "
-                f"0..{len(plan.trials) - 1}; got {trial}",
-            )
-        t = plan.trials[trial]
-        clash = sorted(
-            k
-            for k in _overrides(set_)
-            if any(p == k or p.startswith(k + ".") or k.startswith(p + ".") for p in t.params)
-        )
-        if clash:
-            raise UsageError(
-                "--set",
-                f"trial {trial} sets {', '.join(clash)} itself (search "
-                f"wins over --set); pick the trial that has the value you "
-                f"want (tunekit validate {spec})",
-            )
-        from tunekit.checks import check_config
-        from tunekit.report import EpochProgress, console, fit_summary
-        from tunekit.train import fit
+        from tunekit import api
 
-        _checked(check_config, t.config, spec)  # the data read and the model built, or exit 2
+        overrides = _overrides(set_)
+        plan = api.load(spec, overrides)
+        t = api.trial(plan, trial, overrides)  # refused, or its data read and model built
+        from tunekit.report import EpochProgress, console, fit_summary
+
         threads = threads or plan.spec.resources.cpus_per_trial
         console.print(f"[bold]{plan.spec.name}[/] trial {trial}: {t.label} · {threads} thread(s)")
         with EpochProgress(f"trial {trial}", t.config.train.epochs) as progress:
-            result = fit(t.config, progress, threads=threads)
+            result = api.train(plan, t, threads=threads, progress=progress)
         console.print(fit_summary(result))
 
 
@@ -258,16 +224,13 @@ def sweep(
                 "--restart",
                 "not both --resume and --restart: --resume carries on, --restart starts over",
             )
-        from tunekit import api, cluster, figures, report
+        from tunekit import api, report
 
         plan = api.load(spec, _overrides(set_))
         checked = api.check(plan)  # the data read, each model built: exit 2 if not
-        asks = cluster.ask_before_start(plan.spec)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
+        asks = api.ask(plan)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
-            report.console.print(report.plan_table(plan))
-            report.console.print(report.resources_line(plan.spec, plan.size, asks))
-            report.console.print(_estimate(plan), highlight=False)
-            return
+            return _dry_run(plan, asks)
         s = plan.spec
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             outcome = api.run(
@@ -277,27 +240,11 @@ def sweep(
                 restart=restart,
                 tracking_uri=tracking_uri,
                 listeners=[view],
-                draw=figures.trial_figures,
                 interrupted=interrupted,
                 checked=checked,
                 say=lambda line: report.console.print(line, markup=False, highlight=False),
             )
-        from tunekit import track
-
-        with tempfile.TemporaryDirectory() as d:  # the comparison graphs, for the sweep's run
-            _plot(
-                track.connect(outcome.tracking_uri),
-                outcome.sweep_run,
-                outcome.records,
-                Path(d),
-                grids=False,
-            )
-        report.console.print(
-            f"MLflow: {outcome.tracking_uri}, experiment "
-            f"{track.experiment_name(s)!r}, sweep run {outcome.sweep_run}",
-            highlight=False,
-            soft_wrap=True,
-        )
+            view.finished(outcome.states)  # a resumed sweep's earlier trials counted too
         again = [
             "tunekit sweep",
             str(spec),
@@ -306,62 +253,44 @@ def sweep(
             *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []),
             "--resume",
         ]
-        code = report.sweep_outcome(
-            s.name,
-            outcome.rows,
-            outcome.states,
-            plan.size,
-            outcome.interrupted,
-            " ".join(again),
-            outcome.path,
-            s.claims,
-            list(s.search.sample),
-        )
-        raise typer.Exit(code)
+        raise typer.Exit(_ended(outcome, " ".join(again)))
 
 
-def _estimate(plan) -> str:
-    """The dry run's time estimate, or why there is none (the data missing, say)."""
-    import os
-    import torch
-    from tunekit import measure, report
+def _dry_run(plan: Plan, asks: str) -> None:
+    """The plan, what each trial asks for, and the time estimate (or why there is none)."""
+    from tunekit import api, report
 
+    report.console.print(report.plan_table(plan))
+    report.console.print(report.resources_line(plan.spec, plan.size, asks))
     try:
-        est = measure.estimate(plan, os.cpu_count() or 1, torch.cuda.device_count())
-    except TunekitError as e:
-        return f"estimate: none ({first_line(e)})"
-    return report.estimate_line(est)
+        estimate = report.estimate_line(api.estimate(plan))
+    except TunekitError as e:  # the data missing, say
+        estimate = f"estimate: none ({first_line(e)})"
+    report.console.print(estimate, highlight=False)
 
 
-def _tracking(name_or_spec: str, tracking_uri: Optional[str]):
-    """(client, latest sweep run, experiment name) for a spec file or an experiment name.
+def _ended(outcome: Outcome, resume_command: str) -> int:
+    """Print where MLflow holds the sweep and how it ended; its exit code."""
+    from tunekit import report
 
-    Read-only: a store that does not exist is an error naming where tunekit looked.
-    """
-    from tunekit import track
-    from tunekit.spec import load_spec
-
-    spec = load_spec(name_or_spec) if Path(name_or_spec).is_file() else None
-    name = track.experiment_name(spec) if spec else name_or_spec
-    client = track.connect(track.tracking_uri(spec, tracking_uri), create=False)
-    return client, track.find_sweep(client, name), name
-
-
-def _study(name_or_spec: str, recorded_spec: str) -> tuple[list, list[str]]:
-    """(claims to test, parameters a search sampled): the spec file's, if one was given
-    (validated as it loads), else those of the spec the sweep recorded."""
-    from tunekit.spec import ExperimentSpec, load_spec
-
-    if Path(name_or_spec).is_file():
-        spec = load_spec(name_or_spec)
-    else:
-        import yaml
-
-        try:
-            spec = ExperimentSpec.model_validate(yaml.safe_load(recorded_spec) or {})
-        except Exception:  # noqa: BLE001 (recorded by an older tunekit, or none: nothing to add)
-            return [], []
-    return list(spec.claims), list(spec.search.sample)
+    s = outcome.plan.spec
+    report.console.print(
+        f"MLflow: {outcome.tracking_uri}, experiment "
+        f"{outcome.experiment!r}, sweep run {outcome.sweep_run}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return report.sweep_outcome(
+        s.name,
+        outcome.rows,
+        outcome.states,
+        outcome.plan.size,
+        outcome.interrupted,
+        resume_command,
+        outcome.path,
+        s.claims,
+        list(s.search.sample),
+    )
 
 
 @app.command("report", cls=_Command)
@@ -397,65 +326,46 @@ def report_(
     val_acc, and whether it can be told apart from the best one at this n.
     """
     with _handled():
-        _choice("--format", format, ("table", "markdown", "csv", "json", "html"))
-        if out is not None and format not in ("markdown", "html"):
-            raise UsageError("--out", "writes a study report: use it with -f markdown or -f html")
-        if format == "html" and out is None:
-            raise UsageError("--format", "html is a folder of files: add --out DIR")
-        if out is not None and out.exists() and not out.is_dir():
-            raise UsageError("--out", f"{out} is a file; give a folder for the report")
-        from tunekit import findings, report, results, track
+        _report_args(format, out, trials)
+        from tunekit import api, report
 
-        if trials is not None:  # no MLflow: the committed values
-            from tunekit.records import read_trials_csv
-
-            if out is not None:
-                raise UsageError(
-                    "--trials", "holds the values, not the curves and digits: use it without --out"
-                )
-            records, name = read_trials_csv(trials), trials.parent.name
-            claims, sampled = _study(name_or_spec, "")
-        else:
-            client, sweep_run, name = _tracking(name_or_spec, tracking_uri)
-            records = track.trial_runs(client, sweep_run)
-            spec_text, env = track.sweep_texts(client, sweep_run)
-            claims, sampled = _study(name_or_spec, spec_text)
-        rows = results.result_rows(records)
         if out is not None:
-            from tunekit import study
-
-            doc = study.Study(
-                name,
-                sweep_run,
-                client.tracking_uri,
-                rows,
-                {r.run_id: track.history(client, r.run_id) for r in records},
-                {
-                    r.run_id: w
-                    for r in records
-                    if (w := track.misclassified(client, r.run_id)) is not None
-                },
-                spec_text,
-                env,
-                records,
-                claims,
-                sampled,
-            )
-            paths = study.write(doc, out, format)
-            track.log_plots(client, sweep_run, paths, "report")
+            sweep = api.find(name_or_spec, tracking_uri)
+            paths = api.study_report(sweep, out, format)
             report.console.print(
-                f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to sweep run {sweep_run}",
+                f"wrote {paths[0]} and {len(paths) - 1} figure(s); logged to sweep run "
+                f"{sweep.run_id}",
                 highlight=False,
             )
             return
-        table = report.results_table(f"{name}: max val_acc", rows, format)
+        found = (
+            api.results(name_or_spec, tracking_uri)
+            if trials is None
+            else api.results_csv(trials, name_or_spec)  # no MLflow: the committed values
+        )
+        table = report.results_table(f"{found.name}: max val_acc", found.rows, format)
         if isinstance(table, str):
             typer.echo(table, nl=False)
         else:
             report.console.print(table)
         if format in ("table", "markdown"):
-            for line in findings.findings(rows, claims, sampled) + results.failures(records):
+            for line in found.findings():
                 typer.echo(("- " if format == "markdown" else "") + line)
+
+
+def _report_args(format: str, out: Path | None, trials: Path | None) -> None:
+    """Refuse what `report` cannot do with its arguments together."""
+    _choice("--format", format, ("table", "markdown", "csv", "json", "html"))
+    if out is not None and format not in ("markdown", "html"):
+        raise UsageError("--out", "writes a study report: use it with -f markdown or -f html")
+    if format == "html" and out is None:
+        raise UsageError("--format", "html is a folder of files: add --out DIR")
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError("--out", f"{out} is a file; give a folder for the report")
+    if trials is not None and out is not None:
+        raise UsageError(
+            "--trials", "holds the values, not the curves and digits: use it without --out"
+        )
 
 
 @app.command(cls=_Command)
@@ -465,8 +375,7 @@ def plot(
         None,
         "--runs",
         metavar="LIST",
-        help="Trial numbers or MLflow "
-        "run ids (prefixes too), comma-separated; "
+        help="Trial numbers or MLflow run ids (prefixes too), comma-separated; "
         "default: every trial.",
     ),
     out: Path = typer.Option(
@@ -481,68 +390,12 @@ def plot(
     with _handled():
         if out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the plots")
-        from tunekit import track
-
-        client, sweep_run, _ = _tracking(name_or_spec, tracking_uri)
-        records = track.trial_runs(client, sweep_run)
-        wanted = [w.strip() for item in runs or [] for w in item.split(",") if w.strip()]
-        chosen = [
-            r
-            for r in records
-            if not wanted
-            or any(
-                w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for w in wanted
-            )
-        ]
-        missing = [
-            w
-            for w in wanted
-            if not any(
-                w == str(r.trial) or (not w.isdigit() and r.run_id.startswith(w)) for r in records
-            )
-        ]
-        if missing:
-            raise UsageError(
-                "--runs",
-                f"no trial of this sweep is {', '.join(missing)}; trials: "
-                f"{' '.join(str(r.trial) for r in records)}",
-            )
+        from tunekit import api
         from tunekit.report import console
 
-        for path in _plot(client, sweep_run, chosen, out):
+        wanted = [w.strip() for item in runs or [] for w in item.split(",") if w.strip()]
+        for path in api.plot(name_or_spec, out, wanted, tracking_uri=tracking_uri):
             console.print(f"wrote {path}", highlight=False)
-
-
-def _plot(client, sweep_run: str, chosen: list, folder: Path, grids: bool = True) -> List[Path]:
-    """Draw the comparison graphs (and, with `grids`, each trial's misclassified digits) of trial
-    runs into `folder`, and log them to the sweep's run."""
-    from tunekit import figures, track
-
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = figures.legend_labels([r.params for r in chosen])
-    curves = [(label, track.history(client, r.run_id)) for label, r in zip(labels, chosen)]
-    paths = [folder / "curves.json"]  # the data behind the graphs
-    paths[0].write_text(
-        json.dumps(
-            [
-                {"trial": r.trial, "label": label, "history": h}
-                for r, (label, h) in zip(chosen, curves)
-            ],
-            indent=1,
-        )
-    )
-    for name, fig in figures.curve_figures(curves).items():
-        paths.append(folder / f"{name}.png")
-        fig.savefig(paths[-1])
-    for label, r in zip(labels, chosen if grids else []):
-        wrong = track.misclassified(client, r.run_id)
-        if wrong is not None:
-            paths.append(folder / f"misclassified_trial_{r.trial}.png")
-            figures.misclassified_figure(
-                wrong["images"], wrong["labels"], wrong["preds"], title=f"trial {r.trial}: {label}"
-            ).savefig(paths[-1])
-    track.log_plots(client, sweep_run, paths)
-    return paths
 
 
 @app.command(cls=_Command)
@@ -561,16 +414,15 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""
     with _handled():
-        from tunekit import track
-        from tunekit.spec import load_spec
-
-        spec = load_spec(name_or_spec) if name_or_spec and Path(name_or_spec).is_file() else None
-        uri = track.tracking_uri(spec, tracking_uri)
-        name = track.experiment_name(spec) if spec else name_or_spec
+        from tunekit import api
         from tunekit.report import console
 
-        track.serve_ui(
-            uri, host, port, name, lambda line: console.print(line, highlight=False, soft_wrap=True)
+        api.serve_ui(
+            name_or_spec,
+            host=host,
+            port=port,
+            tracking_uri=tracking_uri,
+            announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tunekit.results import ResultRow
+    from tunekit.trials import TrialState
 
 GRAPHS = {
     "train_loss": "Training loss",
@@ -213,10 +214,11 @@ def misclassified_figure(
     return fig
 
 
-def trial_figures(trial: Any, folder: Path) -> None:
+def trial_figures(trial: TrialState, folder: Path) -> None:
     """A finished trial's curves.png and misclassified.png (its best epoch's wrong images), for
-    its MLflow run (`trials.TrialState` with the best state from its checkpoint)."""
+    its MLflow run (with the best state from its checkpoint)."""
     best = trial.best_state
+    assert best is not None  # the tracker draws only a trial that has one
     curves_figure([(trial.label, trial.history)]).savefig(folder / "curves.png")
     wrong = best["wrong"]
     misclassified_figure(

@@ -21,6 +21,7 @@ from tunekit.text import fmt
 from tunekit.trials import Status
 
 if TYPE_CHECKING:
+    from tunekit.cluster import Ask
     from tunekit.plan import Plan
     from tunekit.spec import ExperimentSpec
     from tunekit.trials import TrialState
@@ -222,7 +223,7 @@ class SweepView:
             self.last_summary = time.monotonic()
             self._say(self._summary())
 
-    def sweep_started(self, joined: str, asks: Any) -> None:
+    def sweep_started(self, joined: str, asks: Ask) -> None:
         self.shown = True
         if self.live:
             self.live.start()
@@ -279,6 +280,11 @@ class SweepView:
             )
             self._say(f"{mark} trial {trial.index} ({trial.label}): {acc}")
         self._update(trial)
+
+    def finished(self, states: Sequence[TrialState]) -> None:
+        """Take the sweep's final states for the closing summary: a resumed sweep's trials that
+        finished before the resume too, which Ray Tune restores without an event."""
+        self.trials.update({t.index: t for t in states})
 
     def _counts(self) -> dict[str, list[TrialState]]:
         return {

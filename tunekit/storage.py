@@ -16,13 +16,16 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow.fs
 
 from tunekit import wholefiles
 from tunekit.errors import TunekitError, first_line
 from tunekit.plan import Plan, differences
+
+if TYPE_CHECKING:
+    from tunekit.spec import ExperimentSpec
 
 STORAGE_ENV = "TUNEKIT_STORAGE"
 PLAN_FILE = "tunekit_plan.json"  # the plan a sweep runs, beside Ray's experiment state
@@ -35,7 +38,7 @@ class StorageError(TunekitError):
     exit_code = 2
 
 
-def source(spec: Any) -> str:
+def source(spec: ExperimentSpec) -> str:
     """Which setting chose the storage, to name it in errors."""
     return (
         "sweep.storage"
@@ -51,19 +54,19 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
-def root(spec: Any) -> str:
+def root(spec: ExperimentSpec) -> str:
     """The storage root: a URI as given, a local path made absolute (nodes share no cwd)."""
     value = spec.sweep.storage or os.environ.get(STORAGE_ENV) or "runs"
     return value if is_uri(value) else str(Path(value).expanduser().resolve())
 
 
-def sweep_path(spec: Any) -> str:
+def sweep_path(spec: ExperimentSpec) -> str:
     """Where Ray keeps this spec's sweep: <storage>/<name> (before a URI's ?options)."""
     base, q, options = root(spec).partition("?")
     return f"{base.rstrip('/')}/{spec.name}{q}{options}"
 
 
-def for_ray(spec: Any) -> tuple[str, pyarrow.fs.FileSystem | None]:
+def for_ray(spec: ExperimentSpec) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """Ray's storage_path and storage_filesystem: a URI as it is (Ray makes its filesystem from
     it, options included), a folder through `wholefiles` so that a killed driver cuts no file."""
     location = root(spec)
@@ -85,7 +88,7 @@ def filesystem(uri: str, name: str = "storage") -> tuple[pyarrow.fs.FileSystem, 
         ) from None
 
 
-def location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
+def location(spec: ExperimentSpec) -> tuple[pyarrow.fs.FileSystem, str]:
     """The sweep's filesystem and folder in it (URI options such as endpoint_override apply to the
     storage root, so the sweep's name is joined to the path, not to the URI)."""
     fs, path = filesystem(root(spec), source(spec))
@@ -93,7 +96,7 @@ def location(spec: Any) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 @contextmanager
-def probe(spec: Any) -> Iterator[str]:
+def probe(spec: ExperimentSpec) -> Iterator[str]:
     """Write a small file to the storage root as the driver (StorageError if it cannot) and yield
     its path for nodes to read (`readable`); remove it, and any folder made for it, afterwards."""
     fs, base = filesystem(root(spec), source(spec))
@@ -145,7 +148,7 @@ def _why(e: BaseException) -> str:
     return f"{hint} ({text})" if hint else text
 
 
-def stored_plan(spec: Any) -> dict[str, Any] | None:
+def stored_plan(spec: ExperimentSpec) -> dict[str, Any] | None:
     """The plan identity this spec's sweep was started with, or None if there is no sweep."""
     fs, path = location(spec)
     try:
@@ -185,7 +188,7 @@ def check(plan: Plan, *, resume: bool = False, restart: bool = False) -> None:
         )
 
 
-def _exists(spec: Any, stored: dict[str, Any] | None) -> bool:
+def _exists(spec: ExperimentSpec, stored: dict[str, Any] | None) -> bool:
     fs, folder = location(spec)
     return stored is not None or fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
 

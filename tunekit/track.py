@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,11 +26,14 @@ from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.records import RunRecord
 from tunekit.environment import environment
-from tunekit.spec import ExperimentSpec
-from tunekit.trials import Status
+from tunekit.spec import ExperimentSpec, TrialConfig
+from tunekit.trials import Status, TrialState
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+    from tunekit.cluster import Ask
+    from tunekit.plan import Plan
 
 TAG = "tunekit."  # prefix of tunekit's own run tags
 END_STATUS = {
@@ -111,99 +110,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     return client
 
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-# An experiment's runs table (its bare URL opens MLflow 3's GenAI "Overview"), best trial first:
-# sorted, MLflow lists the trials themselves instead of folding them under their sweep's run.
-RUNS_TABLE = "runs?orderByKey=metrics.%60max_val_acc%60&orderByAsc=false"
-
-
-def serve_ui(
-    uri: str, host: str, port: int, experiment: str | None, announce: Callable[[str], None]
-) -> None:
-    """Serve the MLflow UI on store `uri` until Ctrl-C or SIGTERM; `announce` the URL of its
-    experiment's runs table. The server and every process it starts end with it, however it
-    ends."""
-    client = connect(uri, create=False)
-    exp = client.get_experiment_by_name(experiment) if experiment else None
-    if experiment and exp is None:
-        raise TrackingError(f"no experiment {experiment!r} in the MLflow store at {uri}")
-    page = f"/#/experiments/{exp.experiment_id}/{RUNS_TABLE}" if exp else ""
-    if uri.startswith(("http://", "https://")):  # a server already serves its own UI
-        announce(f"MLflow UI: {uri.rstrip('/')}{page}")
-        return
-    if host not in LOCAL_HOSTS:
-        announce(
-            f"WARNING: --host {host} serves the MLflow UI, with every run, parameter and "
-            "artifact of this store and the right to change and delete them, to anyone "
-            f"who reaches this machine's port {port}; nothing asks who they are"
-        )
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    stops = (signal.SIGINT, signal.SIGTERM)  # SIGINT too: a shell's background job ignores it
-    previous = {sig: signal.getsignal(sig) for sig in stops}
-    with tempfile.TemporaryFile("w+") as log:  # the server's output, shown if it fails to start
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "ui",
-                "--backend-store-uri",
-                uri,
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def terminated(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in stops:
-                signal.signal(sig, terminated)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    with urllib.request.urlopen(f"{base}/health", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.3)
-            if server.poll() is not None:
-                log.seek(0)
-                raise TrackingError(
-                    f"the MLflow UI did not start on {base}: {log.read().strip()[-500:]}"
-                )
-            announce(f"MLflow UI on {uri}: {base}{page}  (Ctrl-C stops it)")
-            server.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            _end_group(server)
-            if threading.current_thread() is threading.main_thread():
-                for sig in stops:
-                    signal.signal(sig, previous[sig])
-
-
-def _end_group(server: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        os.killpg(server.pid, signal.SIGKILL)  # whatever of the group is left
-    except ProcessLookupError:  # the group is gone
-        pass
-    server.wait()
-
-
-def flat_params(config: Any) -> dict[str, str]:
+def flat_params(config: TrialConfig) -> dict[str, str]:
     """Every field of a (nested) pydantic config as 'train.epochs' -> '3', a model's args as
     'model.args.norm' -> 'GN' (your model's import path as 'model.import')."""
 
@@ -229,11 +136,11 @@ class Tracker:
     def __init__(
         self,
         client: MlflowClient,
-        plan: Any,
+        plan: Plan,
         spec_file: Path,
         sweep_path: str,
         resume: bool = False,
-        draw: Callable[[Any, Path], None] | None = None,
+        draw: Callable[[TrialState, Path], None] | None = None,
     ):
         """`draw(trial, folder)` saves a finished trial's figures into folder (PNG files), logged
         as its run's artifacts: the caller's display code, so that tracking imports none."""
@@ -283,26 +190,26 @@ class Tracker:
             self.logged[run.info.run_id] = max((m.step for m in history), default=0)
 
     # -- trials.Listener ------------------------------------------------------------------------
-    def sweep_started(self, joined: str, asks: Any) -> None:
+    def sweep_started(self, joined: str, asks: Ask) -> None:
         self.client.log_batch(
             self.parent, tags=[RunTag(f"{TAG}ray", joined), RunTag(f"{TAG}asks", str(asks))]
         )
 
-    def trial_started(self, trial: Any) -> None:
+    def trial_started(self, trial: TrialState) -> None:
         run = self._run(trial)
         self.client.set_tag(run, f"{TAG}status", Status.RUNNING)
 
-    def epoch_done(self, trial: Any, metrics: dict[str, Any]) -> None:
+    def epoch_done(self, trial: TrialState, metrics: dict[str, Any]) -> None:
         self._log_epochs(self._run(trial), [metrics])
 
-    def trial_retried(self, trial: Any) -> None:
+    def trial_retried(self, trial: TrialState) -> None:
         self.client.set_tag(self._run(trial), f"{TAG}retries", str(trial.retries))
 
-    def trial_ended(self, trial: Any) -> None:
+    def trial_ended(self, trial: TrialState) -> None:
         pass  # the final state, with the checkpointed weights, is recorded by `finish`
 
     # -- the end of the sweep --------------------------------------------------------------------
-    def finish(self, trials: Sequence[Any]) -> None:
+    def finish(self, trials: Sequence[TrialState]) -> None:
         """Make every trial's run complete (epochs, summary, tags, artifacts) and close the runs."""
         for trial in trials:
             run = self._run(trial)
@@ -334,12 +241,12 @@ class Tracker:
             )
             self.client.log_batch(run, metrics=summary, tags=tags)
             if trial.best_state is not None:
-                self._log_trial_artifacts(run, trial)
+                self._log_trial_artifacts(run, trial, trial.best_state)
             self.client.set_terminated(run, END_STATUS.get(trial.status, "FINISHED"))
         ok = all(t.status in (Status.DONE, Status.STOPPED, Status.INVALID) for t in trials)
         self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
 
-    def _run(self, trial: Any) -> str:
+    def _run(self, trial: TrialState) -> str:
         if trial.index not in self.runs:
             run = self.client.create_run(
                 self.experiment_id,
@@ -351,7 +258,7 @@ class Tracker:
                     f"{TAG}status": Status.PENDING,
                     **(
                         {f"{TAG}proposal": str(trial.proposal)}  # the seeds of one TPE proposal
-                        if getattr(trial, "proposal", None) is not None
+                        if trial.proposal is not None
                         else {}
                     ),
                 },
@@ -393,10 +300,9 @@ class Tracker:
         )
         self.logged[run] = max(m["epoch"] for m in new)
 
-    def _log_trial_artifacts(self, run: str, trial: Any) -> None:
+    def _log_trial_artifacts(self, run: str, trial: TrialState, best: dict[str, Any]) -> None:
         import torch
 
-        best = trial.best_state
         with tempfile.TemporaryDirectory() as d:
             torch.save(best["model"], Path(d) / "best_model.pt")
             torch.save(best["wrong"], Path(d) / "misclassified.pt")
