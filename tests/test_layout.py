@@ -154,7 +154,8 @@ def test_the_trial_vocabulary_has_no_ray_and_pulls_in_no_torch() -> None:
 
 
 MAX_LINES = 400  # a module a newcomer reads in one sitting
-MAX_FUNCTION = 60  # longer only with the reason said in a comment `# long: ...` in its body
+MAX_FUNCTION = 60  # lines of code (its docstring aside); longer only with the reason said in a
+#                    comment `# long: ...` in its body
 
 
 def test_no_module_is_over_about_400_lines() -> None:
@@ -173,7 +174,15 @@ def test_no_function_is_over_about_60_lines_without_a_reason() -> None:
         for node in ast.walk(ast.parse("\n".join(lines))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 body = lines[node.lineno - 1 : node.end_lineno]
-                if len(body) > MAX_FUNCTION and not any("# long:" in line for line in body):
+                doc = node.body[0]  # its docstring, if it has one, is not counted
+                said = (
+                    doc.end_lineno - doc.lineno + 1
+                    if isinstance(doc, ast.Expr)
+                    and isinstance(doc.value, ast.Constant)
+                    and doc.end_lineno is not None
+                    else 0
+                )
+                if len(body) - said > MAX_FUNCTION and not any("# long:" in s for s in body):
                     long.append(f"{f.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
     assert not long, long
 

@@ -92,8 +92,6 @@ def band_figures(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from tunekit.stats import summarize
-
     figures = {}
     palette = colours(len(groups))
     for key in GRAPHS:
@@ -102,40 +100,7 @@ def band_figures(
         shown: list[float] = []
         bounds = ACCURACY if key.endswith("acc") else (0.0, math.inf)
         for (label, histories), colour in zip(groups, palette):
-            points: dict[int, list[float]] = {}
-            for h in histories:
-                for m in h:
-                    if math.isfinite(m.get(key, math.nan)):
-                        points.setdefault(m["epoch"], []).append(m[key])
-            epochs = sorted(points)
-            at = [summarize(points[e], bounds) for e in epochs]
-            n = max((s.n for s in at), default=0)
-            ax.plot(
-                epochs,
-                [s.mean for s in at],
-                marker="o" if len(epochs) == 1 else ".",
-                color=colour,
-                label=f"{label} (n={n})",
-            )
-            seeds = [(e, v) for e in epochs for v in points[e]]
-            ax.scatter(
-                [e for e, _ in seeds],
-                [v for _, v in seeds],
-                s=9,
-                color=colour,
-                alpha=0.5,
-                linewidths=0,
-            )
-            shown += [v for _, v in seeds]
-            if n > 1 and len(epochs) > 1:
-                ax.fill_between(
-                    epochs,
-                    [s.low if s.low is not None else s.mean for s in at],
-                    [s.high if s.high is not None else s.mean for s in at],
-                    color=colour,
-                    alpha=0.2,
-                    linewidth=0,
-                )
+            shown += _band(ax, key, label, histories, colour, bounds)
         single = all(len({m["epoch"] for h in hs for m in h}) <= 1 for _, hs in groups)
         ax.set(
             title=GRAPHS[key]
@@ -150,6 +115,49 @@ def band_figures(
         if groups:
             ax.legend(fontsize="small")
     return figures
+
+
+def _band(
+    ax: Any,
+    key: str,
+    label: str,
+    histories: Sequence[Sequence[dict[str, Any]]],
+    colour: Any,
+    bounds: tuple[float, float],
+) -> list[float]:
+    """One configuration's mean curve of `key`, each seed's values as points and, with 2 or
+    more seeds and epochs, its 95% band, on `ax`; the values shown."""
+    from tunekit.stats import summarize
+
+    points: dict[int, list[float]] = {}
+    for h in histories:
+        for m in h:
+            if math.isfinite(m.get(key, math.nan)):
+                points.setdefault(m["epoch"], []).append(m[key])
+    epochs = sorted(points)
+    at = [summarize(points[e], bounds) for e in epochs]
+    n = max((s.n for s in at), default=0)
+    ax.plot(
+        epochs,
+        [s.mean for s in at],
+        marker="o" if len(epochs) == 1 else ".",
+        color=colour,
+        label=f"{label} (n={n})",
+    )
+    seeds = [(e, v) for e in epochs for v in points[e]]
+    ax.scatter(
+        [e for e, _ in seeds], [v for _, v in seeds], s=9, color=colour, alpha=0.5, linewidths=0
+    )
+    if n > 1 and len(epochs) > 1:
+        ax.fill_between(
+            epochs,
+            [s.low if s.low is not None else s.mean for s in at],
+            [s.high if s.high is not None else s.mean for s in at],
+            color=colour,
+            alpha=0.2,
+            linewidth=0,
+        )
+    return [v for _, v in seeds]
 
 
 def seeds_figure(rows: Sequence[ResultRow]) -> Figure:

@@ -278,6 +278,24 @@ def rehearse(configs: Sequence[TrialConfig], images: int = 2) -> None:
     pack.eval()(d.normalize(d.test_images[:images]).unsqueeze(1).expand(-1, k, *d.shape))
 
 
+def _start(
+    configs: Sequence[TrialConfig], device: torch.device, resume: dict[str, Any] | None
+) -> tuple[datamod.Data, Stack, FusedSGD, torch.Tensor, list[_Member]]:
+    """A pack's data on `device`, its network, optimizer and seeds, and its members, resumed from
+    `resume` where given."""
+    if len({pack_key(c) for c in configs}) != 1:
+        raise ValueError(
+            "a pack's trials must share data, model and every training setting but "
+            + ", ".join(PER_MEMBER)
+        )
+    d = datamod.load(configs[0].data, device)
+    pack, sgd, seeds = build(configs, d, device)
+    members = [_Member(c) for c in configs]
+    for k, state in enumerate((resume or {}).get("members", [])):
+        members[k].restore(state, pack, sgd, k)
+    return d, pack, sgd, seeds, members
+
+
 def fit_pack(
     configs: Sequence[TrialConfig],
     report: PackReport | None = None,
@@ -293,20 +311,11 @@ def fit_pack(
     trial it would be alone: its own initial weights, batch order, rotations, dropout masks, lr
     schedule, momentum, L1, L2 and optimizer state; resumed, it continues exactly.
     """
-    if len({pack_key(c) for c in configs}) != 1:
-        raise ValueError(
-            "a pack's trials must share data, model and every training setting but "
-            + ", ".join(PER_MEMBER)
-        )
     first, trains = configs[0].train, [c.train for c in configs]
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(first.device)
-    d = datamod.load(configs[0].data, device)
-    pack, sgd, seeds = build(configs, d, device)
-    members = [_Member(c) for c in configs]
-    for k, state in enumerate((resume or {}).get("members", [])):
-        members[k].restore(state, pack, sgd, k)
+    d, pack, sgd, seeds, members = _start(configs, device, resume)
     live = torch.tensor([not m.failed for m in members], device=device)
     batches = datamod.steps(len(d.train_labels), first.batch_size)
     step = compiled(pack, sgd) if first.compile else train_step
@@ -329,12 +338,11 @@ def fit_pack(
                     epoch,
                     train_loss[i],
                     100.0 * right[i] / n,
-                    found[i][0],
-                    found[i][1],
+                    *found[i][:2],
                     lrs[i],
                     seconds,
                     n / seconds,
-                ),
+                ),  # fmt: skip
                 pack,
                 i,
                 d,
