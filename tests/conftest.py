@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import csv
-import json
-import socket
-import time
-import urllib.request
-from contextlib import contextmanager
 import gzip
+import json
 import os
+import socket
 import struct
 import subprocess
-import textwrap
 import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

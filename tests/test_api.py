@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
+from conftest import run_tunekit as tunekit
 from mlflow.tracking import MlflowClient
-
-from conftest import REPO, run_tunekit as tunekit
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")

@@ -20,15 +20,14 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+from conftest import REPO, S3, free_port, make_mnist, serve_mlflow
 
 from tunekit import cluster
-
-from conftest import REPO, S3, free_port, make_mnist, serve_mlflow
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 

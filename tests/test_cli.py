@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from typer.testing import CliRunner
 
 import tunekit.train
 from tunekit.cli import app
-
-from conftest import REPO
 
 runner = CliRunner()
 

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, RayNodes, make_mnist, progress
 from typer.testing import CliRunner
 
 from tunekit import cluster
 from tunekit.cli import app
 from tunekit.errors import UsageError
 from tunekit.spec import ExperimentSpec
-
-from conftest import REPO, RayNodes, make_mnist, progress
 
 
 def spec(**resources: object) -> ExperimentSpec:

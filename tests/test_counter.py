@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from tunekit import counter
-from tunekit.models.seed_cnn import Net
 from tunekit.fused import Fused
+from tunekit.models.seed_cnn import Net
 
 MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 

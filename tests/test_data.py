@@ -10,16 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from tunekit import data
-from tunekit.datasets import loading as datasets
+from conftest import make_mnist, synthetic_digits
 from torchvision.datasets import MNIST
 
+from tunekit import data
 from tunekit.datasets import idx
+from tunekit.datasets import loading as datasets
 from tunekit.errors import DataError
 from tunekit.spec import DataSpec
-
-from conftest import make_mnist, synthetic_digits
 
 
 def test_reads_gz_files_as_shipped(tiny_data: Path) -> None:
@@ -65,7 +63,7 @@ def test_missing_files_name_the_folder_and_files(tmp_path: Path) -> None:
     assert "TUNEKIT_DATA_DIR" in msg
 
 
-def _prepare_in_child(root: str, cache: str, out: "mp.Queue[str]") -> None:
+def _prepare_in_child(root: str, cache: str, out: mp.Queue[str]) -> None:
     os.environ["TUNEKIT_CACHE_DIR"] = cache
     out.put(str(idx.prepare("mnist", MNIST, Path(root))))
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import progress
 
 from tunekit import data as datamod
 from tunekit.spec import TrialConfig
 from tunekit.train import fit, fit_pack
-
-from conftest import progress
 
 MNIST_SHAPE = (1, 28, 28)  # one image, C×H×W
 
@@ -68,9 +67,9 @@ def test_data_augmentation_and_dropout_stay_on_the_gpu(real_mnist: Path) -> None
     assert x.is_cuda and y.is_cuda and x.shape == (64, 2, 28, 28)
     on_cpu = datamod.epoch(datamod.load(config("cpu", real_mnist).data), seeds.cpu(), 1)
     assert torch.equal(datamod.epoch(d, seeds, 1).order.cpu(), on_cpu.order)  # same draws
-    from tunekit.models.seed_cnn import Net
-    from tunekit.fused import Fused
     from tunekit import counter
+    from tunekit.fused import Fused
+    from tunekit.models.seed_cnn import Net
 
     pack = Fused([Net("GN", dropout=0.5)], MNIST_SHAPE, "cuda")
     keys = counter.step_keys(

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_mnist, progress
+from conftest import run_tunekit as tunekit
 from mlflow.tracking import MlflowClient
-
-from conftest import make_mnist, progress, run_tunekit as tunekit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

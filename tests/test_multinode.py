@@ -18,15 +18,14 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
+from conftest import S3, free_port, make_mnist, progress, serve_mlflow
 
 from tunekit.models.seed_cnn import Net
-
-from conftest import S3, free_port, make_mnist, progress, serve_mlflow
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -122,9 +121,9 @@ class Cluster:
             [
                 sys.executable,
                 "-c",
-                "import json, ray; ray.init(address='{}', logging_level=40); "
-                "print(json.dumps({{n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() "
-                "if n['Alive']}}))".format(self.address),
+                f"import json, ray; ray.init(address='{self.address}', logging_level=40); "
+                "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() "
+                "if n['Alive']}))",
             ],
             env=self.env,
             capture_output=True,

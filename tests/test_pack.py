@@ -11,9 +11,9 @@ import torch
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError
+from tunekit.fused import Fused
 from tunekit.models.seed_cnn import Net
 from tunekit.opcount import OpCounter
-from tunekit.fused import Fused
 from tunekit.spec import TrialConfig
 from tunekit.train import build, fit, fit_pack, train_step
 

@@ -10,7 +10,7 @@ from tunekit.packing import AUTO_PACK, decide
 from tunekit.plan import make_plan
 from tunekit.spec import ExperimentSpec
 
-GRID = {"grid": {"model.norm": ["BN", "GN"]}, "repeats": 2}
+GRID = {"grid": {"model.args.norm": ["BN", "GN"]}, "repeats": 2}
 
 
 def plan(search: dict[str, Any] = GRID, **sweep: Any):

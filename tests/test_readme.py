@@ -7,12 +7,11 @@ import re
 import shlex
 
 import pytest
+from conftest import REPO
 from typer.testing import CliRunner
 
 from tunekit.cli import app
 from tunekit.plan import load_plan
-
-from conftest import REPO
 
 README = (REPO / "README.md").read_text()
 DOCS = sorted((REPO / "docs").glob("*.md"))

@@ -14,14 +14,12 @@ from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
+from conftest import REPO, make_mnist
 from mlflow.tracking import MlflowClient
-
 from typer.testing import CliRunner
 
 from tunekit import figures, report
 from tunekit.cli import app
-
-from conftest import REPO, make_mnist
 
 REPO_SPECS = REPO / "experiments"
 
@@ -165,8 +163,9 @@ def test_study_report_on_a_real_sweep(swept, format: str, doc: str) -> None:
 
 
 def test_the_environment_says_whether_the_versions_are_the_lock_s(tmp_path: Path) -> None:
-    from tunekit.environment import LOCK, lock_match
     import importlib.metadata
+
+    from tunekit.environment import LOCK, lock_match
 
     torch_version = importlib.metadata.version("torch").split("+")[0]
     lock = tmp_path / "constraints.txt"
@@ -256,6 +255,7 @@ def test_plot_selected_runs_and_logs_to_the_sweep(swept) -> None:
 
 def test_sweep_view_shows_counts_running_trials_and_the_best() -> None:
     from rich.console import Console
+
     from tunekit.trials import TrialState
 
     view = report.SweepView("study", total=3, epochs=5)
@@ -285,6 +285,7 @@ def test_sweep_view_s_summary_counts_trials_finished_before_a_resume(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from rich.console import Console
+
     from tunekit.cluster import Ask
     from tunekit.trials import TrialState
 
@@ -305,6 +306,7 @@ def test_sweep_view_on_a_terminal_is_live_and_elsewhere_prints_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from rich.console import Console
+
     from tunekit.trials import TrialState
 
     trial = TrialState(2, {"model.args.norm": "LN"}, "running", [])

@@ -12,11 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from tunekit import search
 from tunekit.search.grid import Grid
-
-from conftest import REPO
 
 PACKAGE = REPO / "tunekit"
 
@@ -81,5 +80,5 @@ def test_a_method_added_as_one_file_validates_and_sweeps(tmp_path: Path, tiny_da
     assert "smoke: 1 trial(s)" in shown.stdout and "1 trial(s), valid." in shown.stdout
     out = tunekit("sweep", "first.yaml")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "trial 0 (model.norm=BN) epoch 1/1: val_acc" in out.stdout
+    assert "trial 0 (model.args.norm=BN) epoch 1/1: val_acc" in out.stdout
     assert [p.name for p in (work / "runs" / "smoke").glob("trial_*")] == ["trial_0000"]

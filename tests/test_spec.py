@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
+from pydantic import ValidationError
 
 from tunekit.errors import SpecError
 from tunekit.plan import differences, expand, fmt, load_plan
-from tunekit.spec import ExperimentSpec, Distribution, load_spec
-
-from conftest import REPO
+from tunekit.spec import Distribution, ExperimentSpec, load_spec
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -107,7 +107,7 @@ def test_defaults_are_the_seed_recipe() -> None:
 
 
 def test_spec_is_frozen() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         ExperimentSpec(name="x").train.epochs = 3  # type: ignore[misc]
 
 

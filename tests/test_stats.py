@@ -10,8 +10,8 @@ import pytest
 from tunekit import stats
 from tunekit.findings import findings
 from tunekit.importance import fanova
-from tunekit.results import ResultRow, result_rows, results_table
 from tunekit.records import RunRecord
+from tunekit.results import ResultRow, result_rows, results_table
 
 
 def test_interval_is_the_t_interval_of_the_mean() -> None:
@@ -404,7 +404,7 @@ def test_parameter_importance_finds_the_parameter_that_matters() -> None:
 def test_the_report_gives_a_search_s_parameter_importance() -> None:
     rng = random.Random(6)
     runs = []
-    for c in range(8):
+    for _c in range(8):
         lr, groups = 10 ** rng.uniform(-3, -1), rng.choice([1, 2, 4])
         for s in range(2):
             runs.append(

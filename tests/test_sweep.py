@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import REPO, RayNodes, make_mnist, progress, write_flaky
+from conftest import run_tunekit as tunekit
 from typer.testing import CliRunner
 
 from tunekit.cli import app
-
-from conftest import REPO, RayNodes, make_mnist, progress, run_tunekit as tunekit, write_flaky
 
 pytestmark = pytest.mark.ray
 
@@ -431,9 +431,10 @@ def test_tpe_with_repeats_resumes_after_sigkill_and_learns_from_seed_means(tmp_p
     assert "invalid" in out.stdout
 
     # TPE learnt from the results: one outcome per proposal, the mean over its seeds
-    import optuna
     import pickle
     import statistics
+
+    import optuna
 
     state = pickle.loads(latest_searcher_state(run_dir).read_bytes())
     study, sampler = state["_ot_study"], state["_sampler"]
@@ -598,6 +599,7 @@ def test_checkpoints_written_on_a_gpu_are_read_where_there_is_none(
 ) -> None:
     """The cluster's head has no GPU: it reads checkpoints and artifacts GPU workers wrote."""
     import torch
+
     from tunekit import trainable
     from tunekit.spec import TrialConfig
     from tunekit.train import fit

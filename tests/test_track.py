@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, free_port, progress, serve_mlflow, write_flaky
+from conftest import run_tunekit as tunekit
 from mlflow.tracking import MlflowClient
 
 from tunekit.models.seed_cnn import Net
-
-from conftest import REPO, free_port, progress, run_tunekit as tunekit, serve_mlflow, write_flaky
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from tunekit import data, schedule
 from tunekit.errors import DivergedError
-from tunekit.models.seed_cnn import Net
 from tunekit.fused import Fused
+from tunekit.models.seed_cnn import Net
 from tunekit.sgd import FusedSGD
 from tunekit.spec import SchedulerSpec, TrainSpec, TrialConfig
 from tunekit.train import fit

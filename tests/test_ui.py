@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO, free_port, run_tunekit as tunekit
+from conftest import REPO, free_port
+from conftest import run_tunekit as tunekit
 
 pytestmark = pytest.mark.ray
 SMOKE = str(REPO / "experiments" / "smoke.yaml")

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_mnist
+from conftest import run_tunekit as tunekit
 
 from tunekit.datasets import loading as datasets
 from tunekit.errors import SpecError
 from tunekit.pack import Vmapped, packable
 from tunekit.spec import DataSpec, TrialConfig
 from tunekit.train import fit, fit_pack
-
-from conftest import make_mnist, run_tunekit as tunekit
 
 MODELS = """
 import torch
@@ -390,8 +390,9 @@ def test_the_python_api_loads_overrides_runs_and_reads_the_table(yours: Path) ->
 
 
 def test_the_example_model_and_spec_pass_the_checks(yours: Path) -> None:
-    import tunekit
     from conftest import REPO
+
+    import tunekit
 
     plan = tunekit.load(REPO / "examples" / "fashion_mnist.yaml", {"data.subset": 100})
     checked = tunekit.api.check(plan)  # each width's WideCNN built on FashionMNIST's images

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import SpecError, UsageError
 from tunekit.plan import Plan, Trial

@@ -15,8 +15,8 @@ from typing import Any
 
 from tunekit import imports, pack, train
 from tunekit.datasets import loading as datasets
-from tunekit.models import building as models
 from tunekit.errors import Problem, SpecError, first_line
+from tunekit.models import building as models
 from tunekit.plan import Plan
 from tunekit.spec import TrialConfig, resolve
 

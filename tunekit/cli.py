@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.core
@@ -94,7 +95,7 @@ def _handled() -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
 
 
-def _overrides(items: Optional[List[str]]) -> dict[str, Any]:
+def _overrides(items: list[str] | None) -> dict[str, Any]:
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
@@ -113,7 +114,7 @@ def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
 @app.command(cls=_Command)
 def validate(
     spec: Path = SPEC,
-    set_: Optional[List[str]] = SET,
+    set_: list[str] | None = SET,
     format: str = typer.Option(
         "table",
         "--format",
@@ -154,8 +155,8 @@ def train(
         metavar="N",
         help="Which trial of the plan to run (its number in validate and the sweep).",
     ),
-    set_: Optional[List[str]] = SET,
-    threads: Optional[int] = typer.Option(
+    set_: list[str] | None = SET,
+    threads: int | None = typer.Option(
         None,
         min=1,
         metavar="N",
@@ -192,8 +193,8 @@ def _interruptible() -> Iterator[threading.Event]:
 @app.command(cls=_Command)
 def sweep(
     spec: Path = SPEC,
-    set_: Optional[List[str]] = SET,
-    address: Optional[str] = typer.Option(
+    set_: list[str] | None = SET,
+    address: str | None = typer.Option(
         None,
         metavar="ADDRESS",
         help="Ray cluster: 'auto' (this node's), HOST:6379, or ray://HOST:10001. "
@@ -211,7 +212,7 @@ def sweep(
     dry_run: bool = typer.Option(
         False, "--dry-run", metavar="", help="Print the plan and resources; start nothing."
     ),
-    tracking_uri: Optional[str] = TRACKING,
+    tracking_uri: str | None = TRACKING,
 ) -> None:
     """Run every trial of a spec's plan on Ray Tune, record it in MLflow, print the results.
 
@@ -303,7 +304,7 @@ def report_(
         metavar="FORMAT",
         help="table, markdown, csv, json; or html (with --out).",
     ),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None,
         "--out",
         metavar="FOLDER",
@@ -311,14 +312,14 @@ def report_(
         "statistics, graphs, digits, spec, environment) into this "
         "folder, and log it to the sweep's MLflow run.",
     ),
-    trials: Optional[Path] = typer.Option(
+    trials: Path | None = typer.Option(
         None,
         "--trials",
         metavar="CSV",
         help="Rebuild the table and statistics from a study's "
         "trials.csv instead of MLflow (claims from the spec).",
     ),
-    tracking_uri: Optional[str] = TRACKING,
+    tracking_uri: str | None = TRACKING,
 ) -> None:
     """The results of the latest sweep, from MLflow, with the statistics over seeds.
 
@@ -371,7 +372,7 @@ def _report_args(format: str, out: Path | None, trials: Path | None) -> None:
 @app.command(cls=_Command)
 def plot(
     name_or_spec: str = NAME,
-    runs: Optional[List[str]] = typer.Option(
+    runs: list[str] | None = typer.Option(
         None,
         "--runs",
         metavar="LIST",
@@ -381,7 +382,7 @@ def plot(
     out: Path = typer.Option(
         Path("plots"), "--out", metavar="FOLDER", help="Folder for the PNG files."
     ),
-    tracking_uri: Optional[str] = TRACKING,
+    tracking_uri: str | None = TRACKING,
 ) -> None:
     """Draw the four comparison graphs and a misclassified-digits grid per trial, from MLflow.
 
@@ -400,7 +401,7 @@ def plot(
 
 @app.command(cls=_Command)
 def ui(
-    name_or_spec: Optional[str] = typer.Argument(
+    name_or_spec: str | None = typer.Argument(
         None,
         metavar="[SPEC_OR_NAME]",
         help="A spec file or experiment name: print the URL of its experiment.",
@@ -410,7 +411,7 @@ def ui(
     host: str = typer.Option(
         "127.0.0.1", metavar="HOST", help="Address to listen on (127.0.0.1: this machine only)."
     ),
-    tracking_uri: Optional[str] = TRACKING,
+    tracking_uri: str | None = TRACKING,
 ) -> None:
     """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""
     with _handled():

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ray
 import yaml

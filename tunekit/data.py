@@ -4,8 +4,8 @@ for every member of a pack in one op each (the files are read by `datasets`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

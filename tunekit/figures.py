@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunekit.results import ACCURACY, column_names, varying
 from tunekit.text import fmt

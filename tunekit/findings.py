@@ -5,7 +5,8 @@ from `stats`; no MLflow, no terminal, no matplotlib."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tunekit.results import ResultRow, column_names, importance, interval
 from tunekit.text import fmt

@@ -8,7 +8,8 @@ of the map."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,8 @@ sampled parameter explains, by optuna's fANOVA (a model's estimate, not a test).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def fanova(

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.opcount import OpCounter
-from tunekit.plan import Plan
 from tunekit.pack import Stack
+from tunekit.plan import Plan
 from tunekit.spec import TrialConfig
 from tunekit.train import build, compiled, evaluate, pick_device, train_step
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,7 @@ class Stack:
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as a plain model's state dict of CPU tensors of its own."""
         out = {}
-        for name, value in self.template.state_dict().items():
+        for name, _value in self.template.state_dict().items():
             if name in self.slots:
                 out[name] = self.slots[name].of(self.params, k).cpu().clone()
             elif name in self.buffers:

@@ -6,8 +6,9 @@ No torch and no Ray here: the trainer imports `pack_key`, and a GPU measurement 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tunekit.cluster import Ask
@@ -19,7 +20,7 @@ PER_MEMBER = ("seed", "optimizer", "l1", "l2", "penalize")  # train settings a p
 #                                                              may each have their own
 
 
-def pack_key(config: "TrialConfig") -> str:
+def pack_key(config: TrialConfig) -> str:
     """What the trials of one pack must share: everything but the train settings in PER_MEMBER
     (and the device, which the pack decides)."""
     train = config.train.model_dump(mode="json", exclude={*PER_MEMBER, "device"})

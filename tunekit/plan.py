@@ -10,9 +10,10 @@ says which, and what the trials are.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tunekit import wire
 from tunekit.errors import Problem, SpecError
@@ -21,7 +22,6 @@ from tunekit.search import Method, lookup
 from tunekit.spec import ExperimentSpec, SearchSpec, TrialConfig, read_spec, resolve, yaml_line
 from tunekit.spec.base import location
 from tunekit.text import fmt
-
 
 OBJECTIVE = ("val_acc", "max")  # what TPE and ASHA optimise: the test accuracy Tune last saw
 

@@ -5,9 +5,10 @@ results table and findings, its study report and its comparison graphs. `api` ha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UsageError
 

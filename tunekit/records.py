@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tunekit.errors import UsageError
 from tunekit.trials import Status

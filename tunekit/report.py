@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -15,8 +16,8 @@ from rich.text import Text
 
 from tunekit import results, wire
 from tunekit.findings import findings
-from tunekit.results import ResultRow, varying
 from tunekit.packing import AUTO_PACK
+from tunekit.results import ResultRow, varying
 from tunekit.text import fmt
 from tunekit.trials import Status
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from tunekit.cluster import Ask
     from tunekit.plan import Plan
     from tunekit.spec import ExperimentSpec
-    from tunekit.trials import TrialState
     from tunekit.train import EpochMetrics, FitResult
+    from tunekit.trials import TrialState
 
 # Not a terminal (CI, a log file): wide lines rather than tables folded at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)

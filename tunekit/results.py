@@ -9,8 +9,9 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunekit.text import fmt
 from tunekit.trials import Status

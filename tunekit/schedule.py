@@ -12,7 +12,7 @@ objects stepped in Python.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

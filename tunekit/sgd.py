@@ -13,7 +13,7 @@ moves as it would alone. A member that is no longer live gets lr 0: it stops whe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

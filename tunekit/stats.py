@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 LEVEL = 0.95  # confidence of every interval
 ALPHA = 0.05  # family-wise error rate of the comparisons with the best; a claim's threshold

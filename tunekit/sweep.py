@@ -183,7 +183,7 @@ def _restored(path: str, trainable: Any, fs: Any) -> tune.Tuner:
             f"Ray's saved state of the sweep at {path} (tuner.pkl) cannot be read "
             f"({type(e).__name__}: {e}), as when a driver is killed while writing it. "
             "Start over with --restart (the earlier sweep's MLflow runs are kept)."
-        )
+        ) from None
 
 
 def _tuner(

@@ -14,18 +14,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from tunekit.environment import environment
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
 from tunekit.records import RunRecord
-from tunekit.environment import environment
 from tunekit.spec import ExperimentSpec, TrialConfig
 from tunekit.trials import Status, TrialState
 
@@ -99,7 +100,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
                 f"cannot reach the MLflow tracking server at {uri}: "
                 f"{getattr(e, 'reason', e)}. Start it, or point "
                 "--tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere."
-            )
+            ) from None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

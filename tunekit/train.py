@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +24,13 @@ import torch.nn.functional as F
 from tunekit import counter, schedule
 from tunekit import data as datamod
 from tunekit.errors import DivergedError, TunekitError
+from tunekit.fused import Fused, fusable
 from tunekit.metrics import EpochMetrics
 from tunekit.models import building as models
-from tunekit.fused import Fused, fusable
 from tunekit.pack import Stack, Vmapped
-from tunekit.sgd import FusedSGD
 from tunekit.packing import PER_MEMBER, pack_key
+from tunekit.sgd import FusedSGD
 from tunekit.spec import TrialConfig
-
 
 MAX_WRONG = 100  # misclassified test images kept per trial (for the grid of wrong digits)
 

@@ -15,7 +15,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from tunekit.track import TrackingError, connect
 

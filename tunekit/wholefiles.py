@@ -54,7 +54,11 @@ class WholeFiles(pyarrow.fs.FileSystemHandler):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WholeFiles)
 
-    def __reduce__(self):  # a trial's node gets its own (pyarrow's LocalFileSystem pickles so)
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type, tuple[()]
+    ]:  # a trial's node gets its own (pyarrow's LocalFileSystem pickles so)
         return WholeFiles, ()
 
     def get_type_name(self) -> str:

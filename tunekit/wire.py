@@ -12,7 +12,8 @@ workers (`trainable`), the plan and the report spell none of it themselves.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tunekit.metrics import METRICS
 

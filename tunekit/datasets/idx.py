@@ -14,11 +14,13 @@ import gzip
 import hashlib
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
+
 from tunekit.errors import DataError
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    field_validator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -203,7 +204,12 @@ def check_path(path: str) -> str:
     if path.startswith(ARGS) and path.count(".") == 2 and path.rsplit(".", 1)[1].isidentifier():
         return path
     if path not in TRIAL_PATHS:
-        close = difflib.get_close_matches(path, TRIAL_PATHS, n=3)
+        from tunekit.models import registry  # the built-in models' args are paths too
+
+        args = [f"model.args.{a}" for m in registry.models().values() for a in m.args.model_fields]
+        close = difflib.get_close_matches(path, [*TRIAL_PATHS, *args], n=3)
+        if path.startswith("model.") and f"model.args.{path[6:]}" in args:
+            close = [f"model.args.{path[6:]}"]  # a built-in model's option: under args
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"{path!r} names no field{hint} (fields are under data., model., train.)")
     return path
