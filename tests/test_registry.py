@@ -159,3 +159,21 @@ def test_a_model_and_a_dataset_added_as_one_file_each(tmp_path: Path) -> None:
     out = tunekit("validate", str(bad))
     assert out.returncode == 2 and "model.args.hiden" in out.stderr
     assert "did you mean 'hidden'" in out.stderr
+
+
+def test_the_dry_run_of_seed_cnn_on_32x32_images_ends_in_an_estimate(tmp_path: Path) -> None:
+    (tmp_path / "grey.py").write_text(GREY32)
+    spec = tmp_path / "grey.yaml"
+    spec.write_text(
+        "name: grey\ndata: {import: 'grey:grey32'}\ntrain: {epochs: 1, batch_size: 16}\n"
+        "search: {grid: {model.args.norm: [BN, GN]}}\nsweep: {pack: 2}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tunekit", "sweep", str(spec), "--dry-run"],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "estimate: about" in out.stdout

@@ -420,3 +420,22 @@ def test_your_model_with_dropout_resumes_exactly(yours: Path) -> None:
     assert [m.val_acc for m in again.history] == [m.val_acc for m in whole.history]
     for k in whole.best_state:
         assert torch.equal(again.best_state[k], whole.best_state[k]), k
+
+
+def test_the_dry_run_of_a_model_with_dropout_asked_to_pack_ends_in_an_estimate(
+    yours: Path,
+) -> None:
+    path = spec(
+        yours,
+        """
+        data: {dataset: fashion_mnist}
+        model: {import: "their_models:dropped_mlp"}
+        train: {epochs: 1, batch_size: 16}
+        search: {grid: {train.seed: [1, 2]}}
+        """,
+    )
+    out = tunekit(
+        "sweep", str(path), "--dry-run", "--set", "sweep.pack=2", cwd=yours, data=yours / "data"
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "estimate: about" in out.stdout

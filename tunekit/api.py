@@ -95,15 +95,17 @@ def ask(plan: Plan) -> str:
     return cluster.ask_before_start(plan.spec)
 
 
-def estimate(plan: Plan) -> SweepEstimate:
-    """How long the sweep would take on this machine: a few steps of each shape of trial timed."""
+def estimate(plan: Plan, unpackable: str | None = None) -> SweepEstimate:
+    """How long the sweep would take on this machine: a few steps of each shape of trial timed,
+    in packs of the size the sweep would train (`unpackable`: why the model cannot be packed,
+    from `check`)."""
     import os
 
     import torch
 
     from tunekit import measure
 
-    return measure.estimate(plan, os.cpu_count() or 1, torch.cuda.device_count())
+    return measure.estimate(plan, os.cpu_count() or 1, torch.cuda.device_count(), unpackable)
 
 
 # -- one trial, here ----------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def sweep(
         checked = api.check(plan)  # the data read, each model built: exit 2 if not
         asks = api.ask(plan)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
-            return _dry_run(plan, asks)
+            return _dry_run(plan, asks, checked.unpackable)
         s = plan.spec
         with report.SweepView(s.name, plan.size, s.train.epochs) as view:
             outcome = api.run(
@@ -257,14 +257,14 @@ def sweep(
         raise typer.Exit(_ended(outcome, " ".join(again)))
 
 
-def _dry_run(plan: Plan, asks: str) -> None:
+def _dry_run(plan: Plan, asks: str, unpackable: str | None) -> None:
     """The plan, what each trial asks for, and the time estimate (or why there is none)."""
     from tunekit import api, report
 
     report.console.print(report.plan_table(plan))
     report.console.print(report.resources_line(plan.spec, plan.size, asks))
     try:
-        estimate = report.estimate_line(api.estimate(plan))
+        estimate = report.estimate_line(api.estimate(plan, unpackable))
     except TunekitError as e:  # the data missing, say
         estimate = f"estimate: none ({first_line(e)})"
     report.console.print(estimate, highlight=False)

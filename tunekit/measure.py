@@ -186,7 +186,7 @@ class SweepEstimate:
         return max(work / self.at_once, longest)
 
 
-def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
+def estimate(plan: Plan, cpus: int, gpus: int, unpackable: str | None = None) -> SweepEstimate:
     """How long `plan` takes on this machine (`cpus` cores, `gpus` GPUs): a few steps of one
     trial of each shape (in a pack of the size the sweep would use) timed here, times its epochs
     and Ray trials, spread over the trials that fit at once. An upper bound with ASHA, which
@@ -197,7 +197,7 @@ def estimate(plan: Plan, cpus: int, gpus: int) -> SweepEstimate:
     s = plan.spec
     trials = [t.config for t in plan.trials] or [plan.trial_base()]
     on_gpu = gpus > 0 and pick_device(trials[0].train.device).type == "cuda"
-    size = decide(plan, 1.0 if on_gpu else 0.0).size
+    size = decide(plan, 1.0 if on_gpu else 0.0, unpackable).size
     groups: dict[str, list[TrialConfig]] = {}
     for c in trials:
         groups.setdefault(pack_key(c), []).append(c)
