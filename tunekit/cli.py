@@ -14,104 +14,30 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 import typer.core
-import yaml
 
+from tunekit import options
 from tunekit.errors import TunekitError, UsageError, first_line
+from tunekit.options import NAME, SET, SPEC, TRACKING
 
 if TYPE_CHECKING:
     from tunekit.api import Outcome
     from tunekit.plan import Plan
 
 
-class _Command(typer.core.TyperCommand):
-    """Help as people write it: `tunekit sweep [OPTIONS] SPEC`, flags without a type."""
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return [p.strip("{}") for p in super().collect_usage_pieces(ctx)]
-
-    def get_help_option(self, ctx: Any) -> Any:
-        return _untyped(super().get_help_option(ctx))
-
-
-class _Group(typer.core.TyperGroup):
-    def get_help_option(self, ctx: Any) -> Any:
-        return _untyped(super().get_help_option(ctx))
-
-
-def _untyped(option: Any) -> Any:
-    if option is not None:
-        option.metavar = ""  # a flag: no <bool>
-    return option
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=options.Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Hyperparameter studies of small vision models: YAML spec in, table out.",
 )
 
-SPEC = typer.Argument(
-    ...,
-    metavar="SPEC",
-    help="Experiment spec (YAML), e.g. experiments/smoke.yaml.",
-    show_default=False,
-)
-SET = typer.Option(
-    None,
-    "--set",
-    metavar="FIELD=VALUE",
-    help="Override a field: --set train.epochs=1 (repeatable).",
-)
-TRACKING = typer.Option(
-    None,
-    "--tracking-uri",
-    metavar="URI",
-    help="MLflow tracking URI (default: the spec's "
-    "tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db).",
-)
-NAME = typer.Argument(
-    ...,
-    metavar="SPEC_OR_NAME",
-    help="A spec file, or the name of its MLflow experiment.",
-    show_default=False,
-)
 
-
-@contextmanager
-def _handled() -> Iterator[None]:
-    """Turn tunekit's own errors into a message and an exit code (2: bad spec or arguments)."""
-    try:
-        yield
-    except TunekitError as e:
-        from tunekit.report import print_error
-
-        print_error(str(e))
-        raise typer.Exit(e.exit_code) from None
-
-
-def _overrides(items: list[str] | None) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError("--set", f"expected FIELD=VALUE (e.g. train.epochs=3), got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise UsageError(option, f"{value!r} is not one of: {', '.join(valid)}")
-    return value
-
-
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def validate(
     spec: Path = SPEC,
     set_: list[str] | None = SET,
@@ -124,11 +50,11 @@ def validate(
     ),
 ) -> None:
     """Check a spec and print its plan: the numbered trials and the values each one sets."""
-    with _handled():
-        _choice("--format", format, ("table", "json"))
+    with options.handled():
+        options.choice("--format", format, ("table", "json"))
         from tunekit.api import load
 
-        plan = load(spec, _overrides(set_))
+        plan = load(spec, options.overrides(set_))
         if format == "json":
             typer.echo(json.dumps(plan.as_json(), indent=1))
             return
@@ -138,7 +64,7 @@ def validate(
         console.print(f"{plan.size} trial(s), valid.")
 
 
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def schema() -> None:
     """Print the JSON Schema of experiment specs (for editor completion and checks)."""
     from tunekit.spec import ExperimentSpec
@@ -146,7 +72,7 @@ def schema() -> None:
     typer.echo(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
 
 
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def train(
     spec: Path = SPEC,
     trial: int = typer.Option(
@@ -164,10 +90,10 @@ def train(
     ),
 ) -> None:
     """Run one trial of a spec here, in this process, exactly as the sweep runs it."""
-    with _handled():
+    with options.handled():
         from tunekit import api
 
-        overrides = _overrides(set_)
+        overrides = options.overrides(set_)
         plan = api.load(spec, overrides)
         t = api.trial(plan, trial, overrides)  # refused, or its data read and model built
         from tunekit.report import EpochProgress, console, fit_summary
@@ -190,7 +116,7 @@ def _interruptible() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def sweep(
     spec: Path = SPEC,
     set_: list[str] | None = SET,
@@ -219,7 +145,7 @@ def sweep(
     Exit code 0 when every trial finished, 1 when any failed, 130 when interrupted (Ctrl-C):
     run it again with --resume to carry on.
     """
-    with _handled(), _interruptible() as interrupted:
+    with options.handled(), _interruptible() as interrupted:
         if resume and restart:
             raise UsageError(
                 "--restart",
@@ -227,7 +153,7 @@ def sweep(
             )
         from tunekit import api, report
 
-        plan = api.load(spec, _overrides(set_))
+        plan = api.load(spec, options.overrides(set_))
         checked = api.check(plan)  # the data read, each model built: exit 2 if not
         asks = api.ask(plan)  # a bad TUNEKIT_GPUS_PER_TRIAL stops us here
         if dry_run:
@@ -294,7 +220,7 @@ def _ended(outcome: Outcome, resume_command: str) -> int:
     )
 
 
-@app.command("report", cls=_Command)
+@app.command("report", cls=options.Command)
 def report_(
     name_or_spec: str = NAME,
     format: str = typer.Option(
@@ -326,7 +252,7 @@ def report_(
     Trials that differ only in their seed are one configuration: mean and 95% interval of max
     val_acc, and whether it can be told apart from the best one at this n.
     """
-    with _handled():
+    with options.handled():
         _report_args(format, out, trials)
         from tunekit import api, report
 
@@ -356,7 +282,7 @@ def report_(
 
 def _report_args(format: str, out: Path | None, trials: Path | None) -> None:
     """Refuse what `report` cannot do with its arguments together."""
-    _choice("--format", format, ("table", "markdown", "csv", "json", "html"))
+    options.choice("--format", format, ("table", "markdown", "csv", "json", "html"))
     if out is not None and format not in ("markdown", "html"):
         raise UsageError("--out", "writes a study report: use it with -f markdown or -f html")
     if format == "html" and out is None:
@@ -369,7 +295,7 @@ def _report_args(format: str, out: Path | None, trials: Path | None) -> None:
         )
 
 
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def plot(
     name_or_spec: str = NAME,
     runs: list[str] | None = typer.Option(
@@ -388,7 +314,7 @@ def plot(
 
     The PNG files go to --out and to the sweep's MLflow run.
     """
-    with _handled():
+    with options.handled():
         if out.exists() and not out.is_dir():
             raise UsageError("--out", f"{out} is a file; give a folder for the plots")
         from tunekit import api
@@ -399,7 +325,7 @@ def plot(
             console.print(f"wrote {path}", highlight=False)
 
 
-@app.command(cls=_Command)
+@app.command(cls=options.Command)
 def ui(
     name_or_spec: str | None = typer.Argument(
         None,
@@ -414,7 +340,7 @@ def ui(
     tracking_uri: str | None = TRACKING,
 ) -> None:
     """Start the MLflow UI on the store tunekit records to (Ctrl-C stops it)."""
-    with _handled():
+    with options.handled():
         from tunekit import api
         from tunekit.report import console
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UsageError
 from tunekit.trials import Status
+
+if TYPE_CHECKING:
+    from tunekit.spec import TrialConfig
 
 
 @dataclass(frozen=True)
@@ -79,3 +84,19 @@ def read_trials_csv(path: Path) -> list[RunRecord]:
         )
         for r in rows
     ]
+
+
+def flat_params(config: TrialConfig) -> dict[str, str]:
+    """Every field of a (nested) pydantic config as 'train.epochs' -> '3', a model's args as
+    'model.args.norm' -> 'GN' (your model's import path as 'model.import')."""
+
+    def flat(value: Any, prefix: str) -> dict[str, str]:
+        if isinstance(value, dict):
+            return {
+                k: v
+                for key, inner in value.items()
+                for k, v in flat(inner, f"{prefix}{key}.").items()
+            }
+        return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else str(value)}
+
+    return flat(config.model_dump(mode="json"), "")

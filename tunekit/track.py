@@ -1,9 +1,7 @@
-"""MLflow tracking: one experiment per spec, a parent run per sweep, a child run per trial.
-
-The only module that imports mlflow. Every write happens in the driver, from what the trials
-report and checkpoint, so workers never need to reach the tracking server. A resumed sweep finds
-its parent run and its trials' runs again by their tags: no duplicate runs, no lost epochs.
-"""
+"""MLflow tracking: one experiment per spec, a parent run per sweep, a child run per trial; the
+only module that imports mlflow. Every write happens in the driver, from what the trials report
+and checkpoint, so workers never need to reach the tracking server. A resumed sweep finds its
+parent run and its trials' runs again by their tags: no duplicate runs, no lost epochs."""
 
 from __future__ import annotations
 
@@ -26,8 +24,8 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from tunekit.environment import environment
 from tunekit.errors import SpecError, TunekitError
 from tunekit.metrics import METRICS
-from tunekit.records import RunRecord
-from tunekit.spec import ExperimentSpec, TrialConfig
+from tunekit.records import RunRecord, flat_params
+from tunekit.spec import ExperimentSpec
 from tunekit.trials import Status, TrialState
 
 if TYPE_CHECKING:
@@ -109,22 +107,6 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     except Exception as e:  # any store error: say which store, keep MLflow's words
         raise TrackingError(f"the MLflow store at {uri} does not answer: {e}") from None
     return client
-
-
-def flat_params(config: TrialConfig) -> dict[str, str]:
-    """Every field of a (nested) pydantic config as 'train.epochs' -> '3', a model's args as
-    'model.args.norm' -> 'GN' (your model's import path as 'model.import')."""
-
-    def flat(value: Any, prefix: str) -> dict[str, str]:
-        if isinstance(value, dict):
-            return {
-                k: v
-                for key, inner in value.items()
-                for k, v in flat(inner, f"{prefix}{key}.").items()
-            }
-        return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else str(value)}
-
-    return flat(config.model_dump(mode="json"), "")
 
 
 class Tracker:
