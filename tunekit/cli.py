@@ -172,15 +172,10 @@ def sweep(
                 say=lambda line: report.console.print(line, markup=False, highlight=False),
             )
             view.finished(outcome.states)  # a resumed sweep's earlier trials counted too
-        again = [
-            "tunekit sweep",
-            str(spec),
-            *(f"--set {x}" for x in set_ or []),
-            *([f"--address {address}"] if address else []),
-            *([f"--tracking-uri {tracking_uri}"] if tracking_uri else []),
-            "--resume",
-        ]
-        raise typer.Exit(_ended(outcome, " ".join(again)))
+        again = ["tunekit sweep", str(spec), *(f"--set {x}" for x in set_ or [])]
+        again += [f"--address {address}"] if address else []
+        again += [f"--tracking-uri {tracking_uri}"] if tracking_uri else []
+        raise typer.Exit(_ended(outcome, " ".join([*again, "--resume"])))
 
 
 def _dry_run(plan: Plan, asks: str, unpackable: str | None) -> None:
