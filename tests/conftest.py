@@ -71,9 +71,10 @@ def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def write_flaky(folder: Path) -> Path:
-    """A model module, flaky.py, whose training steps raise while folder/flag exists (its
-    forward for the driver's check, in eval mode, does not): a trial that fails at run time for
-    a reason that can go away. Returns the flag's path, created."""
+    """A model module, flaky.py, whose training steps on a batch of more than two images raise
+    while folder/flag exists (the driver's checks, a forward in eval mode and a step of two
+    images, do not): a trial that fails at run time for a reason that can go away, which no
+    check before it can see. Returns the flag's path, created."""
     flag = folder / "flag"
     flag.touch()
     (folder / "flaky.py").write_text(
@@ -88,7 +89,7 @@ def write_flaky(folder: Path) -> Path:
                 super().__init__(nn.Flatten(), nn.Linear(28 * 28, 10))
 
             def forward(self, x):
-                if self.training and Path({str(flag)!r}).exists():
+                if self.training and len(x) > 2 and Path({str(flag)!r}).exists():
                     raise OSError("the scratch disk is full")
                 return super().forward(x)
         """)

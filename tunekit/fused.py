@@ -77,8 +77,8 @@ FUSED: dict[type[nn.Module], FusedOp] = {
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """A model's layers in the order its forward runs them, if it is a chain of them: nested
-    nn.Sequential (whose forward is their chain) down to layers that hold no others."""
-    if not isinstance(model, nn.Sequential):
+    nn.Sequential (whose own forward is their chain, not overridden) down to the layers."""
+    if not _is_chain(model):
         return [("", model)]
     out = []
     for name, child in model.named_children():
@@ -87,11 +87,16 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _is_chain(model: nn.Module) -> bool:
+    """An nn.Sequential that runs its layers in order: its forward is nn.Sequential's own."""
+    return isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
+
+
 def fusable(model: nn.Module) -> str | None:
     """Why `Fused` cannot pack `model`, or None: a chain of layers (nn.Sequential) each in the
     op map `FUSED` (exact type), a log_softmax last if at all, flattened only at the end."""
-    if not isinstance(model, nn.Sequential):
-        return f"{type(model).__name__} is not a chain of layers (nn.Sequential)"
+    if not _is_chain(model):
+        return f"{type(model).__name__} is not a chain of layers (nn.Sequential's own forward)"
     layers = _chain(model)
     for j, (name, layer) in enumerate(layers):
         last = j == len(layers) - 1

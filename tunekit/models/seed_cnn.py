@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 from torch import nn
 
@@ -61,7 +60,8 @@ class Net(nn.Sequential):
     """The published model: six blocks Conv3×3 (no bias) → ReLU → Norm, with Dropout after the
     norm of blocks 1–5 and a 2×2 max-pool after blocks 2, 4 and 6; block 6 pools first and then
     drops out. Then global average pooling, a 1×1 conv head without bias, and log_softmax. A chain
-    of layers (`nn.Sequential`), so a pack of it is fused layer by layer (`fused.Fused`)."""
+    of layers (nn.Sequential's own forward: `features`, then `head`), so a pack of it is fused
+    layer by layer (`fused.Fused`)."""
 
     def __init__(
         self,
@@ -91,9 +91,6 @@ class Net(nn.Sequential):
             nn.Flatten(1),
             nn.LogSoftmax(dim=1),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register("seed_cnn", Args, output="log_probs")
