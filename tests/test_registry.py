@@ -4,7 +4,6 @@ in a pack."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_tunekit
 from test_pack import exact, same  # noqa: F401  (exact: a fixture)
 from test_yours import write_cifar
 
@@ -137,17 +137,9 @@ def test_a_model_and_a_dataset_added_as_one_file_each(tmp_path: Path) -> None:
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(copy)}
 
     def tunekit(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "tunekit", *args],
-            cwd=tmp_path,
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=300,
-        )
+        return run_tunekit(*args, cwd=tmp_path, data=tmp_path, env={"PYTHONPATH": str(copy)})
 
     out = tunekit("validate", str(spec))
     assert out.returncode == 0, out.stdout + out.stderr

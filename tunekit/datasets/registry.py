@@ -7,12 +7,12 @@ The spec validates `data.dataset` against it and takes the augmentation defaults
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tunekit.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -47,28 +47,19 @@ class Dataset:
     augment: Augment = Augment()
 
 
-_DATASETS: dict[str, Dataset] = {}
+DATASETS: Registry[Dataset] = Registry("tunekit.datasets", "built-in dataset")
 
 
 def register(entry: Dataset) -> Dataset:
     """Register a built-in dataset from its own file: `register(Dataset("mnist", ...))`."""
-    if entry.name in _DATASETS:
-        raise ValueError(f"two built-in datasets are named {entry.name!r}")
-    _DATASETS[entry.name] = entry
-    return entry
+    return DATASETS.add(entry.name, entry)
 
 
 def datasets() -> dict[str, Dataset]:
-    """Every built-in dataset by name: each file of the package imported (once), and those that
-    register a dataset are the built-ins."""
-    for found in pkgutil.iter_modules(importlib.import_module("tunekit.datasets").__path__):
-        importlib.import_module(f"tunekit.datasets.{found.name}")
-    return _DATASETS
+    """Every built-in dataset by name."""
+    return DATASETS.all()
 
 
 def get(name: str) -> Dataset:
     """The built-in dataset `name`; a ValueError listing the valid names if there is none."""
-    found = datasets()
-    if name not in found:
-        raise ValueError(f"no built-in dataset {name!r}; valid: {', '.join(sorted(found))}")
-    return found[name]
+    return DATASETS.get(name)

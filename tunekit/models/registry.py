@@ -7,13 +7,13 @@ Light on purpose (no torch here): the spec validates `model.name` and `model.arg
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
+
+from tunekit.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,7 +33,7 @@ class Model:
     output: Literal["logits", "log_probs"] = "logits"
 
 
-_MODELS: dict[str, Model] = {}
+MODELS: Registry[Model] = Registry("tunekit.models", "built-in model")
 
 
 def register(
@@ -42,25 +42,17 @@ def register(
     """Decorate a model's builder in its own file: `@register("seed_cnn", Args, "log_probs")`."""
 
     def add(build: Builder) -> Builder:
-        if name in _MODELS:
-            raise ValueError(f"two built-in models are named {name!r}")
-        _MODELS[name] = Model(name, args, build, output)
+        MODELS.add(name, Model(name, args, build, output))
         return build
 
     return add
 
 
 def models() -> dict[str, Model]:
-    """Every built-in model by name: each file of the package imported (once), and those that
-    register a model are the built-ins."""
-    for found in pkgutil.iter_modules(importlib.import_module("tunekit.models").__path__):
-        importlib.import_module(f"tunekit.models.{found.name}")
-    return _MODELS
+    """Every built-in model by name."""
+    return MODELS.all()
 
 
 def get(name: str) -> Model:
     """The built-in model `name`; a ValueError listing the valid names if there is none."""
-    found = models()
-    if name not in found:
-        raise ValueError(f"no built-in model {name!r}; valid: {', '.join(sorted(found))}")
-    return found[name]
+    return MODELS.get(name)
