@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.results import ResultRow, column_names, importance, interval
 from tunekit.text import fmt
 
+if TYPE_CHECKING:
+    from tunekit.spec import Claim
+    from tunekit.stats import Effect
+
 
 def findings(
-    rows: Sequence[ResultRow], claims: Sequence[Any] = (), sampled: Sequence[str] = ()
+    rows: Sequence[ResultRow], claims: Sequence[Claim] = (), sampled: Sequence[str] = ()
 ) -> list[str]:
     """The statistics of a results table in plain sentences (percentage points throughout);
     `claims` (spec.Claim) are each tested and answered; `sampled` (a TPE or random search's
@@ -170,7 +174,7 @@ def _effects(trials: list[tuple[dict[str, Any], float]], factors: list[str]) -> 
 
 
 def _claim_line(
-    claim: Any, trials: Sequence[tuple[dict[str, str], float]], factors: list[str]
+    claim: Claim, trials: Sequence[tuple[dict[str, str], float]], factors: list[str]
 ) -> str:
     from tunekit import stats
 
@@ -223,7 +227,7 @@ def _side(where: dict[str, Any]) -> str:
     return ", ".join(f"{names[k]}={fmt(v)}" for k, v in where.items())
 
 
-def _difference(e: Any) -> str:
+def _difference(e: Effect) -> str:
     if e.low is None:
         return f"{e.difference:+.2f}"
     return f"{e.difference:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"

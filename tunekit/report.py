@@ -23,8 +23,9 @@ from tunekit.trials import Status
 
 if TYPE_CHECKING:
     from tunekit.cluster import Ask
+    from tunekit.measure import SweepEstimate
     from tunekit.plan import Plan
-    from tunekit.spec import ExperimentSpec
+    from tunekit.spec import Claim, ExperimentSpec
     from tunekit.train import EpochMetrics, FitResult
     from tunekit.trials import TrialState
 
@@ -152,7 +153,7 @@ def resources_line(spec: ExperimentSpec, trials: int, asks: str) -> str:
     )
 
 
-def estimate_line(est: Any) -> str:
+def estimate_line(est: SweepEstimate) -> str:
     """`measure.SweepEstimate` in words: the time, and what it was measured from."""
     steps = [step for step, _ in est.shapes]
 
@@ -334,7 +335,7 @@ def sweep_outcome(
     interrupted: bool,
     resume_command: str,
     path: str,
-    claims: Sequence[Any] = (),
+    claims: Sequence[Claim] = (),
     sampled: Sequence[str] = (),
 ) -> int:
     """Print how a sweep ended (results, statistics, what failed, how to carry on); its exit
