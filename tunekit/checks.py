@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit import imports, pack, train
+from tunekit import imports, pack, packing, train
 from tunekit.datasets import loading as datasets
 from tunekit.errors import Problem, SpecError, first_line
 from tunekit.models import building as models
@@ -90,16 +90,11 @@ def check(plan: Plan) -> Checked:
             check_config(c, 2)  # the pack its trials may train in
     targets = [t for c in configs for t in (c.model.import_, c.data.import_) if t]
     ship = imports.to_ship(list(dict.fromkeys(targets)))
-    s = plan.spec
-    if unpackable and s.search.repeats > 1 and (plan.adaptive or s.sweep.asha):
-        raise SpecError(
-            [
-                Problem(
-                    "search.repeats",
-                    f"with {'tpe' if plan.adaptive else 'asha'}, "
-                    "a configuration's seeds train as one pack, and this model "
-                    f"cannot be packed: {unpackable}",
-                )
-            ]
+    if unpackable and packing.seeds_together(plan):
+        by = plan.spec.search.method if plan.adaptive else "asha"
+        raise SpecError.at(
+            "search.repeats",
+            f"with {by}, a configuration's seeds train as one pack, and this model cannot be "
+            f"packed: {unpackable}",
         )
     return Checked(shape, classes, unpackable, ship)
