@@ -197,7 +197,8 @@ BAD = {  # what the spec sets -> the key the one line names, and what it says
     ),
     "seeds scored together, a model that cannot pack": (
         'model: {import: "their_models:dropped_mlp"}\n'
-        "search: {grid: {train.optimizer.lr: [0.01]}, repeats: 2}\nsweep: {asha: {grace_period: 1}}",
+        "search: {grid: {train.optimizer.lr: [0.01]}, repeats: 2}\n"
+        "sweep: {asha: {grace_period: 1}}",
         "search.repeats",
         "with asha, a configuration's seeds train as one pack, and this model cannot be packed",
     ),
