@@ -15,7 +15,7 @@ from typing import Any
 
 from tunekit import imports, pack, packing, train
 from tunekit.datasets import loading as datasets
-from tunekit.errors import Problem, SpecError, first_line
+from tunekit.errors import SpecError, first_line
 from tunekit.models import building as models
 from tunekit.plan import Plan
 from tunekit.spec import TrialConfig, resolve
@@ -50,29 +50,34 @@ def _configs(plan: Plan) -> list[TrialConfig]:
     return out
 
 
-def check_config(config: TrialConfig, members: int = 1) -> tuple[tuple[int, ...], int, Any]:
-    """One config's dataset read, its model built on a dummy batch, and a step of it trained in
-    a pack of `members`: (image shape, classes, the model)."""
+def check_config(config: TrialConfig) -> tuple[tuple[int, ...], int, Any]:
+    """One config's dataset read, its model built on a dummy batch, and a step of it trained
+    alone: (image shape, classes, the model)."""
     images = datasets.check(config.data)
-    data_key = "data.import" if config.data.import_ else "data.dataset"
-    model = models.check(config.model, images.shape, images.classes, data_key)
+    model = models.check(config.model, images.shape, images.classes, _data_key(config))
+    rehearse(config, images.shape, 1)
+    return images.shape, images.classes, model
+
+
+def rehearse(config: TrialConfig, shape: tuple[int, ...], members: int) -> None:
+    """A training step of `config` in a pack of `members` (`train.rehearse`); what every trial
+    would raise, as a SpecError naming the data key."""
     try:
         train.rehearse([config] * members)
     except SpecError:
         raise
     except Exception as e:  # what every trial would raise: say it once, here
         name = config.model.import_ or config.model.name
-        raise SpecError(
-            [
-                Problem(
-                    data_key,
-                    f"images of shape {'×'.join(map(str, images.shape))} do not train in "
-                    f"{name}{f' (a pack of {members})' if members > 1 else ''}: "
-                    f"{type(e).__name__}: {first_line(e)}",
-                )
-            ]
+        raise SpecError.at(
+            _data_key(config),
+            f"images of shape {'×'.join(map(str, shape))} do not train in "
+            f"{name}{f' (a pack of {members})' if members > 1 else ''}: "
+            f"{type(e).__name__}: {first_line(e)}",
         ) from None
-    return images.shape, images.classes, model
+
+
+def _data_key(config: TrialConfig) -> str:
+    return "data.import" if config.data.import_ else "data.dataset"
 
 
 def check(plan: Plan) -> Checked:
@@ -87,7 +92,7 @@ def check(plan: Plan) -> Checked:
         if unpackable is None:
             unpackable = why
         if why is None:
-            check_config(c, 2)  # the pack its trials may train in
+            rehearse(c, shape, 2)  # the pack its trials may train in
     targets = [t for c in configs for t in (c.model.import_, c.data.import_) if t]
     ship = imports.to_ship(list(dict.fromkeys(targets)))
     if unpackable and packing.seeds_together(plan):

@@ -19,10 +19,11 @@ from tunekit import counter
 from tunekit.models.seed_cnn import Dropout
 from tunekit.pack import Stack
 
-FusedOp = Callable[["Fused", int, nn.Module, torch.Tensor], torch.Tensor]
+FusedOp = Callable[["Fused", int, nn.Module, torch.Tensor, "Masks"], torch.Tensor]
+Masks = dict[int, torch.Tensor]  # a dropout layer's index -> its mask for this batch
 
 
-def _conv(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _conv(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor, masks: Masks) -> torch.Tensor:
     conv = cast(nn.Conv2d, layer)  # K members' convolution: one with K times the groups
     w, name = pack.leaves, pack.names[i]
     bias = w.get(f"{name}.bias")
@@ -32,7 +33,9 @@ def _conv(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tenso
     )
 
 
-def _batch_norm(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _batch_norm(
+    pack: Fused, i: int, layer: nn.Module, h: torch.Tensor, masks: Masks
+) -> torch.Tensor:
     bn, w, name = cast(nn.BatchNorm2d, layer), pack.leaves, pack.names[i]
     return F.batch_norm(  # over K·C channels: each member's own BatchNorm
         h,
@@ -46,19 +49,21 @@ def _batch_norm(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch
     )
 
 
-def _group_norm(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _group_norm(
+    pack: Fused, i: int, layer: nn.Module, h: torch.Tensor, masks: Masks
+) -> torch.Tensor:
     gn, w, name = cast(nn.GroupNorm, layer), pack.leaves, pack.names[i]
     return F.group_norm(  # GroupNorm(g) of K members: GroupNorm(K·g)
         h, gn.num_groups * pack.k, w[f"{name}.weight"], w[f"{name}.bias"], gn.eps
     )
 
 
-def _dropout(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    mask = pack.masks.get(i)  # each member's mask from its own key (`Fused.draw_masks`)
+def _dropout(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor, masks: Masks) -> torch.Tensor:
+    mask = masks.get(i)  # each member's mask from its own key (`Fused.draw_masks`)
     return h if mask is None else (h.view(h.shape[0], pack.k, -1) * mask).view(h.shape)
 
 
-def _as_is(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _as_is(pack: Fused, i: int, layer: nn.Module, h: torch.Tensor, masks: Masks) -> torch.Tensor:
     return layer(h)  # acts per channel (or per image's flat members side by side): as it is
 
 
@@ -147,18 +152,17 @@ class Fused(Stack):
         self._per = sizes.repeat_interleave(sizes).to(device)
         self._before = starts.repeat_interleave(sizes).to(device)
         self._at = torch.arange(len(self._per), dtype=torch.int32, device=device) - self._before
-        self.masks: dict[int, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, dropout_keys: torch.Tensor | None = None) -> torch.Tensor:
         """The K members' log-probabilities for `x` (N×K×C×H×W) and, in training, each member's
         dropout key."""
-        self.masks = self.draw_masks(x.shape[0], dropout_keys) if self.training else {}
+        masks = self.draw_masks(x.shape[0], dropout_keys) if self.training else {}
         h = x.flatten(1, 2)
         for i, (op, layer) in enumerate(zip(self.ops, self.layers)):
-            h = op(self, i, layer, h)
+            h = op(self, i, layer, h, masks)
         return F.log_softmax(h.view(h.shape[0], self.k, -1), dim=-1)  # of logits or the chain's
 
-    def draw_masks(self, n: int, keys: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    def draw_masks(self, n: int, keys: torch.Tensor | None) -> Masks:
         """Every dropout layer's mask for a batch of n (0, or 1 / (1 - p) where an element is
         kept, as nn.Dropout scales), N×K×(C·H·W) slices of one draw.
 

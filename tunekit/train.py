@@ -342,7 +342,7 @@ def fit_pack(
                     lrs[i],
                     seconds,
                     n / seconds,
-                ),  # fmt: skip
+                ),
                 pack,
                 i,
                 d,
