@@ -81,8 +81,9 @@ def member_metrics(result: Mapping[str, Any], index: int, packed: bool) -> dict[
     metrics, {'failed': why}, or None if absent."""
     if not packed:
         return {k: result[k] for k in METRICS} if all(k in result for k in METRICS) else None
-    if isinstance(result.get(member(index)), dict):
-        return result[member(index)]  # type: ignore[no-any-return]
+    own = result.get(member(index))
+    if isinstance(own, dict):
+        return own
     prefix = f"{member(index)}/"
     found = {
         k[len(prefix) :]: v
